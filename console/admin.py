@@ -1,0 +1,33 @@
+"""Admin for the audit log (read-only: it is append-only) and operations."""
+
+from django.contrib import admin
+
+from console.models import AuditEvent, Operation
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ("at", "actor_text", "source", "verb", "target_repr", "message")
+    list_filter = ("source", "verb", "target_type")
+    search_fields = ("actor_text", "verb", "target_repr", "message", "correlation_id")
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Operation)
+class OperationAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "kind", "target_repr", "status", "progress", "actor_text")
+    list_filter = ("kind", "status")
+    search_fields = ("target_repr", "actor_text", "log")
+    readonly_fields = [f.name for f in Operation._meta.fields]
+
+    def has_add_permission(self, request):
+        return False

@@ -1,0 +1,81 @@
+"""The one way to write the audit log. Infrastructure: imports no app.
+
+Services pass an `Actor` (who, from where, under which correlation id) and call `audit_record`
+inside their transaction; the event is pushed to browsers after commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import models
+
+from console import realtime
+from console.models import AuditEvent, Source
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: a user (web/API) or a named system component (task, reconciler, agent)."""
+
+    name: str
+    source: str
+    user_id: int | None = None
+    correlation_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def for_user(cls, user, *, source: str = Source.WEB, correlation_id: str = "") -> Actor:
+        return cls(name=user.get_username(), source=source, user_id=user.pk, correlation_id=correlation_id)
+
+    @classmethod
+    def system(cls, name: str, *, source: str = Source.TASK, correlation_id: str = "") -> Actor:
+        return cls(name=name, source=source, correlation_id=correlation_id)
+
+
+def target_key(obj: models.Model) -> tuple[str, str]:
+    return obj._meta.label_lower, str(obj.pk)
+
+
+def audit_record(
+    *,
+    actor: Actor,
+    verb: str,
+    target: models.Model,
+    before: dict | None = None,
+    after: dict | None = None,
+    message: str = "",
+    parent: models.Model | None = None,
+) -> AuditEvent:
+    """Append one event and schedule its realtime push for after the transaction commits."""
+    target_type, target_id = target_key(target)
+    parent_type, parent_id = target_key(parent) if parent is not None else ("", "")
+    event = AuditEvent.objects.create(
+        actor_id=actor.user_id,
+        actor_text=actor.name,
+        source=actor.source,
+        correlation_id=actor.correlation_id,
+        verb=verb,
+        target_type=target_type,
+        target_id=target_id,
+        target_repr=str(target)[:200],
+        parent_type=parent_type,
+        parent_id=parent_id,
+        before=before or {},
+        after=after or {},
+        message=message,
+    )
+    realtime.publish_on_commit(
+        verb,
+        {
+            "event_id": event.pk,
+            "verb": verb,
+            "target_type": target_type,
+            "target_id": target_id,
+            "parent_type": parent_type,
+            "parent_id": parent_id,
+            "after": event.after,
+        },
+    )
+    return event

@@ -1,0 +1,101 @@
+"""Infrastructure models every app writes through: the audit log and long operator operations."""
+
+from django.conf import settings
+from django.db import models
+
+
+class Source(models.TextChoices):
+    WEB = "web", "Web"
+    API = "api", "API"
+    TASK = "task", "Task"
+    RECONCILER = "reconciler", "Reconciler"
+    AGENT = "agent", "Agent"
+    SIMULATOR = "simulator", "Simulator"
+    CLI = "cli", "Command line"
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def update(self, **kwargs):  # append-only: no bulk rewrites of history
+        raise TypeError("AuditEvent is append-only")
+
+    def delete(self):
+        raise TypeError("AuditEvent is append-only")
+
+
+class AuditEvent(models.Model):
+    """One thing that happened: who did what to which object, from where, with before/after.
+
+    Append-only. Written only by services (through console.audit), in the same transaction as the
+    change it records. The dotted verb (`fleet.gpu.quarantined`) doubles as the realtime topic.
+    """
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_text = models.CharField(max_length=150)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
+    verb = models.CharField(max_length=100, db_index=True)
+    target_type = models.CharField(max_length=50)
+    target_id = models.CharField(max_length=64)
+    target_repr = models.CharField(max_length=200)
+    parent_type = models.CharField(max_length=50, blank=True)
+    parent_id = models.CharField(max_length=64, blank=True)
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    message = models.TextField(blank=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["target_type", "target_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_text} {self.verb} {self.target_repr}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise TypeError("AuditEvent is append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise TypeError("AuditEvent is append-only")
+
+
+class Operation(models.Model):
+    """A long operator action (drain a server, scrub a GPU) whose progress and log the UI reads."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    kind = models.CharField(max_length=50)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_text = models.CharField(max_length=150)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    target_type = models.CharField(max_length=50)
+    target_id = models.CharField(max_length=64)
+    target_repr = models.CharField(max_length=200)
+    progress = models.PositiveSmallIntegerField(default=0)
+    log = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["target_type", "target_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.target_repr} ({self.status})"
+
+    @property
+    def done(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)

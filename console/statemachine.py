@@ -1,0 +1,109 @@
+"""State machines written once: states and allowed edges as data, one transition function.
+
+Each app's `states.py` declares a `Machine`; `Machine.transition()` is the only code that assigns
+a model's `state`. It locks the row, no-ops when already there, refuses an edge that is not
+allowed, stamps `<state>_at` when the model has such a field, saves, audits, and the audit
+schedules the realtime push on commit. Infrastructure: imports no app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.db import models, transaction
+from django.utils import timezone
+
+from console.audit import Actor, audit_record
+
+
+class InvalidTransition(Exception):
+    """The requested state change is not an allowed edge. Nothing was changed."""
+
+    def __init__(self, obj, current: str, requested: str):
+        self.obj, self.current, self.requested = obj, current, requested
+        super().__init__(f"{obj._meta.verbose_name} {obj}: cannot go from {current} to {requested}")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """States and allowed `(from, to)` edges of one model; `verb_prefix` like `fleet.gpu`."""
+
+    verb_prefix: str
+    states: tuple[str, ...]
+    edges: frozenset[tuple[str, str]]
+
+    def __post_init__(self):
+        unknown = {s for edge in self.edges for s in edge} - set(self.states)
+        if unknown:
+            raise ValueError(f"{self.verb_prefix}: edges name unknown states {sorted(unknown)}")
+
+    def allowed(self, current: str, requested: str) -> bool:
+        return (current, requested) in self.edges
+
+    def successors(self, current: str) -> set[str]:
+        return {b for a, b in self.edges if a == current}
+
+    def transition(
+        self,
+        obj: models.Model,
+        to: str,
+        *,
+        actor: Actor,
+        message: str = "",
+        fields: dict | None = None,
+        parent: models.Model | None = None,
+    ) -> bool:
+        """Move `obj` to state `to`. Returns False for a no-op, True for a change.
+
+        `fields` are other attributes saved in the same write (e.g. a failure reason).
+        """
+        if to not in self.states:
+            raise InvalidTransition(obj, getattr(obj, "state", "?"), to)
+        with transaction.atomic():
+            locked = type(obj).objects.select_for_update().get(pk=obj.pk)
+            current = locked.state
+            if current == to:
+                _refresh(obj, locked)
+                return False
+            if not self.allowed(current, to):
+                _refresh(obj, locked)
+                raise InvalidTransition(obj, current, to)
+            changed = ["state"]
+            locked.state = to
+            stamp = f"{to}_at"
+            if any(f.name == stamp for f in locked._meta.concrete_fields):
+                setattr(locked, stamp, timezone.now())
+                changed.append(stamp)
+            for name, value in (fields or {}).items():
+                setattr(locked, name, value)
+                changed.append(name)
+            locked.save(update_fields=changed)
+            audit_record(
+                actor=actor,
+                verb=f"{self.verb_prefix}.{to}",
+                target=locked,
+                before={"state": current},
+                after={"state": to, **{k: _jsonable(v) for k, v in (fields or {}).items()}},
+                message=message,
+                parent=parent,
+            )
+        _refresh(obj, locked)
+        return True
+
+
+def machine(verb_prefix: str, states: Iterable[str], edges: Iterable[tuple[str, str]]) -> Machine:
+    return Machine(verb_prefix=verb_prefix, states=tuple(states), edges=frozenset(edges))
+
+
+def _refresh(obj: models.Model, fresh: models.Model) -> None:
+    for f in fresh._meta.concrete_fields:
+        setattr(obj, f.attname, getattr(fresh, f.attname))
+
+
+def _jsonable(value):
+    if isinstance(value, models.Model):
+        return value.pk
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

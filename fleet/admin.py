@@ -1,0 +1,52 @@
+"""Admin for the fleet. State fields are read-only: states change only through services."""
+
+from django.contrib import admin
+
+from fleet.models import Gpu, NvSwitch, Partition, Server
+
+
+class GpuInline(admin.TabularInline):
+    model = Gpu
+    extra = 0
+    fields = ("module_id", "pci_address", "iommu_group", "serial", "firmware_version", "state")
+    readonly_fields = fields
+    can_delete = False
+    show_change_link = True
+
+
+@admin.register(Server)
+class ServerAdmin(admin.ModelAdmin):
+    list_display = ("hostname", "platform", "variant", "rack", "slot", "state", "host_kernel", "plug_mode")
+    list_filter = ("platform", "variant", "state", "rack", "host_kernel", "plug_mode", "iommu_backend")
+    search_fields = ("hostname", "k8s_node_name", "agent_endpoint")
+    readonly_fields = ("state", "last_seen_at", "created_at")
+    inlines = [GpuInline]
+
+
+@admin.register(Gpu)
+class GpuAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "pci_address", "iommu_group", "serial", "firmware_version", "state", "last_xid")
+    list_filter = ("state", "server__platform", "firmware_version", "drain_requested")
+    search_fields = ("server__hostname", "serial", "uuid", "pci_address")
+    list_select_related = ("server",)
+    readonly_fields = (
+        "state", "drain_requested", "current_lease", "scrubbed_at", "leveled_at", "quarantine_reason",
+        "last_xid", "last_xid_at",
+    )
+
+
+@admin.register(NvSwitch)
+class NvSwitchAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "pci_address", "iommu_group", "device_id")
+    list_filter = ("server__platform",)
+    search_fields = ("server__hostname", "pci_address")
+    list_select_related = ("server",)
+
+
+@admin.register(Partition)
+class PartitionAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "size", "module_ids", "nvlinks", "state")
+    list_filter = ("state", "size", "server__platform")
+    search_fields = ("server__hostname",)
+    list_select_related = ("server",)
+    readonly_fields = ("state", "failure_reason")

@@ -1,0 +1,23 @@
+"""Fleet-wide constants and choices that are not states."""
+
+from django.db import models
+
+
+class IommuBackend(models.TextChoices):
+    VFIO_TYPE1 = "vfio-type1", "VFIO type1"
+    IOMMUFD = "iommufd", "IOMMUFD"
+
+
+class PlugMode(models.TextChoices):
+    HOT = "hot", "Hot-plug, one GPU after another"
+    COLD = "cold", "Cold-plug at VM start"
+
+
+class KernelGeneration(models.TextChoices):
+    """Host kernel generation: `old` maps large BARs in 4 KiB steps (seconds per GPU); `fixed` does not."""
+
+    OLD = "old", "Old (4 KiB BAR mapping)"
+    FIXED = "fixed", "Fixed (huge-chunk BAR mapping)"
+
+
+GPU_SLOTS_PER_RACK_DEFAULT = 8

@@ -1,0 +1,1 @@
+"""The node agent's protocol: `.proto` sources under `gpuconsole/`, generated modules under `gen/`."""

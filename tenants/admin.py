@@ -1,0 +1,48 @@
+"""Admin for tenants and leases. State fields are read-only: states change only through services."""
+
+from django.contrib import admin
+
+from tenants.models import BootPhase, Lease, LeaseGpu, Tenant
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ("name", "display_name", "state", "gpu_quota", "created_at")
+    list_filter = ("state",)
+    search_fields = ("name", "display_name")
+    readonly_fields = ("state", "failure_reason", "provisioning_at", "ready_at", "failed_at")
+
+
+class LeaseGpuInline(admin.TabularInline):
+    model = LeaseGpu
+    extra = 0
+    readonly_fields = ("gpu", "holds")
+    can_delete = False
+
+
+class BootPhaseInline(admin.TabularInline):
+    model = BootPhase
+    extra = 0
+    readonly_fields = ("seq", "phase", "started_at", "ended_at", "detail", "predicted_seconds")
+    can_delete = False
+
+
+@admin.register(Lease)
+class LeaseAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "tenant", "gpu_count", "state", "server", "partition", "created_at")
+    list_filter = ("state", "gpu_count", "tenant")
+    search_fields = ("tenant__name", "image", "pod_name", "server__hostname")
+    list_select_related = ("tenant", "server", "partition")
+    readonly_fields = (
+        "state", "server", "partition", "pod_name", "failure_reason", "pending_reason", "release_requested",
+        "attempts", "placed_at", "partitioning_at", "booting_at", "running_at", "releasing_at",
+        "scrubbing_at", "leveling_at", "released_at", "failed_at",
+    )
+    inlines = [LeaseGpuInline, BootPhaseInline]
+
+
+@admin.register(BootPhase)
+class BootPhaseAdmin(admin.ModelAdmin):
+    list_display = ("lease", "seq", "phase", "started_at", "ended_at")
+    search_fields = ("lease__tenant__name", "phase")
+    list_select_related = ("lease",)

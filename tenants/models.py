@@ -1,0 +1,140 @@
+"""Tenants, their GPU leases, the GPUs a lease holds, and VM boot phases."""
+
+from __future__ import annotations
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+from tenants.states import LEASE_HOLDS_GPUS, LeaseState, TenantState
+from tenants.validators import (
+    MAX_TENANT_NAME_LENGTH,
+    namespace_for,
+    validate_gpu_count,
+    validate_tenant_name,
+)
+
+
+class Tenant(models.Model):
+    """A customer. Its name becomes the Kubernetes namespace `tenant-<name>`."""
+
+    name = models.CharField(max_length=MAX_TENANT_NAME_LENGTH, unique=True, validators=[validate_tenant_name])
+    display_name = models.CharField(max_length=200, blank=True)
+    state = models.CharField(
+        max_length=16, choices=TenantState.choices, default=TenantState.PENDING, db_index=True
+    )
+    gpu_quota = models.PositiveIntegerField(default=8, help_text="Most GPUs the tenant may hold at once")
+    failure_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    provisioning_at = models.DateTimeField(null=True, blank=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def namespace(self) -> str:
+        return namespace_for(self.name)
+
+
+class Lease(models.Model):
+    """A tenant's container on N GPUs: one NVLink partition of one server, from request to clean-up."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="leases")
+    image = models.CharField(max_length=512)
+    gpu_count = models.PositiveSmallIntegerField(validators=[validate_gpu_count])
+    state = models.CharField(
+        max_length=16, choices=LeaseState.choices, default=LeaseState.PENDING, db_index=True
+    )
+    server = models.ForeignKey(
+        "fleet.Server", null=True, blank=True, on_delete=models.PROTECT, related_name="leases"
+    )
+    partition = models.ForeignKey(
+        "fleet.Partition", null=True, blank=True, on_delete=models.PROTECT, related_name="leases"
+    )
+    gpus = models.ManyToManyField("fleet.Gpu", through="LeaseGpu", related_name="leases", blank=True)
+    pod_name = models.CharField(max_length=253, blank=True)
+    failure_reason = models.TextField(blank=True)
+    pending_reason = models.TextField(blank=True, help_text="Why it is still waiting (no fit, tenancy)")
+    release_requested = models.BooleanField(default=False)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    workload_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Simulated fleet only: how long the container runs"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    placed_at = models.DateTimeField(null=True, blank=True)
+    partitioning_at = models.DateTimeField(null=True, blank=True)
+    booting_at = models.DateTimeField(null=True, blank=True)
+    running_at = models.DateTimeField(null=True, blank=True)
+    releasing_at = models.DateTimeField(null=True, blank=True)
+    scrubbing_at = models.DateTimeField(null=True, blank=True)
+    leveling_at = models.DateTimeField(null=True, blank=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # Invariant 3 and 4 at the database: one partition backs at most one lease holding GPUs.
+            models.UniqueConstraint(
+                fields=["partition"],
+                condition=Q(state__in=sorted(LEASE_HOLDS_GPUS)),
+                name="lease_partition_unique_while_held",
+            ),
+            models.CheckConstraint(condition=Q(gpu_count__gte=1), name="lease_gpu_count_positive"),
+        ]
+        indexes = [models.Index(fields=["tenant", "state", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"lease-{self.pk}" if self.pk else "lease (new)"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in (LeaseState.RELEASED, LeaseState.FAILED)
+
+
+class LeaseGpu(models.Model):
+    """A GPU held by a lease. `holds` is true until the lease is finished; the partial unique
+    constraint on it is invariant 1 in the database: a GPU in at most one unfinished lease."""
+
+    lease = models.ForeignKey(Lease, on_delete=models.CASCADE, related_name="lease_gpus")
+    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.PROTECT, related_name="lease_gpus")
+    holds = models.BooleanField(default=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["gpu"], condition=Q(holds=True), name="gpu_in_one_unfinished_lease"),
+            models.UniqueConstraint(fields=["lease", "gpu"], name="lease_gpu_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.lease} ↔ {self.gpu_id}"
+
+
+class BootPhase(models.Model):
+    """One phase of a lease's VM boot, as the node agent streamed it (real-scale times)."""
+
+    lease = models.ForeignKey(Lease, on_delete=models.CASCADE, related_name="boot_phases")
+    seq = models.PositiveSmallIntegerField(validators=[MinValueValidator(0)])
+    phase = models.CharField(max_length=64)
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    detail = models.TextField(blank=True)
+    predicted_seconds = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["lease", "seq"]
+        constraints = [models.UniqueConstraint(fields=["lease", "phase"], name="bootphase_unique_per_lease")]
+
+    def __str__(self) -> str:
+        return f"{self.lease} {self.phase}"
+
+    @property
+    def seconds(self) -> float | None:
+        if self.ended_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
