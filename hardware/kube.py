@@ -248,20 +248,31 @@ class KubernetesCluster:
 
     # -- plumbing ---------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, expect: tuple[int, ...] = (),
-              **kwargs: Any) -> Any:
-        """Call the client; ApiExceptions whose status is in `expect` pass through, others translate."""
+              stream: bool = False, **kwargs: Any) -> Any:
+        """Call the client and return the answer as the server's JSON (camelCase dicts).
+
+        ApiExceptions whose status is in `expect` pass through for the caller; every other failure
+        is translated. Answers are not turned into the client's models: a server may send a `Status`
+        where the client expects the object (deletes, evictions), and our code reads JSON anyway.
+        With `stream` the raw response is returned for the caller to read (watches).
+        """
         kwargs.setdefault("_request_timeout", self._timeout)
         try:
-            result = fn(*args, **kwargs)
+            response = fn(*args, _preload_content=False, **kwargs)
+            if stream:
+                return response
+            data = response.data
+            response.release_conn()
         except ApiException as exc:
             if exc.status in expect:
                 raise
             raise _translate(exc, what) from exc
         except _TRANSPORT_ERRORS as exc:
             raise _translate(exc, what) from exc
-        if result is None or kwargs.get("_preload_content") is False:
-            return result
-        return self._api.sanitize_for_serialization(result)
+        try:
+            return json.loads(data) if data else {}
+        except ValueError as exc:
+            raise ClusterError(f"{what}: Kubernetes answered something that is not JSON") from exc
 
     def _custom_cluster(self, what: str, verb: str, plural: str, *args: Any, expect: tuple[int, ...] = (),
                         **kwargs: Any) -> Any:
@@ -393,7 +404,7 @@ class KubernetesCluster:
                 resp = self._call("watch pods", self._core.list_pod_for_all_namespaces, expect=(410,),
                                   label_selector=kc.LEASE_LABEL, watch=True, resource_version=rv,
                                   allow_watch_bookmarks=True, timeout_seconds=max(1, int(remaining)),
-                                  _preload_content=False, _request_timeout=(self._timeout, remaining + 1))
+                                  stream=True, _request_timeout=(self._timeout, remaining + 1))
             except ApiException:
                 rv = yield from self._relist()
                 continue

@@ -34,14 +34,27 @@ _ENTRIES = (
         XidEntry(x, "application fault (bad address, page fault, channel reset, cleanup)", XidAction.NONE)
         for x in (13, 31, 43, 45, 68)
     ),
-    XidEntry(48, "double-bit ECC error", XidAction.DRAIN_AND_RESET,
-             "if 63/64 follow, reset; repeated → field diagnostics"),
+    XidEntry(
+        48,
+        "double-bit ECC error",
+        XidAction.DRAIN_AND_RESET,
+        "if 63/64 follow, reset; repeated → field diagnostics",
+    ),
     XidEntry(62, "internal micro-controller halt", XidAction.RESET_GPU),
-    XidEntry(63, "row remap recorded", XidAction.RESET_WHEN_CONVENIENT, "the remap applies at the next reset"),
+    XidEntry(
+        63, "row remap recorded", XidAction.RESET_WHEN_CONVENIENT, "the remap applies at the next reset"
+    ),
     XidEntry(64, "row remap failed", XidAction.RESET_GPU, "repeats → RMA candidate"),
-    XidEntry(74, "NVLink error", XidAction.DRAIN_AND_RESET, "check the board; may be caused by a failed peer"),
-    XidEntry(79, "GPU fell off the bus", XidAction.DRAIN_AND_REBOOT, "reboot the host/baseboard; report",
-             gpu_lost=True),
+    XidEntry(
+        74, "NVLink error", XidAction.DRAIN_AND_RESET, "check the board; may be caused by a failed peer"
+    ),
+    XidEntry(
+        79,
+        "GPU fell off the bus",
+        XidAction.DRAIN_AND_REBOOT,
+        "reboot the host/baseboard; report",
+        gpu_lost=True,
+    ),
     XidEntry(92, "high single-bit ECC rate", XidAction.WATCH, "run diagnostics"),
     XidEntry(94, "contained ECC error", XidAction.RESTART_APP, "reset the GPU later"),
     XidEntry(95, "uncontained ECC error", XidAction.RESET_GPU),

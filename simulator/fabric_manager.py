@@ -27,7 +27,6 @@ from hardware.exceptions import (
 )
 from hardware.platforms import Platform
 from hardware.types import PartitionInfo
-
 from simulator.clock import SimClock
 
 RESTART_WINDOW_S = 60.0
@@ -130,7 +129,7 @@ class FabricManager:
             holders = sorted({busy[m] for m in spec.gpus if m in busy})
             if holders:
                 raise FailedPrecondition(
-                    f"partition {partition_id} has GPUs in running VM(s) {', '.join(holders)}: stop them first"
+                    f"partition {partition_id} has GPUs in running VM(s) {', '.join(holders)}: stop them"
                 )
             self._active.discard(partition_id)
 
@@ -142,7 +141,7 @@ class FabricManager:
                 raise AgentUnavailable("fabric manager not running (exited after its restart window)")
             specs = [self._spec(pid) for pid in ids]
             for i, a in enumerate(specs):
-                for b in specs[i + 1:]:
+                for b in specs[i + 1 :]:
                     if a.overlaps(b):
                         raise InvalidArgument(f"bad parameter: partitions {a.id} and {b.id} share GPUs")
             self._active = set(ids)

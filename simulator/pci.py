@@ -62,7 +62,7 @@ class SimPciDevice:
 
 
 def full_bdf(bdf: str) -> str:
-    """"18:00.0" → "0000:18:00.0" (the form sysfs and the agent use)."""
+    """ "18:00.0" → "0000:18:00.0" (the form sysfs and the agent use)."""
     return bdf if bdf.count(":") == 2 else f"0000:{bdf}"
 
 
@@ -73,8 +73,9 @@ def _noise() -> list[SimPciDevice]:
         SimPciDevice("0000:00:01.0", None, 0x8086, 0x347A, CLASS_PCI_BRIDGE, 1, 0, "pcieport"),
         SimPciDevice("0000:e0:00.0", None, 0x1A03, 0x1150, CLASS_PCI_BRIDGE, 2, 1, None),
         SimPciDevice("0000:e1:00.0", None, 0x1A03, 0x2000, CLASS_VGA, 2, 1, "ast", None, 0x15D9, 0x1C48),
-        SimPciDevice("0000:f1:00.0", None, 0x15B3, 0x1021, CLASS_ETHERNET, 3, 1, "mlx5_core", None,
-                     0x15B3, 0x0041),
+        SimPciDevice(
+            "0000:f1:00.0", None, 0x15B3, 0x1021, CLASS_ETHERNET, 3, 1, "mlx5_core", None, 0x15B3, 0x0041
+        ),
     ]
 
 
@@ -85,28 +86,65 @@ def build_pci_tree(platform: Platform, variant: BoardVariant) -> list[SimPciDevi
     for bdf, module, group, numa in zip(
         variant.gpu_bdfs, variant.module_ids, variant.gpu_iommu_groups, variant.gpu_numa, strict=True
     ):
-        devices.append(SimPciDevice(
-            full_bdf(bdf), DeviceKind.GPU, NVIDIA_VENDOR_ID, platform.gpu_device_id, platform.gpu_class,
-            group, numa, PASSTHROUGH_DRIVER, module, sub_vendor, sub_device,
-        ))
+        devices.append(
+            SimPciDevice(
+                full_bdf(bdf),
+                DeviceKind.GPU,
+                NVIDIA_VENDOR_ID,
+                platform.gpu_device_id,
+                platform.gpu_class,
+                group,
+                numa,
+                PASSTHROUGH_DRIVER,
+                module,
+                sub_vendor,
+                sub_device,
+            )
+        )
     shared = variant.switch_grouping == SWITCH_GROUPS_SHARED
     for i, bdf in enumerate(variant.switch_bdfs):
         group = variant.switch_iommu_groups[0 if shared else i]
-        devices.append(SimPciDevice(
-            full_bdf(bdf), DeviceKind.NVSWITCH, NVIDIA_VENDOR_ID, platform.nvswitch_device_id,
-            0x068000, group, 0, PASSTHROUGH_DRIVER, None, *NVSWITCH_SUBSYSTEM,
-        ))
+        devices.append(
+            SimPciDevice(
+                full_bdf(bdf),
+                DeviceKind.NVSWITCH,
+                NVIDIA_VENDOR_ID,
+                platform.nvswitch_device_id,
+                0x068000,
+                group,
+                0,
+                PASSTHROUGH_DRIVER,
+                None,
+                *NVSWITCH_SUBSYSTEM,
+            )
+        )
     if variant.switch_bridge_bdf:
         # The common bridge above the switches: a Switchtec port, class PCI-to-PCI bridge.
-        devices.append(SimPciDevice(
-            full_bdf(variant.switch_bridge_bdf), None, SWITCHTEC_VENDOR_ID, SWITCHTEC_DEVICE_ID,
-            CLASS_PCI_BRIDGE, 4, 0, "pcieport",
-        ))
+        devices.append(
+            SimPciDevice(
+                full_bdf(variant.switch_bridge_bdf),
+                None,
+                SWITCHTEC_VENDOR_ID,
+                SWITCHTEC_DEVICE_ID,
+                CLASS_PCI_BRIDGE,
+                4,
+                0,
+                "pcieport",
+            )
+        )
     if variant.switchtec_bdf:
         # The management endpoint shares the switches' group when they are grouped (Supermicro).
         group = variant.switch_iommu_groups[0] if shared else 5
-        devices.append(SimPciDevice(
-            full_bdf(variant.switchtec_bdf), DeviceKind.SWITCH_MGMT, SWITCHTEC_VENDOR_ID,
-            SWITCHTEC_DEVICE_ID, CLASS_MEMORY_CONTROLLER, group, 0, PASSTHROUGH_DRIVER,
-        ))
+        devices.append(
+            SimPciDevice(
+                full_bdf(variant.switchtec_bdf),
+                DeviceKind.SWITCH_MGMT,
+                SWITCHTEC_VENDOR_ID,
+                SWITCHTEC_DEVICE_ID,
+                CLASS_MEMORY_CONTROLLER,
+                group,
+                0,
+                PASSTHROUGH_DRIVER,
+            )
+        )
     return sorted(devices, key=lambda d: d.address)

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from hardware.types import BootEstimate, BootPhaseEvent, VmInfo, VmState
-
 from simulator.clock import SimClock
 
 RUNNING_PHASE = "running"
@@ -133,7 +132,7 @@ class BootWatch(Iterator[BootPhaseEvent]):
                 break
             # Wake at the next phase end; poll occasionally because StopVm may end the VM early.
             target = wake if wake is not None else now + 1.0
-            self._clock.wait_until(min(target, now + 5.0 * self._clock.acceleration), self._stop)
+            self._clock.wait_until(min(target, now + 0.5 * self._clock.acceleration), self._stop)
         raise StopIteration
 
     def close(self) -> None:

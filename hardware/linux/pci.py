@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import re
 
-from hardware.platforms import (
-    NVIDIA_VENDOR_ID,
-    SWITCHTEC_DEVICE_ID,
-    SWITCHTEC_VENDOR_ID,
-)
+from hardware.platforms import NVIDIA_VENDOR_ID, SWITCHTEC_VENDOR_ID
 from hardware.types import DeviceKind
 
 # Class codes are compared on their upper 16 bits (base class + subclass); the low byte is the
@@ -45,6 +41,10 @@ def classify(vendor_id: int, device_id: int, class_code: int) -> DeviceKind | No
     vendor test. NVIDIA "Bridge: other" functions are NVSwitches and must not be mistaken for (and
     skipped as) PCI-to-PCI bridges. Newer systems that expose NVSwitches as ConnectX-7 cards are
     not handled here.
+
+    The Switchtec management endpoint is told apart by class, not device id: a Switchtec switch's
+    bridge ports carry the same device id (11f8:4128) with class 0x0604, and the kernel's own
+    switchtec driver matches on class 0x0580 too.
     """
     prefix = class_prefix(class_code)
     if vendor_id == NVIDIA_VENDOR_ID:
@@ -53,7 +53,7 @@ def classify(vendor_id: int, device_id: int, class_code: int) -> DeviceKind | No
         if prefix == CLASS_BRIDGE_OTHER:
             return DeviceKind.NVSWITCH
         return None
-    if vendor_id == SWITCHTEC_VENDOR_ID and device_id == SWITCHTEC_DEVICE_ID:
+    if vendor_id == SWITCHTEC_VENDOR_ID and prefix == CLASS_MEMORY_OTHER:
         return DeviceKind.SWITCH_MGMT
     return None
 

@@ -51,9 +51,7 @@ def fabric_manager_vm_spec(discovery: Discovery, *, disk_image: str | None = Non
     if not groups:
         raise FailedPrecondition("no NVSwitch found: nothing for a fabric-manager VM to own")
     members = {
-        fn.address
-        for fn in (*discovery.nvswitches, *discovery.switch_mgmt)
-        if fn.iommu_group in groups
+        fn.address for fn in (*discovery.nvswitches, *discovery.switch_mgmt) if fn.iommu_group in groups
     }
     return VmSpec(name=FABRIC_MANAGER_VM, hostdevs=tuple(sorted(members)), disk_image=disk_image, **kwargs)
 
@@ -99,7 +97,12 @@ def hostdev_element(address: str) -> ET.Element:
     hostdev = ET.Element("hostdev", mode="subsystem", type="pci", managed="yes")
     source = ET.SubElement(hostdev, "source")
     ET.SubElement(
-        source, "address", domain=f"0x{domain_part}", bus=f"0x{bus}", slot=f"0x{slot}", function=f"0x{function}"
+        source,
+        "address",
+        domain=f"0x{domain_part}",
+        bus=f"0x{bus}",
+        slot=f"0x{slot}",
+        function=f"0x{function}",
     )
     return hostdev
 

@@ -36,7 +36,13 @@ def generate(out: Path) -> list[Path]:
     include = str(resources.files("grpc_tools") / "_proto")
     with tempfile.TemporaryDirectory() as tmp:
         sources = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
-        args = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={tmp}", f"--grpc_python_out={tmp}"]
+        args = [
+            "protoc",
+            f"-I{PROTO_ROOT}",
+            f"-I{include}",
+            f"--python_out={tmp}",
+            f"--grpc_python_out={tmp}",
+        ]
         if protoc.main([*args, *sources]) != 0:
             raise RuntimeError("protoc failed")
         for produced in sorted(Path(tmp).rglob("*.py")):
@@ -50,7 +56,9 @@ def generate(out: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=GEN_ROOT, help="target folder (default: hardware/proto/gen)")
+    parser.add_argument(
+        "--out", type=Path, default=GEN_ROOT, help="target folder (default: hardware/proto/gen)"
+    )
     args = parser.parse_args(argv)
     for path in generate(args.out):
         print(path)

@@ -26,17 +26,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hardware.proto.gen.gpuconsole.agent.v1 import agent_pb2 as gpuconsole_dot_agent_dot_v1_dot_agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&gpuconsole/simulator/v1/simadmin.proto\x12\x17gpuconsole.simulator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fgpuconsole/agent/v1/agent.proto\"\x8c\x01\n\x12InjectFaultRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\r\x12\x30\n\x04kind\x18\x02 \x01(\x0e\x32\".gpuconsole.simulator.v1.FaultKind\x12\x0b\n\x03xid\x18\x03 \x01(\r\x12\x15\n\rtemperature_c\x18\x04 \x01(\x01\x12\r\n\x05\x63ount\x18\x05 \x01(\x04\"z\n\x0eStartVmRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x16\n\x0egpu_module_ids\x18\x03 \x03(\r\x12\x15\n\rguest_ram_gib\x18\x04 \x01(\r\x12\x18\n\x10workload_seconds\x18\x05 \x01(\x01\"\x1a\n\tVmRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\"\xae\x01\n\x02Vm\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x16\n\x0egpu_module_ids\x18\x03 \x03(\r\x12/\n\x05state\x18\x04 \x01(\x0e\x32 .gpuconsole.simulator.v1.VmState\x12.\n\x06phases\x18\x05 \x03(\x0b\x32\x1e.gpuconsole.agent.v1.BootPhase\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\x10\n\x0eListVmsRequest\";\n\x0fListVmsResponse\x12(\n\x03vms\x18\x01 \x03(\x0b\x32\x1b.gpuconsole.simulator.v1.Vm\":\n\x14\x46lashFirmwareRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x1d\n\x1bRestartFabricManagerRequest\"@\n\x0fSetClockRequest\x12\x14\n\x0c\x61\x63\x63\x65leration\x18\x01 \x01(\x01\x12\x17\n\x0f\x61\x64vance_seconds\x18\x02 \x01(\x01\"\x11\n\x0fGetClockRequest\"F\n\x05\x43lock\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61\x63\x63\x65leration\x18\x02 \x01(\x01*\x88\x01\n\tFaultKind\x12\x1a\n\x16\x46\x41ULT_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x46\x41ULT_KIND_XID\x10\x01\x12\x16\n\x12\x46\x41ULT_KIND_THERMAL\x10\x02\x12\x15\n\x11\x46\x41ULT_KIND_NVLINK\x10\x03\x12\x1c\n\x18\x46\x41ULT_KIND_SCRUB_FAILURE\x10\x04*\x92\x01\n\x07VmState\x12\x18\n\x14VM_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10VM_STATE_BOOTING\x10\x01\x12\x14\n\x10VM_STATE_RUNNING\x10\x02\x12\x16\n\x12VM_STATE_SUCCEEDED\x10\x03\x12\x13\n\x0fVM_STATE_FAILED\x10\x04\x12\x14\n\x10VM_STATE_STOPPED\x10\x05\x32\x98\x06\n\x08SimAdmin\x12V\n\x0bInjectFault\x12+.gpuconsole.simulator.v1.InjectFaultRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12O\n\x07StartVm\x12\'.gpuconsole.simulator.v1.StartVmRequest\x1a\x1b.gpuconsole.simulator.v1.Vm\x12I\n\x06StopVm\x12\".gpuconsole.simulator.v1.VmRequest\x1a\x1b.gpuconsole.simulator.v1.Vm\x12H\n\x05GetVm\x12\".gpuconsole.simulator.v1.VmRequest\x1a\x1b.gpuconsole.simulator.v1.Vm\x12\\\n\x07ListVms\x12\'.gpuconsole.simulator.v1.ListVmsRequest\x1a(.gpuconsole.simulator.v1.ListVmsResponse\x12Z\n\rFlashFirmware\x12-.gpuconsole.simulator.v1.FlashFirmwareRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12h\n\x14RestartFabricManager\x12\x34.gpuconsole.simulator.v1.RestartFabricManagerRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12T\n\x08SetClock\x12(.gpuconsole.simulator.v1.SetClockRequest\x1a\x1e.gpuconsole.simulator.v1.Clock\x12T\n\x08GetClock\x12(.gpuconsole.simulator.v1.GetClockRequest\x1a\x1e.gpuconsole.simulator.v1.Clockb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&gpuconsole/simulator/v1/simadmin.proto\x12\x17gpuconsole.simulator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fgpuconsole/agent/v1/agent.proto\"\x8c\x01\n\x12InjectFaultRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\r\x12\x30\n\x04kind\x18\x02 \x01(\x0e\x32\".gpuconsole.simulator.v1.FaultKind\x12\x0b\n\x03xid\x18\x03 \x01(\r\x12\x15\n\rtemperature_c\x18\x04 \x01(\x01\x12\r\n\x05\x63ount\x18\x05 \x01(\x04\"z\n\x0eStartVmRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x16\n\x0egpu_module_ids\x18\x03 \x03(\r\x12\x15\n\rguest_ram_gib\x18\x04 \x01(\r\x12\x18\n\x10workload_seconds\x18\x05 \x01(\x01\"\x1a\n\tVmRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\"\xae\x01\n\x02Vm\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x16\n\x0egpu_module_ids\x18\x03 \x03(\r\x12/\n\x05state\x18\x04 \x01(\x0e\x32 .gpuconsole.simulator.v1.VmState\x12.\n\x06phases\x18\x05 \x03(\x0b\x32\x1e.gpuconsole.agent.v1.BootPhase\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\x10\n\x0eListVmsRequest\";\n\x0fListVmsResponse\x12(\n\x03vms\x18\x01 \x03(\x0b\x32\x1b.gpuconsole.simulator.v1.Vm\":\n\x14\x46lashFirmwareRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x1d\n\x1bRestartFabricManagerRequest\"\x13\n\x11RebootHostRequest\"@\n\x0fSetClockRequest\x12\x14\n\x0c\x61\x63\x63\x65leration\x18\x01 \x01(\x01\x12\x17\n\x0f\x61\x64vance_seconds\x18\x02 \x01(\x01\"\x11\n\x0fGetClockRequest\"F\n\x05\x43lock\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61\x63\x63\x65leration\x18\x02 \x01(\x01*\x88\x01\n\tFaultKind\x12\x1a\n\x16\x46\x41ULT_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x46\x41ULT_KIND_XID\x10\x01\x12\x16\n\x12\x46\x41ULT_KIND_THERMAL\x10\x02\x12\x15\n\x11\x46\x41ULT_KIND_NVLINK\x10\x03\x12\x1c\n\x18\x46\x41ULT_KIND_SCRUB_FAILURE\x10\x04*\x92\x01\n\x07VmState\x12\x18\n\x14VM_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10VM_STATE_BOOTING\x10\x01\x12\x14\n\x10VM_STATE_RUNNING\x10\x02\x12\x16\n\x12VM_STATE_SUCCEEDED\x10\x03\x12\x13\n\x0fVM_STATE_FAILED\x10\x04\x12\x14\n\x10VM_STATE_STOPPED\x10\x05\x32\xee\x06\n\x08SimAdmin\x12V\n\x0bInjectFault\x12+.gpuconsole.simulator.v1.InjectFaultRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12O\n\x07StartVm\x12\'.gpuconsole.simulator.v1.StartVmRequest\x1a\x1b.gpuconsole.simulator.v1.Vm\x12I\n\x06StopVm\x12\".gpuconsole.simulator.v1.VmRequest\x1a\x1b.gpuconsole.simulator.v1.Vm\x12H\n\x05GetVm\x12\".gpuconsole.simulator.v1.VmRequest\x1a\x1b.gpuconsole.simulator.v1.Vm\x12\\\n\x07ListVms\x12\'.gpuconsole.simulator.v1.ListVmsRequest\x1a(.gpuconsole.simulator.v1.ListVmsResponse\x12Z\n\rFlashFirmware\x12-.gpuconsole.simulator.v1.FlashFirmwareRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12h\n\x14RestartFabricManager\x12\x34.gpuconsole.simulator.v1.RestartFabricManagerRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12T\n\nRebootHost\x12*.gpuconsole.simulator.v1.RebootHostRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12T\n\x08SetClock\x12(.gpuconsole.simulator.v1.SetClockRequest\x1a\x1e.gpuconsole.simulator.v1.Clock\x12T\n\x08GetClock\x12(.gpuconsole.simulator.v1.GetClockRequest\x1a\x1e.gpuconsole.simulator.v1.Clockb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gpuconsole.simulator.v1.simadmin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FAULTKIND']._serialized_start=933
-  _globals['_FAULTKIND']._serialized_end=1069
-  _globals['_VMSTATE']._serialized_start=1072
-  _globals['_VMSTATE']._serialized_end=1218
+  _globals['_FAULTKIND']._serialized_start=954
+  _globals['_FAULTKIND']._serialized_end=1090
+  _globals['_VMSTATE']._serialized_start=1093
+  _globals['_VMSTATE']._serialized_end=1239
   _globals['_INJECTFAULTREQUEST']._serialized_start=134
   _globals['_INJECTFAULTREQUEST']._serialized_end=274
   _globals['_STARTVMREQUEST']._serialized_start=276
@@ -53,12 +53,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FLASHFIRMWAREREQUEST']._serialized_end=742
   _globals['_RESTARTFABRICMANAGERREQUEST']._serialized_start=744
   _globals['_RESTARTFABRICMANAGERREQUEST']._serialized_end=773
-  _globals['_SETCLOCKREQUEST']._serialized_start=775
-  _globals['_SETCLOCKREQUEST']._serialized_end=839
-  _globals['_GETCLOCKREQUEST']._serialized_start=841
-  _globals['_GETCLOCKREQUEST']._serialized_end=858
-  _globals['_CLOCK']._serialized_start=860
-  _globals['_CLOCK']._serialized_end=930
-  _globals['_SIMADMIN']._serialized_start=1221
-  _globals['_SIMADMIN']._serialized_end=2013
+  _globals['_REBOOTHOSTREQUEST']._serialized_start=775
+  _globals['_REBOOTHOSTREQUEST']._serialized_end=794
+  _globals['_SETCLOCKREQUEST']._serialized_start=796
+  _globals['_SETCLOCKREQUEST']._serialized_end=860
+  _globals['_GETCLOCKREQUEST']._serialized_start=862
+  _globals['_GETCLOCKREQUEST']._serialized_end=879
+  _globals['_CLOCK']._serialized_start=881
+  _globals['_CLOCK']._serialized_end=951
+  _globals['_SIMADMIN']._serialized_start=1242
+  _globals['_SIMADMIN']._serialized_end=2120
 # @@protoc_insertion_point(module_scope)

@@ -70,6 +70,11 @@ class SimAdminStub:
                 request_serializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.RestartFabricManagerRequest.SerializeToString,
                 response_deserializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.Empty.FromString,
                 _registered_method=True)
+        self.RebootHost = channel.unary_unary(
+                '/gpuconsole.simulator.v1.SimAdmin/RebootHost',
+                request_serializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.RebootHostRequest.SerializeToString,
+                response_deserializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.Empty.FromString,
+                _registered_method=True)
         self.SetClock = channel.unary_unary(
                 '/gpuconsole.simulator.v1.SimAdmin/SetClock',
                 request_serializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.SetClockRequest.SerializeToString,
@@ -127,6 +132,13 @@ class SimAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RebootHost(self, request, context):
+        """Reboot the host: VMs stop, GPUs lost after Xid 79 come back, the fabric manager starts fresh.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetClock(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -175,6 +187,11 @@ def add_SimAdminServicer_to_server(servicer, server):
             'RestartFabricManager': grpc.unary_unary_rpc_method_handler(
                     servicer.RestartFabricManager,
                     request_deserializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.RestartFabricManagerRequest.FromString,
+                    response_serializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'RebootHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebootHost,
+                    request_deserializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.RebootHostRequest.FromString,
                     response_serializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.Empty.SerializeToString,
             ),
             'SetClock': grpc.unary_unary_rpc_method_handler(
@@ -376,6 +393,33 @@ class SimAdmin:
             target,
             '/gpuconsole.simulator.v1.SimAdmin/RestartFabricManager',
             gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.RestartFabricManagerRequest.SerializeToString,
+            gpuconsole_dot_agent_dot_v1_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebootHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuconsole.simulator.v1.SimAdmin/RebootHost',
+            gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.RebootHostRequest.SerializeToString,
             gpuconsole_dot_agent_dot_v1_dot_agent__pb2.Empty.FromString,
             options,
             channel_credentials,

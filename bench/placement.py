@@ -1,0 +1,336 @@
+"""Placement benchmark: decision rate at fleet scale, and packing quality under churn.
+
+Run: `.venv/bin/python bench/placement.py` (no Django). Prints readable figures, then as the last
+line one JSON object:
+
+* `decisions_per_s_1k`, `decisions_per_s_10k`: `FreeBlockIndex.place` calls per second on a
+  half-full fleet of 1,000 / 10,000 servers (pure decisions, nothing reserved).
+* `util_mean_bestfit`, `util_mean_firstfit`: time-averaged share of GPUs leased while one seeded
+  churn workload (Poisson arrivals, exponential lifetimes, 1/2/4/8-GPU mix, near saturation) is
+  replayed on a small HGX H100 fleet under each policy.
+* `frag_refusals_bestfit`, `frag_refusals_firstfit`: share of all requests refused although an exact
+  repacking of the leases running at that moment plus the new one would have fit, decided by an
+  ILP (`scipy.optimize.milp`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import coo_matrix
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fleet.placement import BESTFIT, FIRSTFIT, FreeBlockIndex, NoFit, Placement, Request  # noqa: E402
+from fleet.snapshot import GpuSnapshot, ServerSnapshot  # noqa: E402
+from hardware.platforms import HGX_A100, HGX_H100, Platform  # noqa: E402
+
+SIZE_MIX = ((1, 0.4), (2, 0.3), (4, 0.2), (8, 0.1))
+SERVERS_PER_RACK = 32
+
+
+def draw_size(rnd: random.Random) -> int:
+    x = rnd.random()
+    for size, p in SIZE_MIX:
+        if x < p:
+            return size
+        x -= p
+    return SIZE_MIX[-1][0]
+
+
+# --- a realistic half-full fleet -------------------------------------------------------------------
+
+
+def random_server(rnd: random.Random, sid: int) -> ServerSnapshot:
+    """A server holding random leases on random (not best-fit) partitions: about half its GPUs used."""
+    platform: Platform = HGX_A100 if rnd.random() < 0.1 else HGX_H100
+    state = "active"
+    x = rnd.random()
+    if x < 0.02:
+        state = "cordoned"
+    elif x < 0.03:
+        state = "draining"
+    used: set[int] = set()
+    tenants: dict[int, str] = {}
+    active: set[int] = set()
+    target = rnd.randint(0, platform.gpu_count)
+    for _ in range(12):
+        if len(used) >= target:
+            break
+        k = draw_size(rnd)
+        free = [p for p in platform.partitions_of_size(k) if not used & set(p.gpus)]
+        if not free:
+            continue
+        p = rnd.choice(free)
+        tenant = f"tenant{rnd.randrange(200)}"
+        used |= set(p.gpus)
+        active.add(p.id)
+        tenants.update(dict.fromkeys(p.gpus, tenant))
+    gpus = {}
+    for m in platform.gpu_ids:
+        gpu_state = "in_use" if m in used else "free"
+        if gpu_state == "free" and rnd.random() < 0.01:
+            gpu_state = rnd.choice(["quarantined", "scrubbing", "leveling", "drained"])
+        gpus[m] = GpuSnapshot(
+            module_id=m,
+            state=gpu_state,
+            healthy=rnd.random() > 0.005,
+            firmware_version=platform.pinned_firmware if rnd.random() > 0.05 else platform.older_firmware[0],
+            temperature_c=round(rnd.uniform(28.0, 45.0), 1),
+            tenant=tenants.get(m),
+        )
+    rack = f"rack{sid // SERVERS_PER_RACK:04d}"
+    return ServerSnapshot(sid, f"gpu{sid:05d}", platform.key, rack, state, gpus, frozenset(active))
+
+
+def decisions_per_s(n_servers: int, n_decisions: int, seed: int = 1) -> tuple[float, float, float]:
+    """(decisions/s, share of GPUs used, index build seconds) on a fresh random fleet."""
+    rnd = random.Random(seed)
+    fleet = [random_server(rnd, sid) for sid in range(1, n_servers + 1)]
+    used = sum(g.state != "free" for s in fleet for g in s.gpus.values())
+    total = sum(len(s.gpus) for s in fleet)
+    t0 = time.perf_counter()
+    index = FreeBlockIndex(fleet)
+    build_s = time.perf_counter() - t0
+    requests = [
+        Request(
+            draw_size(rnd),
+            tenant=f"tenant{rnd.randrange(200)}" if rnd.random() < 0.5 else None,
+            exclude_servers=frozenset({rnd.randrange(1, n_servers + 1)}) if rnd.random() < 0.05 else frozenset(),
+        )
+        for _ in range(n_decisions)
+    ]
+    place = index.place
+    t0 = time.perf_counter()
+    for r in requests:
+        place(r)
+    elapsed = time.perf_counter() - t0
+    return n_decisions / elapsed, used / total, build_s
+
+
+def cycles_per_s(n_servers: int, n_cycles: int, seed: int = 2) -> float:
+    """place + reserve + release per second: the incremental update cost as well."""
+    rnd = random.Random(seed)
+    index = FreeBlockIndex(random_server(rnd, sid) for sid in range(1, n_servers + 1))
+    sizes = [draw_size(rnd) for _ in range(n_cycles)]
+    t0 = time.perf_counter()
+    for k in sizes:
+        p = index.place(Request(k, tenant="bench"))
+        if isinstance(p, Placement):
+            index.reserve(p, tenant="bench")
+            index.release(p.server_id, p.partition_id)
+    return n_cycles / (time.perf_counter() - t0)
+
+
+# --- churn replay and the ILP ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arrival:
+    t: float
+    size: int
+    lifetime: float
+    tenant: str
+
+
+def churn_workload(n_requests: int, gpus: int, load: float, seed: int) -> list[Arrival]:
+    """Poisson arrivals whose offered load (GPU-time per time) is `load` × the fleet's GPUs."""
+    rnd = random.Random(seed)
+    mean_size = sum(s * p for s, p in SIZE_MIX)
+    rate = load * gpus / mean_size  # with mean lifetime 1
+    t = 0.0
+    out = []
+    for _ in range(n_requests):
+        t += rnd.expovariate(rate)
+        out.append(Arrival(t, draw_size(rnd), rnd.expovariate(1.0), f"tenant{rnd.randrange(20)}"))
+    return out
+
+
+def churn_fleet(n_servers: int) -> list[ServerSnapshot]:
+    """HGX H100 servers, all free; server 1 is cordoned and one GPU quarantined, as in real life."""
+    fleet = []
+    for sid in range(1, n_servers + 1):
+        gpus = {
+            m: GpuSnapshot(
+                m,
+                "quarantined" if (sid, m) == (3, 5) else "free",
+                True,
+                HGX_H100.pinned_firmware,
+                30.0 + (sid * 7 + m * 3) % 11,
+            )
+            for m in HGX_H100.gpu_ids
+        }
+        state = "cordoned" if sid == 1 else "active"
+        fleet.append(ServerSnapshot(sid, f"gpu{sid:03d}", HGX_H100.key, f"rack{sid % 4}", state, gpus))
+    return fleet
+
+
+def repack_fits(fleet: list[ServerSnapshot], sizes: list[int], time_limit: float = 10.0) -> bool | None:
+    """Could these leases (sizes) be placed all at once on the fleet's active servers, from scratch?
+
+    ILP: a binary x[lease, server, partition] for every partition of the lease's size on an active
+    server whose GPUs are all usable (not quarantined/offline/...: leased GPUs count as usable, since
+    the leases themselves are being repacked); each lease exactly one; every GPU covered at most once.
+    None when the solver hit its time limit.
+    """
+    usable_states = {"free", "reserved", "in_use"}
+    columns: list[tuple[int, int, tuple[int, ...]]] = []  # (lease, server index, gpus)
+    for li, k in enumerate(sizes):
+        for si, s in enumerate(fleet):
+            if s.state != "active":
+                continue
+            platform = HGX_H100 if s.platform_key == HGX_H100.key else HGX_A100
+            for p in platform.partitions_of_size(k):
+                if all(s.gpus[g].state in usable_states and s.gpus[g].healthy for g in p.gpus):
+                    columns.append((li, si, p.gpus))
+    if not columns:
+        return False
+    gpu_row: dict[tuple[int, int], int] = {}
+    rows, cols = [], []
+    for j, (li, si, gpus) in enumerate(columns):
+        rows.append(li)
+        cols.append(j)
+        for g in gpus:
+            r = gpu_row.setdefault((si, g), len(sizes) + len(gpu_row))
+            rows.append(r)
+            cols.append(j)
+    n_rows = len(sizes) + len(gpu_row)
+    a = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_rows, len(columns))).tocsr()
+    lower = np.concatenate([np.ones(len(sizes)), np.zeros(len(gpu_row))])
+    upper = np.ones(n_rows)
+    res = milp(
+        c=np.zeros(len(columns)),
+        constraints=LinearConstraint(a, lower, upper),
+        integrality=np.ones(len(columns)),
+        bounds=Bounds(0, 1),
+        options={"time_limit": time_limit},
+    )
+    if res.status == 0:
+        return True
+    if res.status == 2:
+        return False
+    return None
+
+
+@dataclass
+class ChurnResult:
+    policy: str
+    requests: int
+    refused: int
+    frag_refusals: int
+    undecided: int
+    util_mean: float
+    ilp_solves: int
+    ilp_seconds: float
+
+
+def replay(policy: str, fleet: list[ServerSnapshot], workload: list[Arrival], warmup: float) -> ChurnResult:
+    """Replay the workload; leases end at arrival + lifetime. Utilisation is time-averaged after warmup."""
+    index = FreeBlockIndex(fleet)
+    capacity = sum(
+        1 for s in fleet if s.state == "active" for g in s.gpus.values() if g.available
+    )  # usable GPUs on active servers (all free at the start)
+    ends: list[tuple[float, int, int, int, int]] = []  # (end time, seq, server, partition, size)
+    running: dict[int, int] = {}  # seq -> size
+    used = 0
+    area = 0.0
+    last_t = warmup
+    refused = frag = undecided = solves = 0
+    ilp_s = 0.0
+
+    def advance(t: float) -> None:
+        nonlocal area, last_t
+        if t > warmup:
+            area += used * (t - max(last_t, warmup))
+            last_t = max(last_t, t)
+
+    for seq, arr in enumerate(workload):
+        while ends and ends[0][0] <= arr.t:
+            t_end, s, sid, pid, size = heapq.heappop(ends)
+            advance(t_end)
+            index.release(sid, pid)
+            del running[s]
+            used -= size
+        advance(arr.t)
+        p = index.place(Request(arr.size, tenant=arr.tenant), policy)
+        if isinstance(p, Placement):
+            index.reserve(p, tenant=arr.tenant)
+            heapq.heappush(ends, (arr.t + arr.lifetime, seq, p.server_id, p.partition_id, arr.size))
+            running[seq] = arr.size
+            used += arr.size
+            continue
+        assert isinstance(p, NoFit)
+        refused += 1
+        wanted = [*running.values(), arr.size]
+        if sum(wanted) > capacity:
+            continue  # plainly out of GPUs: not fragmentation
+        t0 = time.perf_counter()
+        fits = repack_fits(fleet, wanted)
+        ilp_s += time.perf_counter() - t0
+        solves += 1
+        if fits is None:
+            undecided += 1
+        elif fits:
+            frag += 1
+    horizon = workload[-1].t - warmup
+    return ChurnResult(policy, len(workload), refused, frag, undecided, area / horizon / capacity, solves, ilp_s)
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    t_start = time.perf_counter()
+    rate_1k, used_1k, build_1k = decisions_per_s(1_000, 40_000)
+    rate_10k, used_10k, build_10k = decisions_per_s(10_000, 40_000)
+    cycles_1k = cycles_per_s(1_000, 10_000)
+    print("placement decisions (FreeBlockIndex.place, bestfit)")
+    print(f"  1,000 servers  ({used_1k:.0%} GPUs used): {rate_1k:>10,.0f} decisions/s  (index built in {build_1k:.2f} s)")
+    print(f"  10,000 servers ({used_10k:.0%} GPUs used): {rate_10k:>10,.0f} decisions/s  (index built in {build_10k:.2f} s)")
+    print(f"  1,000 servers, place+reserve+release: {cycles_1k:,.0f} cycles/s")
+
+    n_servers, load, n_requests, seed = 16, 0.95, 3_000, 42
+    fleet = churn_fleet(n_servers)
+    gpus = sum(1 for s in fleet if s.state == "active" for g in s.gpus.values() if g.available)
+    workload = churn_workload(n_requests, gpus, load, seed)
+    warmup = workload[n_requests // 10].t
+    results = {pol: replay(pol, fleet, workload, warmup) for pol in (BESTFIT, FIRSTFIT)}
+    print(
+        f"\nchurn replay: {n_servers} HGX H100 servers (1 cordoned, 1 GPU quarantined; {gpus} usable GPUs), "
+        f"{n_requests} requests, offered load {load:.0%}, mix "
+        + ", ".join(f"{s}-GPU {p:.0%}" for s, p in SIZE_MIX)
+        + f", seed {seed}"
+    )
+    for r in results.values():
+        print(
+            f"  {r.policy:<8}  util {r.util_mean:6.1%}  refused {r.refused / r.requests:6.2%}  "
+            f"fragmentation refusals {r.frag_refusals / r.requests:6.2%} ({r.frag_refusals})  "
+            f"ILP solves {r.ilp_solves} in {r.ilp_seconds:.1f} s, undecided {r.undecided}"
+        )
+    best, first = results[BESTFIT], results[FIRSTFIT]
+    print(f"\ntotal bench time {time.perf_counter() - t_start:.1f} s")
+    summary = {
+        "decisions_per_s_1k": round(rate_1k),
+        "decisions_per_s_10k": round(rate_10k),
+        "util_mean_bestfit": round(best.util_mean, 4),
+        "util_mean_firstfit": round(first.util_mean, 4),
+        "frag_refusals_bestfit": round(best.frag_refusals / best.requests, 4),
+        "frag_refusals_firstfit": round(first.frag_refusals / first.requests, 4),
+        "refusals_bestfit": round(best.refused / best.requests, 4),
+        "refusals_firstfit": round(first.refused / first.requests, 4),
+        "cycles_per_s_1k": round(cycles_1k),
+        "ilp_undecided": best.undecided + first.undecided,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

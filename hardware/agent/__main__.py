@@ -1,0 +1,88 @@
+"""Run a node agent: `python -m hardware.agent --backend linux|sim --listen 127.0.0.1:0 ...`.
+
+mTLS by default (`--tls-dir DIR --tls-name NAME`, files from `python -m hardware.tls`); plaintext
+only with `--insecure`. The bound address is printed (and written to `--port-file`), so port 0 works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from hardware.agent.routing import SingleHost
+from hardware.agent.server import serve
+from hardware.tls import TlsIdentity
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m hardware.agent", description=__doc__.splitlines()[0])
+    p.add_argument("--backend", choices=("linux", "sim"), required=True)
+    p.add_argument("--listen", default="127.0.0.1:0")
+    p.add_argument("--tls-dir", type=Path, help="folder with ca.pem, NAME.pem, NAME-key.pem")
+    p.add_argument("--tls-name", help="certificate name in --tls-dir (default: --hostname)")
+    p.add_argument("--insecure", action="store_true", help="plaintext gRPC (development only)")
+    p.add_argument("--port-file", type=Path, help="write the bound port here")
+    p.add_argument("--hostname", default="sim-node-0001")
+    linux = p.add_argument_group("linux backend")
+    linux.add_argument("--sysfs-root", type=Path, default=Path("/sys"))
+    linux.add_argument("--board-map", type=Path, help="module-id → BDF map recorded for this board")
+    sim = p.add_argument_group("sim backend")
+    sim.add_argument("--platform", default="hgx-h100-8")
+    sim.add_argument("--variant", default=None)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--accel", type=float, default=60.0, help="simulated seconds per real second")
+    sim.add_argument("--host-kernel", choices=("old", "fixed"), default="old")
+    sim.add_argument("--plug-mode", choices=("hot", "cold"), default="hot")
+    sim.add_argument("--iommu-backend", choices=("vfio-type1", "iommufd"), default="vfio-type1")
+    sim.add_argument("--hugepages", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.insecure == bool(args.tls_dir):
+        print("give exactly one of --tls-dir or --insecure", file=sys.stderr)
+        return 2
+    tls = TlsIdentity.from_dir(args.tls_dir, args.tls_name or args.hostname) if args.tls_dir else None
+    if args.backend == "sim":
+        # Imported only here: production agents never load the simulator.
+        from simulator.agent import serve_sim_host
+        from simulator.clock import SimClock
+        from simulator.host import SimHost
+
+        host = SimHost(
+            args.hostname,
+            args.platform,
+            args.variant,
+            clock=SimClock(args.accel),
+            seed=args.seed,
+            host_kernel=args.host_kernel,
+            plug_mode=args.plug_mode,
+            iommu_backend=args.iommu_backend,
+            hugepages=args.hugepages,
+        )
+        server = serve_sim_host(host, args.listen, tls=tls, insecure=args.insecure)
+    else:
+        try:
+            from hardware.linux import LinuxHost  # written by the Linux backend's owner
+        except ImportError as exc:
+            print(f"the linux backend is not available: {exc}", file=sys.stderr)
+            return 2
+        backend = LinuxHost(sysfs_root=args.sysfs_root, board_map=args.board_map, hostname=args.hostname)
+        server = serve(SingleHost(backend, args.hostname), args.listen, tls=tls, insecure=args.insecure)
+    print(f"agent {args.hostname} ({args.backend}) listening on {server.address}", flush=True)
+    if args.port_file:
+        args.port_file.write_text(f"{server.port}\n")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

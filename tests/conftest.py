@@ -1,0 +1,37 @@
+"""Suite-wide test set-up: settings from the environment, database-pass selection, markers."""
+
+import os
+
+import pytest
+
+_DB_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback", "live_server"}
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--db-only",
+        action="store_true",
+        help="run only tests that touch the database or services (the PostgreSQL + Redis pass)",
+    )
+
+
+def _uses_database(item) -> bool:
+    if item.get_closest_marker("django_db") or item.get_closest_marker("postgres"):
+        return True
+    if item.get_closest_marker("redis"):
+        return True
+    return bool(_DB_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_modifyitems(config, items):
+    on_postgres = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
+    with_redis = bool(os.environ.get("REDIS_URL"))
+    if config.getoption("--db-only"):
+        kept = [i for i in items if _uses_database(i)]
+        config.hook.pytest_deselected(items=[i for i in items if not _uses_database(i)])
+        items[:] = kept
+    for item in items:
+        if item.get_closest_marker("postgres") and not on_postgres:
+            item.add_marker(pytest.mark.skip(reason="needs PostgreSQL: the PostgreSQL pass runs it"))
+        if item.get_closest_marker("redis") and not with_redis:
+            item.add_marker(pytest.mark.skip(reason="needs Redis: the PostgreSQL + Redis pass runs it"))

@@ -1,0 +1,6 @@
+"""factory_boy factories and graph builders (`make_server(platform=...)`)."""
+
+from tests.factories.fleet import GpuFactory, ServerFactory, make_server
+from tests.factories.tenants import LeaseFactory, TenantFactory, UserFactory
+
+__all__ = ["GpuFactory", "LeaseFactory", "ServerFactory", "TenantFactory", "UserFactory", "make_server"]
