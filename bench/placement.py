@@ -29,9 +29,9 @@ from scipy.sparse import coo_matrix
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fleet.placement import BESTFIT, FIRSTFIT, FreeBlockIndex, NoFit, Placement, Request  # noqa: E402
-from fleet.snapshot import GpuSnapshot, ServerSnapshot  # noqa: E402
-from hardware.platforms import HGX_A100, HGX_H100, Platform  # noqa: E402
+from fleet.placement import BESTFIT, FIRSTFIT, FreeBlockIndex, NoFit, Placement, Request
+from fleet.snapshot import GpuSnapshot, ServerSnapshot
+from hardware.platforms import HGX_A100, HGX_H100, Platform, get_platform
 
 SIZE_MIX = ((1, 0.4), (2, 0.3), (4, 0.2), (8, 0.1))
 SERVERS_PER_RACK = 32
@@ -66,6 +66,8 @@ def random_server(rnd: random.Random, sid: int) -> ServerSnapshot:
         if len(used) >= target:
             break
         k = draw_size(rnd)
+        if len(used) + k > target:
+            continue
         free = [p for p in platform.partitions_of_size(k) if not used & set(p.gpus)]
         if not free:
             continue
@@ -104,7 +106,7 @@ def decisions_per_s(n_servers: int, n_decisions: int, seed: int = 1) -> tuple[fl
         Request(
             draw_size(rnd),
             tenant=f"tenant{rnd.randrange(200)}" if rnd.random() < 0.5 else None,
-            exclude_servers=frozenset({rnd.randrange(1, n_servers + 1)}) if rnd.random() < 0.05 else frozenset(),
+            exclude_servers=frozenset({rnd.randrange(1, n_servers + 1)} if rnd.random() < 0.05 else ()),
         )
         for _ in range(n_decisions)
     ]
@@ -187,7 +189,7 @@ def repack_fits(fleet: list[ServerSnapshot], sizes: list[int], time_limit: float
         for si, s in enumerate(fleet):
             if s.state != "active":
                 continue
-            platform = HGX_H100 if s.platform_key == HGX_H100.key else HGX_A100
+            platform = get_platform(s.platform_key)
             for p in platform.partitions_of_size(k):
                 if all(s.gpus[g].state in usable_states and s.gpus[g].healthy for g in p.gpus):
                     columns.append((li, si, p.gpus))
@@ -281,7 +283,8 @@ def replay(policy: str, fleet: list[ServerSnapshot], workload: list[Arrival], wa
         elif fits:
             frag += 1
     horizon = workload[-1].t - warmup
-    return ChurnResult(policy, len(workload), refused, frag, undecided, area / horizon / capacity, solves, ilp_s)
+    util = area / horizon / capacity
+    return ChurnResult(policy, len(workload), refused, frag, undecided, util, solves, ilp_s)
 
 
 # --- main ------------------------------------------------------------------------------------------
@@ -293,8 +296,13 @@ def main() -> None:
     rate_10k, used_10k, build_10k = decisions_per_s(10_000, 40_000)
     cycles_1k = cycles_per_s(1_000, 10_000)
     print("placement decisions (FreeBlockIndex.place, bestfit)")
-    print(f"  1,000 servers  ({used_1k:.0%} GPUs used): {rate_1k:>10,.0f} decisions/s  (index built in {build_1k:.2f} s)")
-    print(f"  10,000 servers ({used_10k:.0%} GPUs used): {rate_10k:>10,.0f} decisions/s  (index built in {build_10k:.2f} s)")
+    for label, rate, used, build in (
+        ("1,000", rate_1k, used_1k, build_1k),
+        ("10,000", rate_10k, used_10k, build_10k),
+    ):
+        print(
+            f"  {label:>6} servers ({used:.0%} GPUs used): {rate:>10,.0f} decisions/s  (index built in {build:.2f} s)"
+        )
     print(f"  1,000 servers, place+reserve+release: {cycles_1k:,.0f} cycles/s")
 
     n_servers, load, n_requests, seed = 16, 0.95, 3_000, 42

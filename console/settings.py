@@ -23,7 +23,7 @@ if not SECRET_KEY:
         raise ImproperlyConfigured(
             "SECRET_KEY is not set. Set SECRET_KEY (and ALLOWED_HOSTS), or DEBUG=1 for development."
         )
-    SECRET_KEY = "django-insecure-development-only-key"  # noqa: S105 - DEBUG only
+    SECRET_KEY = "django-insecure-development-only-key"
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
 if not ALLOWED_HOSTS:

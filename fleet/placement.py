@@ -48,9 +48,10 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from fleet.snapshot import (
+    GPU_FREE,
     NoFit,
     Placement,
     Request,
@@ -138,27 +139,21 @@ class _ServerView:
     tenant_gpus: Mapping[str, int]  # GPUs each tenant holds here (for rack spread)
 
 
-def _view(server: ServerSnapshot) -> _ServerView:
-    table = _table(server.platform_key)
-    avail = 0
-    tenant_gpus: Counter[str] = Counter()
-    for module_id, gpu in server.gpus.items():
-        if gpu.available:
-            avail |= 1 << module_id
-        if gpu.tenant is not None:
-            tenant_gpus[gpu.tenant] += 1
-    free = avail.bit_count()
-    if not server.schedulable:
-        return _ServerView(server, table.size_set, free, (), dict(tenant_gpus))
+@lru_cache(maxsize=1 << 16)
+def _layout(
+    platform_key: str, avail: int, active: frozenset[int]
+) -> tuple[tuple[int, tuple[int, ...], int], ...]:
+    """(row, deactivate_first, enclosing block) of each offerable partition, in id order.
 
+    A pure function of the platform, the mask of available GPUs and the active partitions, so it is
+    cached: a fleet shows few distinct layouts, and this keeps an index update cheap.
+    """
+    table = _table(platform_key)
     active_rows = []
-    for pid in server.active_partition_ids:
+    for pid in active:
         if pid not in table.row_of:
-            raise ValueError(
-                f"server {server.server_id}: active partition {pid} is not in {server.platform_key}'s table"
-            )
+            raise ValueError(f"active partition {pid} is not in {platform_key}'s partition table")
         active_rows.append(table.row_of[pid])
-
     n = len(table.ids)
     offerable = [False] * n
     deactivate: list[tuple[int, ...]] = [()] * n
@@ -169,7 +164,7 @@ def _view(server: ServerSnapshot) -> _ServerView:
         legal = True
         for a in active_rows:
             if table.masks[a] & mask:
-                # Overlapping and its GPUs are all free (they are inside this free partition): only an
+                # Overlapping, and its GPUs are free (they lie inside this free partition): only an
                 # idle 1-GPU partition may be switched off for us; anything bigger is someone's layout.
                 if table.sizes[a] == 1:
                     idle_singles.append(table.ids[a])
@@ -179,25 +174,43 @@ def _view(server: ServerSnapshot) -> _ServerView:
         if legal:
             offerable[i] = True
             deactivate[i] = tuple(sorted(idle_singles))
+    return tuple(
+        (i, deactivate[i], max(table.sizes[j] for j in table.enclosing[i] if offerable[j]))
+        for i in range(n)
+        if offerable[i]
+    )
+
+
+def _view(server: ServerSnapshot) -> _ServerView:
+    table = _table(server.platform_key)
+    avail = 0
+    tenant_gpus: dict[str, int] = {}
+    for module_id, gpu in server.gpus.items():
+        if gpu.state == GPU_FREE and gpu.healthy:
+            avail |= 1 << module_id
+        if gpu.tenant is not None:
+            tenant_gpus[gpu.tenant] = tenant_gpus.get(gpu.tenant, 0) + 1
+    free = avail.bit_count()
+    if not server.schedulable:
+        return _ServerView(server, table.size_set, free, (), tenant_gpus)
 
     candidates = []
-    for i in range(n):
-        if not offerable[i]:
-            continue
+    pinned = table.pinned_firmware
+    for i, deactivate, block in _layout(server.platform_key, avail, server.active_partition_ids):
         gpus = table.gpus[i]
-        block = max(table.sizes[j] for j in table.enclosing[i] if offerable[j])
         fw_mismatch = 0
         temp = -math.inf
         for g in gpus:
             snap = server.gpus[g]
-            if snap.firmware_version != table.pinned_firmware:
+            if snap.firmware_version != pinned:
                 fw_mismatch += 1
             t = math.inf if snap.temperature_c is None else float(snap.temperature_c)
-            temp = max(temp, t)
+            if t > temp:
+                temp = t
         candidates.append(
-            _Candidate(table.sizes[i], table.ids[i], gpus, deactivate[i], block, fw_mismatch, temp)
+            _Candidate(table.sizes[i], table.ids[i], gpus, deactivate, block, fw_mismatch, temp)
         )
-    return _ServerView(server, table.size_set, free, tuple(candidates), dict(tenant_gpus))
+    return _ServerView(server, table.size_set, free, tuple(candidates), tenant_gpus)
 
 
 def _placement(server_id: int, c: _Candidate) -> Placement:
@@ -310,10 +323,10 @@ class FreeBlockIndex:
         self._best: dict[int, dict[tuple[int, int], list]] = {}
         self._first: dict[int, list] = {}
         # For NoFit reasons without a scan: size -> Counter(free GPUs -> schedulable servers).
-        self._free_hist: dict[int, Counter[int]] = {}
-        self._size_servers: Counter[int] = Counter()
-        self._unschedulable: Counter[str] = Counter()
-        self._rack_load: dict[str, Counter[str]] = {}  # tenant -> rack -> GPUs held
+        self._free_hist: dict[int, dict[int, int]] = {}
+        self._size_servers: dict[int, int] = {}
+        self._unschedulable: dict[str, int] = {}
+        self._rack_load: dict[str, dict[str, int]] = {}  # tenant -> rack -> GPUs held
         self._live = 0
         self._pushed = 0
         for s in servers:
@@ -376,23 +389,23 @@ class FreeBlockIndex:
         self.update(with_release(snap, partition_id, table.gpus[table.row_of[partition_id]]))
 
     def _account(self, view: _ServerView, sign: int) -> None:
+        """Add (sign=+1) or take back (-1) one server's share of the counters behind NoFit reasons
+        and rack spread. Plain dicts: this runs twice per update, so it must stay cheap."""
         snap = view.snapshot
         for k in view.sizes:
-            self._size_servers[k] += sign
+            self._size_servers[k] = self._size_servers.get(k, 0) + sign
             if snap.schedulable:
-                hist = self._free_hist.setdefault(k, Counter())
-                hist[view.free] += sign
-                if not hist[view.free]:
-                    del hist[view.free]
+                hist = self._free_hist.get(k)
+                if hist is None:
+                    hist = self._free_hist[k] = {}
+                _bump(hist, view.free, sign)
         if not snap.schedulable:
-            self._unschedulable[snap.state] += sign
-            if not self._unschedulable[snap.state]:
-                del self._unschedulable[snap.state]
+            _bump(self._unschedulable, snap.state, sign)
         for tenant, n in view.tenant_gpus.items():
-            racks = self._rack_load.setdefault(tenant, Counter())
-            racks[snap.rack] += sign * n
-            if not racks[snap.rack]:
-                del racks[snap.rack]
+            racks = self._rack_load.get(tenant)
+            if racks is None:
+                racks = self._rack_load[tenant] = {}
+            _bump(racks, snap.rack, sign * n)
             if not racks:
                 del self._rack_load[tenant]
         self._live += sign * len(view.candidates)
@@ -450,7 +463,7 @@ class FreeBlockIndex:
         return None
 
     def _pick_in_bucket(
-        self, heap: list, excluded: frozenset[int], loads: Counter[str] | None
+        self, heap: list, excluded: frozenset[int], loads: Mapping[str, int] | None
     ) -> tuple[int, _Candidate] | None:
         """Slow path: skip excluded servers, and break (firmware, temperature) ties by rack load.
 
@@ -503,7 +516,7 @@ class FreeBlockIndex:
 
     def _reason(self, request: Request) -> str:
         k = request.gpu_count
-        hist = self._free_hist.get(k, Counter())
+        hist = self._free_hist.get(k, {})
         unaligned = sum(n for free, n in hist.items() if free >= k)
         excluded = 0
         for sid in request.exclude_servers:
@@ -517,6 +530,15 @@ class FreeBlockIndex:
         return _no_fit_reason(
             k, fleet_sizes, self._size_servers.get(k, 0), unaligned, self._unschedulable, excluded
         )
+
+
+def _bump(counts: dict, key: object, delta: int) -> None:
+    """counts[key] += delta, dropping keys that reach zero (emptiness means "none" to readers)."""
+    n = counts.get(key, 0) + delta
+    if n:
+        counts[key] = n
+    else:
+        del counts[key]
 
 
 # --- entry points ----------------------------------------------------------------------------------

@@ -52,17 +52,30 @@ MAX_BACKOFF_S = 2.0
 class AgentStream(Iterator[T], Generic[T]):
     """A server stream as an iterator of dataclasses; `cancel()` (any thread) ends it quietly."""
 
-    def __init__(self, client: _GrpcClient, open_call: Callable[[], grpc.Call], to_type: Callable) -> None:
+    def __init__(
+        self,
+        client: _GrpcClient,
+        open_call: Callable[[], grpc.Call],
+        to_type: Callable,
+        *,
+        eager: bool = False,
+    ) -> None:
         self._client, self._open, self._to_type = client, open_call, to_type
         self._call = None
         self._cancelled = threading.Event()
+        if eager:
+            # The server sends its initial metadata once it has subscribed, so events that happen
+            # after this returns are not missed.
+            self._call = self._open()
+            self._call.initial_metadata()
         self._items = self._iterate()
 
     def _iterate(self) -> Iterator[T]:
         received = False
         attempt = 0
         while True:
-            self._call = self._open()
+            if self._call is None:
+                self._call = self._open()
             if self._cancelled.is_set():
                 self._call.cancel()
             try:
@@ -78,6 +91,7 @@ class AgentStream(Iterator[T], Generic[T]):
                     raise self._client._mapped(exc) from None
                 self._client._sleep_backoff(attempt)
                 attempt += 1
+                self._call = None
 
     def __next__(self) -> T:
         return next(self._items)
@@ -143,8 +157,12 @@ class _GrpcClient:
                 self._sleep_backoff(attempt)
                 attempt += 1
 
-    def _stream(self, method, request, to_type: Callable, timeout: float) -> AgentStream:
-        return AgentStream(self, lambda: method(request, timeout=timeout, metadata=self._metadata), to_type)
+    def _stream(
+        self, method, request, to_type: Callable, timeout: float, *, eager: bool = False
+    ) -> AgentStream:
+        return AgentStream(
+            self, lambda: method(request, timeout=timeout, metadata=self._metadata), to_type, eager=eager
+        )
 
     def close(self) -> None:
         if self._owns_channel:
@@ -204,8 +222,12 @@ class AgentClient(_GrpcClient):
         self._unary(self._stub.ResetGpu, pb.GpuRequest(module_id=module_id), timeout)
 
     def watch_health(self, *, timeout: float = WATCH_TIMEOUT_S) -> AgentStream[HealthEvent]:
-        """Health events of this node (or, on a multiplexed server without `node=`, of every host)."""
-        return self._stream(self._stub.WatchHealth, pb.WatchHealthRequest(), convert.health_from_pb, timeout)
+        """Health events of this node (or, on a multiplexed server without `node=`, of every host).
+
+        Returns once the agent has subscribed: every event after that is delivered.
+        """
+        request = pb.WatchHealthRequest()
+        return self._stream(self._stub.WatchHealth, request, convert.health_from_pb, timeout, eager=True)
 
     def watch_boot(self, vm_id: str, *, timeout: float = WATCH_TIMEOUT_S) -> AgentStream[BootPhaseEvent]:
         return self._stream(

@@ -385,8 +385,8 @@ class KubernetesCluster:
         lease_id, namespace = validate_lease_id(lease_id), kc.tenant_namespace(validate_tenant(tenant))
         name = kc.lease_pod_name(lease_id)
         with contextlib.suppress(ApiException):
-            self._call(f"delete pod {namespace}/{name}", self._core.delete_namespaced_pod, name, namespace,
-                       expect=(404,))
+            self._call(f"delete pod {namespace}/{name}", self._core.delete_namespaced_pod, name,
+                       namespace, expect=(404,))
 
     def watch_lease_pods(self, resource_version: str | None = None,
                          timeout: float = 60.0) -> Iterator[PodStatus]:

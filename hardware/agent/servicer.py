@@ -17,6 +17,7 @@ from hardware.proto.gen.gpuconsole.agent.v1 import agent_pb2 as pb
 from hardware.proto.gen.gpuconsole.agent.v1 import agent_pb2_grpc
 
 EMPTY = pb.Empty()
+STREAM_READY_KEY = "x-gpuconsole-stream-ready"
 
 
 def call(context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
@@ -30,6 +31,8 @@ def call(context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
 def stream(context: grpc.ServicerContext, start: Callable[[], Iterator], to_pb: Callable) -> Iterator:
     """Serve an iterator from the backend; close it when the client goes away."""
     source = call(context, start)
+    # Tell the client the stream is set up (it waits for this before returning a health watch).
+    context.send_initial_metadata(((STREAM_READY_KEY, "1"),))
     close = getattr(source, "close", None)
     if close is not None:
         context.add_callback(close)

@@ -42,6 +42,8 @@ class GpuRecordStore:
         path = self._path(address)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
             return GpuReport(**{key: data[key] for key in GpuReport.__dataclass_fields__ if key in data})
         except FileNotFoundError:
             return None

@@ -19,10 +19,11 @@ from __future__ import annotations
 import copy
 import json
 import re
+import socketserver
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -115,9 +116,9 @@ class KubeMock:
         self.watch_max_events: int | None = None  # close a watch after this many events (a dropped watch)
         self.rv = 100
         self.lock = threading.Condition()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.server = _LoopbackServer(("127.0.0.1", 0), _handler_for(self))
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
 
     @property
     def url(self) -> str:
@@ -160,8 +161,9 @@ class KubeMock:
             obj = copy.deepcopy(self.objects[key])
             status: dict[str, Any] = {"phase": phase}
             if exit_code is not None:
+                container = obj["spec"]["containers"][0]
                 status["containerStatuses"] = [{
-                    "name": obj["spec"]["containers"][0]["name"], "image": obj["spec"]["containers"][0]["image"],
+                    "name": container["name"], "image": container["image"],
                     "imageID": "", "ready": False, "restartCount": 0, "state": {"terminated": {
                         "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error"}}}]
             obj["status"] = status
@@ -242,7 +244,8 @@ class KubeMock:
 
     def _list(self, collection: tuple, query: dict) -> dict:
         group, version, resource, namespace = collection
-        items = [copy.deepcopy(o) for k, o in sorted(self.objects.items(), key=lambda kv: kv[1]["metadata"]["name"])
+        ordered = sorted(self.objects.items(), key=lambda kv: kv[1]["metadata"]["name"])
+        items = [copy.deepcopy(o) for k, o in ordered
                  if k[:3] == collection[:3] and (namespace is None or k[3] == namespace)
                  and _labels_match(o["metadata"].get("labels") or {}, query.get("labelSelector", ""))
                  and _fields_match(o, query.get("fieldSelector", ""))]
@@ -323,6 +326,16 @@ class KubeMock:
                 sent += 1
                 if self.watch_max_events is not None and sent >= self.watch_max_events:
                     return
+
+
+class _LoopbackServer(ThreadingHTTPServer):
+    """Skips HTTPServer's reverse DNS lookup of the bind address, which can take seconds."""
+
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
 
 
 def _status(code: int, message: str, reason: str = "", success: bool = False) -> dict:

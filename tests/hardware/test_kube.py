@@ -41,10 +41,11 @@ def test_ensure_tenancy_creates_namespace_policy_and_ready_tenancy(mock, cluster
         "labels": {"app.kubernetes.io/managed-by": "gpu-console", "gpuconsole.dev/tenant": "landon"}}}
     [policy] = mock.sent("POST", "/apis/cilium.io/v2/namespaces/tenant-landon/ciliumnetworkpolicies$")
     assert policy.body["metadata"]["name"] == "ingress-egress-rules"
+    same_namespace = [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "tenant-landon"}}]
     assert policy.body["spec"] == {
         "endpointSelector": {},
-        "ingress": [{"fromEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "tenant-landon"}}]}],
-        "egress": [{"toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "tenant-landon"}}]}],
+        "ingress": [{"fromEndpoints": same_namespace}],
+        "egress": [{"toEndpoints": same_namespace}],
     }
     [tenancy] = mock.sent("POST", "/apis/gpuconsole.dev/v1alpha1/tenancies$")
     assert tenancy.body["kind"] == "Tenancy" and tenancy.body["spec"] == {"tenant": "landon"}
@@ -243,7 +244,8 @@ def test_cordon_and_uncordon(mock, cluster):
 
 def test_drain_evicts_and_reports_pdb_refusal(mock, cluster):
     mock.put("/api/v1/nodes", {"metadata": {"name": "n1"}, "spec": {}})
-    for name, extra in [("a", {}), ("b", {}), ("ds", {"ownerReferences": [{"kind": "DaemonSet", "name": "x"}]})]:
+    daemonset = {"ownerReferences": [{"kind": "DaemonSet", "name": "x", "apiVersion": "apps/v1", "uid": "u"}]}
+    for name, extra in [("a", {}), ("b", {}), ("ds", daemonset)]:
         mock.put("/api/v1/namespaces/tenant-t/pods", {"metadata": {"name": name, **extra},
                                                       "spec": {"nodeName": "n1", "containers": CONTAINERS},
                                                       "status": {"phase": "Running"}})

@@ -5,8 +5,17 @@ from django.core.management.base import BaseCommand, CommandError
 
 from console.audit import Actor
 from console.models import Source
+from fleet.models import Server
 from fleet.registration import ServerSpec, server_register_from_platform
 from hardware.platforms import PLATFORMS, PlatformError, get_platform
+
+
+def _free_slot(rack: str, wanted: int, hostname: str) -> int:
+    """The wanted slot, or the next free one when an earlier seeding with other arguments took it."""
+    taken = dict(Server.objects.filter(rack=rack).values_list("slot", "hostname"))
+    while taken.get(wanted, hostname) != hostname:
+        wanted += 1
+    return wanted
 
 
 class Command(BaseCommand):
@@ -34,12 +43,15 @@ class Command(BaseCommand):
         created = 0
         for i in range(opts["servers"]):
             rack, slot = divmod(i, per_rack)
+            hostname = f"{opts['prefix']}-{platform.key}-{i + 1:04d}"
+            rack_name = f"{opts['prefix']}-r{rack + 1:02d}"
+            slot = _free_slot(rack_name, slot + 1, hostname)
             spec = ServerSpec(
-                hostname=f"{opts['prefix']}-{platform.key}-{i + 1:04d}",
+                hostname=hostname,
                 platform=platform.key,
                 variant=variant.key,
-                rack=f"{opts['prefix']}-r{rack + 1:02d}",
-                slot=slot + 1,
+                rack=rack_name,
+                slot=slot,
                 host_kernel=opts["host_kernel"],
                 plug_mode=opts["plug_mode"],
             )
