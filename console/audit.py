@@ -66,16 +66,57 @@ def audit_record(
         after=after or {},
         message=message,
     )
+    _publish(event)
+    return event
+
+
+def audit_record_many(
+    *,
+    actor: Actor,
+    verb: str,
+    targets: list[models.Model],
+    before: list[dict],
+    after: dict,
+    message: str = "",
+    parent: models.Model | None = None,
+) -> list[AuditEvent]:
+    """Append one event per target in a single insert (batched state changes)."""
+    parent_type, parent_id = target_key(parent) if parent is not None else ("", "")
+    events = AuditEvent.objects.bulk_create(
+        [
+            AuditEvent(
+                actor_id=actor.user_id,
+                actor_text=actor.name,
+                source=actor.source,
+                correlation_id=actor.correlation_id,
+                verb=verb,
+                target_type=target_key(target)[0],
+                target_id=target_key(target)[1],
+                target_repr=str(target)[:200],
+                parent_type=parent_type,
+                parent_id=parent_id,
+                before=prior,
+                after=after,
+                message=message,
+            )
+            for target, prior in zip(targets, before, strict=True)
+        ]
+    )
+    for event in events:
+        _publish(event)
+    return events
+
+
+def _publish(event: AuditEvent) -> None:
     realtime.publish_on_commit(
-        verb,
+        event.verb,
         {
             "event_id": event.pk,
-            "verb": verb,
-            "target_type": target_type,
-            "target_id": target_id,
-            "parent_type": parent_type,
-            "parent_id": parent_id,
+            "verb": event.verb,
+            "target_type": event.target_type,
+            "target_id": event.target_id,
+            "parent_type": event.parent_type,
+            "parent_id": event.parent_id,
             "after": event.after,
         },
     )
-    return event

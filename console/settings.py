@@ -180,3 +180,9 @@ LOGGING = {
 # Serve static files from the apps' folders without collectstatic (the embedded default).
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
+
+# The reconciler runs as a periodic singleton (console.locks keeps a second copy from running).
+RECONCILE_EVERY_S = env.float("RECONCILE_EVERY_S", default=15.0)
+CELERY_BEAT_SCHEDULE = {
+    "reconcile": {"task": "tenants.tasks.reconcile", "schedule": RECONCILE_EVERY_S},
+}

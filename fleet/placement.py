@@ -38,7 +38,13 @@ Fleet scale
 bucketed by (enclosing block, server free count), the static part of the key. A decision looks at
 the few non-empty buckets in order and the top of one heap; updates recompute one server (its
 table has a handful of rows) and push fresh heap entries, stale ones being dropped lazily by a
-version check. `place_bruteforce` is the reference the index is tested against.
+version check. Which partitions of a server are offerable depends only on (platform, free-GPU mask,
+active partitions), so that part is cached across servers. The rack-spread tie-break depends on the
+requesting tenant, so it is applied only among the entries tied on everything before it, popped from
+the top of the winning bucket. `place_bruteforce` is the reference the index is tested against
+(tests/fleet/test_placement.py, with hypothesis over random fleets and update sequences).
+
+Platforms are looked up with `hardware.platforms.get_platform(server.platform_key)`.
 """
 
 from __future__ import annotations
@@ -140,9 +146,7 @@ class _ServerView:
 
 
 @lru_cache(maxsize=1 << 16)
-def _layout(
-    platform_key: str, avail: int, active: frozenset[int]
-) -> tuple[tuple[int, tuple[int, ...], int], ...]:
+def _layout(platform_key: str, avail: int, active: frozenset[int]) -> tuple[tuple[int, tuple[int, ...], int], ...]:
     """(row, deactivate_first, enclosing block) of each offerable partition, in id order.
 
     A pure function of the platform, the mask of available GPUs and the active partitions, so it is
@@ -205,11 +209,11 @@ def _view(server: ServerSnapshot) -> _ServerView:
             if snap.firmware_version != pinned:
                 fw_mismatch += 1
             t = math.inf if snap.temperature_c is None else float(snap.temperature_c)
+            if t != t:  # NaN would break heap order: treat an unreadable sensor as hottest
+                t = math.inf
             if t > temp:
                 temp = t
-        candidates.append(
-            _Candidate(table.sizes[i], table.ids[i], gpus, deactivate, block, fw_mismatch, temp)
-        )
+        candidates.append(_Candidate(table.sizes[i], table.ids[i], gpus, deactivate, block, fw_mismatch, temp))
     return _ServerView(server, table.size_set, free, tuple(candidates), tenant_gpus)
 
 
@@ -241,11 +245,10 @@ def _no_fit_reason(
     if unaligned:
         verb = "has" if unaligned == 1 else "have"
         parts.append(
-            f"{_plural(unaligned, 'server')} {verb} {k} or more free GPUs but not aligned to a free "
-            f"{k}-GPU partition"
+            f"{_plural(unaligned, 'server')} {verb} {k} or more free GPUs but not aligned to a free {k}-GPU partition"
         )
     else:
-        parts.append(f"no schedulable server has {k} free GPUs")
+        parts.append(f"no schedulable server has {_plural(k, 'free GPU')}")
     if unschedulable:
         detail = ", ".join(f"{n} {state}" for state, n in sorted(unschedulable.items()))
         parts.append(f"{_plural(sum(unschedulable.values()), 'server')} not schedulable ({detail})")
@@ -257,9 +260,7 @@ def _no_fit_reason(
 # --- brute-force reference -------------------------------------------------------------------------
 
 
-def place_bruteforce(
-    servers: Iterable[ServerSnapshot], request: Request, policy: str = BESTFIT
-) -> Placement | NoFit:
+def place_bruteforce(servers: Iterable[ServerSnapshot], request: Request, policy: str = BESTFIT) -> Placement | NoFit:
     """Score every partition of every server; the specification `FreeBlockIndex` must match."""
     _check_policy(policy)
     views = [_view(s) for s in servers]
@@ -321,6 +322,7 @@ class FreeBlockIndex:
         self._clock = 0
         # size -> (block, server free) -> heap
         self._best: dict[int, dict[tuple[int, int], list]] = {}
+        self._best_order: dict[int, list[tuple[int, int]] | None] = {}  # sorted bucket keys, None = stale
         self._first: dict[int, list] = {}
         # For NoFit reasons without a scan: size -> Counter(free GPUs -> schedulable servers).
         self._free_hist: dict[int, dict[int, int]] = {}
@@ -361,7 +363,12 @@ class FreeBlockIndex:
         self._version[sid] = version
         self._account(view, +1)
         for c in view.candidates:
-            bucket = self._best.setdefault(c.size, {}).setdefault((c.block, view.free), [])
+            buckets = self._best.setdefault(c.size, {})
+            key = (c.block, view.free)
+            bucket = buckets.get(key)
+            if bucket is None:
+                bucket = buckets[key] = []
+                self._best_order[c.size] = None
             heapq.heappush(bucket, (c.fw_mismatch, c.temp, sid, c.partition_id, version, c))
             heapq.heappush(self._first.setdefault(c.size, []), (sid, c.partition_id, version, c))
         self._pushed += 2 * len(view.candidates)
@@ -377,9 +384,7 @@ class FreeBlockIndex:
         """Take the placement's GPUs and activate its partition (after its deactivate_first)."""
         view = self._views[placement.server_id]
         if not any(c.partition_id == placement.partition_id for c in view.candidates):
-            raise ValueError(
-                f"partition {placement.partition_id} is not free on server {placement.server_id}"
-            )
+            raise ValueError(f"partition {placement.partition_id} is not free on server {placement.server_id}")
         self.update(with_placement(view.snapshot, placement, tenant))
 
     def release(self, server_id: int, partition_id: int) -> None:
@@ -413,6 +418,7 @@ class FreeBlockIndex:
     def _compact(self) -> None:
         """Drop stale heap entries in bulk, so heaps stay proportional to the live candidates."""
         live = self._version
+        self._best_order.clear()
         for buckets in self._best.values():
             for key in list(buckets):
                 heap = [e for e in buckets[key] if live.get(e[2]) == e[4]]
@@ -447,12 +453,18 @@ class FreeBlockIndex:
         version = self._version
         excluded = request.exclude_servers
         loads = self._rack_load.get(request.tenant) if request.tenant is not None else None
-        for key in sorted(buckets):
-            heap = buckets[key]
+        order = self._best_order.get(k)
+        if order is None:
+            order = self._best_order[k] = sorted(buckets)
+        for key in order:
+            heap = buckets.get(key)
+            if heap is None:
+                continue
             while heap and version.get(heap[0][2]) != heap[0][4]:
                 heapq.heappop(heap)
             if not heap:
                 del buckets[key]
+                self._best_order[k] = None  # `order` stays valid for this loop: it is a copy
                 continue
             if not excluded and not loads:
                 top = heap[0]
@@ -527,9 +539,7 @@ class FreeBlockIndex:
             if k in view.sizes and view.free >= k:
                 unaligned -= 1
         fleet_sizes = [s for s, n in self._size_servers.items() if n > 0]
-        return _no_fit_reason(
-            k, fleet_sizes, self._size_servers.get(k, 0), unaligned, self._unschedulable, excluded
-        )
+        return _no_fit_reason(k, fleet_sizes, self._size_servers.get(k, 0), unaligned, self._unschedulable, excluded)
 
 
 def _bump(counts: dict, key: object, delta: int) -> None:
@@ -553,8 +563,6 @@ def place(
     return place_on_snapshot(fleet, request, policy)
 
 
-def place_on_snapshot(
-    servers: Iterable[ServerSnapshot], request: Request, policy: str = BESTFIT
-) -> Placement | NoFit:
+def place_on_snapshot(servers: Iterable[ServerSnapshot], request: Request, policy: str = BESTFIT) -> Placement | NoFit:
     """Convenience for one-off decisions: index the snapshot, then place."""
     return FreeBlockIndex(servers).place(request, policy)

@@ -133,3 +133,17 @@ def estimate_boot(
         ("container-start", c.container_start_s),
     ]
     return BootEstimate(phases=tuple((name, round(seconds, 6)) for name, seconds in phases))
+
+
+# The first kernel whose VFIO maps large BARs in huge chunks (huge-pfnmap faults for vfio-pci).
+FIXED_KERNEL = (6, 12)
+
+
+def kernel_generation(release: str) -> Literal["old", "fixed"]:
+    """Classify a host kernel release ("5.15.0-105-generic") for the model; unparsable → "old"."""
+    parts = release.split("-", 1)[0].split(".")
+    try:
+        version = (int(parts[0]), int(parts[1]))
+    except (IndexError, ValueError):
+        return "old"
+    return "fixed" if version >= FIXED_KERNEL else "old"

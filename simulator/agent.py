@@ -6,6 +6,7 @@ from hardware.agent.routing import SingleHost
 from hardware.agent.server import AgentServer, serve
 from hardware.tls import TlsIdentity
 from simulator.admin import add_sim_admin
+from simulator.clock import SimClock
 from simulator.host import SimHost
 
 
@@ -26,3 +27,19 @@ def serve_sim_host(
         workers=workers,
         extra_servicers=(add_sim_admin(resolver, host.clock),),
     )
+
+
+def serve_from_args(args, *, tls: TlsIdentity | None) -> AgentServer:
+    """`python -m hardware.agent --backend sim ...`: one SimHost from the command line's options."""
+    host = SimHost(
+        args.hostname,
+        args.platform,
+        args.variant,
+        clock=SimClock(args.accel),
+        seed=args.seed,
+        host_kernel=args.host_kernel,
+        plug_mode=args.plug_mode,
+        iommu_backend=args.iommu_backend,
+        hugepages=args.hugepages,
+    )
+    return serve_sim_host(host, args.listen, tls=tls, insecure=args.insecure)

@@ -32,7 +32,8 @@ DEFAULT_MIX: tuple[tuple[float, str, int], ...] = (
 
 
 def _poisson(rng: random.Random, mean: float) -> int:
-    # Knuth's method; the means here are small (faults per step).
+    if mean > 30:  # Knuth's product underflows for large means; the normal approximation is fine there
+        return max(0, round(rng.gauss(mean, math.sqrt(mean))))
     limit, k, p = math.exp(-mean), 0, 1.0
     while True:
         p *= rng.random()

@@ -6,6 +6,7 @@ inventory, so LinuxHost's discovery of the sysfs folder this host writes can be 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import threading
@@ -61,6 +62,26 @@ class SimGpu:
     row_remaps_pending: int = 0
     nvlink_errors: int = 0
     fail_next_scrub: bool = False
+    operation: str = ""  # a scrub, reset or flash in progress: the GPU is not free for anything else
+
+
+class _GpuOperation(Iterator[ScrubProgress]):
+    """Streams an operation's steps and frees the GPU when they end or the caller closes the stream."""
+
+    def __init__(self, host: SimHost, gpu: SimGpu, steps: Iterator[ScrubProgress]) -> None:
+        self._host, self._gpu, self._steps = host, gpu, steps
+
+    def __next__(self) -> ScrubProgress:
+        try:
+            return next(self._steps)
+        except StopIteration:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._host._end_operation(self._gpu)
+        with contextlib.suppress(ValueError):  # still running in another thread: it ends on its own
+            self._steps.close()
 
 
 def _digest(*parts: object) -> bytes:
@@ -95,6 +116,7 @@ class SimHost:
         init_system: str = "systemd",
         fm_version: str = DEFAULT_FM_VERSION,
         firmware: dict[int, str] | None = None,
+        isolate_gpus: bool = False,
     ) -> None:
         self.hostname = hostname
         self.platform = get_platform(platform) if isinstance(platform, str) else platform
@@ -116,6 +138,8 @@ class SimHost:
         self.fabric_manager = FabricManager(
             self.platform, self.clock, busy_modules=self.busy_modules, version=fm_version
         )
+        if isolate_gpus:  # the console's idle baseline: every GPU in its own active 1-GPU partition
+            self.fabric_manager.set_activated(p.id for p in self.platform.partitions if p.size == 1)
 
     # -- helpers -------------------------------------------------------------------------
     def busy_modules(self) -> dict[int, str]:
@@ -135,6 +159,20 @@ class SimHost:
         vm = self.busy_modules().get(module_id)
         if vm:
             raise FailedPrecondition(f"{self.hostname}: cannot {doing} GPU {module_id}: in use by VM {vm}")
+        busy = self.gpus[module_id].operation
+        if busy:
+            raise FailedPrecondition(f"{self.hostname}: cannot {doing} GPU {module_id}: {busy} in progress")
+
+    def _begin_operation(self, module_id: int, doing: str) -> SimGpu:
+        """Check the GPU is present and idle and mark it busy (call with the lock held)."""
+        gpu = self._gpu(module_id)
+        self._require_idle(module_id, doing)
+        gpu.operation = doing
+        return gpu
+
+    def _end_operation(self, gpu: SimGpu) -> None:
+        with self._lock:
+            gpu.operation = ""
 
     def _device(self, address: str) -> SimPciDevice:
         if not _BDF_RE.match(address):
@@ -145,9 +183,7 @@ class SimHost:
         raise NotFound(f"{self.hostname}: no PCI device {address}")
 
     def _emit(self, module_id: int, kind: HealthKind, **fields) -> HealthEvent:
-        event = HealthEvent(
-            hostname=self.hostname, module_id=module_id, kind=kind, at=self.clock.now(), **fields
-        )
+        event = HealthEvent(hostname=self.hostname, module_id=module_id, kind=kind, at=self.clock.now(), **fields)
         self.hub.publish(event)
         return event
 
@@ -215,11 +251,10 @@ class SimHost:
     def scrub_gpu(self, module_id: int) -> Iterator[ScrubProgress]:
         """Validate now (so errors reach the caller before the stream starts), then stream steps."""
         with self._lock:
-            gpu = self._gpu(module_id)
-            self._require_idle(module_id, "scrub")
+            gpu = self._begin_operation(module_id, "scrub")
             fail = gpu.fail_next_scrub
             gpu.fail_next_scrub = False
-        return self._scrub_steps(gpu, fail)
+        return _GpuOperation(self, gpu, self._scrub_steps(gpu, fail))
 
     def _scrub_steps(self, gpu: SimGpu, fail: bool) -> Iterator[ScrubProgress]:
         m = gpu.module_id
@@ -227,9 +262,7 @@ class SimHost:
             yield ScrubProgress(m, phase, 100.0 * i / len(SCRUB_STEPS), f"{phase} ({seconds:g} s)")
             self.clock.sleep(seconds)
             if gpu.lost:
-                yield ScrubProgress(
-                    m, phase, 100.0 * i / len(SCRUB_STEPS), "GPU fell off the bus", done=True, ok=False
-                )
+                yield ScrubProgress(m, phase, 100.0 * i / len(SCRUB_STEPS), "GPU fell off the bus", done=True, ok=False)
                 return
             if phase == "reset":
                 self._apply_reset(gpu)
@@ -261,21 +294,24 @@ class SimHost:
 
     def level_firmware(self, module_id: int) -> FirmwareStatus:
         with self._lock:
-            gpu = self._gpu(module_id)
-            self._require_idle(module_id, "level firmware of")
-            needed = gpu.firmware != self.platform.pinned_firmware
-        if needed:
-            self.clock.sleep(FIRMWARE_FLASH_S)
-            with self._lock:
-                gpu.firmware = self.platform.pinned_firmware
+            gpu = self._begin_operation(module_id, "level firmware of")
+        try:
+            if gpu.firmware != self.platform.pinned_firmware:
+                self.clock.sleep(FIRMWARE_FLASH_S)
+                with self._lock:
+                    gpu.firmware = self.platform.pinned_firmware
+        finally:
+            self._end_operation(gpu)
         return self.check_firmware(module_id)
 
     def reset_gpu(self, module_id: int) -> None:
         with self._lock:
-            gpu = self._gpu(module_id)
-            self._require_idle(module_id, "reset")
-        self.clock.sleep(GPU_RESET_S)
-        self._apply_reset(gpu)
+            gpu = self._begin_operation(module_id, "reset")
+        try:
+            self.clock.sleep(GPU_RESET_S)
+            self._apply_reset(gpu)
+        finally:
+            self._end_operation(gpu)
 
     def watch_health(self) -> Subscription:
         return self.hub.subscribe(self.hostname)
@@ -312,6 +348,8 @@ class SimHost:
                 gpu = self._gpu(m)
                 if m in busy:
                     raise FailedPrecondition(f"{self.hostname}: GPU {m} in use by VM {busy[m]}")
+                if gpu.operation:
+                    raise FailedPrecondition(f"{self.hostname}: GPU {m}: {gpu.operation} in progress")
                 if gpu.pci.driver != PASSTHROUGH_DRIVER:
                     raise FailedPrecondition(f"{self.hostname}: GPU {m} is not bound to vfio-pci")
             estimate = estimate_boot(
@@ -462,6 +500,4 @@ class SimHost:
             gpu = self._gpu(module_id)
             gpu.nvlink_errors += max(count, 1)
             total = gpu.nvlink_errors
-        return self._emit(
-            module_id, HealthKind.NVLINK, nvlink_errors=total, message="NVLink CRC/replay errors"
-        )
+        return self._emit(module_id, HealthKind.NVLINK, nvlink_errors=total, message="NVLink CRC/replay errors")

@@ -15,15 +15,17 @@ The format LinuxHost's discovery reads (agreed with its owner; tests compare bot
 Noise the agent must skip is included: host bridge and root port, the BMC's VGA (1a03:2000) and
 its bridge, a NIC, and on Supermicro the Switchtec bridge above the NVSwitches (class 0x0604).
 
-The board map (`write_board_map`) is what a trusted VM with the NVIDIA driver records once per
-board, because a host without the driver cannot read it: module id → BDF, and per GPU its UUID,
-serial, VRAM and firmware; plus the platform, variant and host features. JSON, schema 1:
+The board map (`write_board_map`) is the JSON hardware/linux/boardmap.py reads — module id → BDF,
+which a host without the NVIDIA driver cannot read, recorded once per board:
 
-    {"schema": 1, "hostname": ..., "platform": "hgx-h100-8", "variant": "supermicro",
-     "gpus": [{"module_id": 2, "address": "0000:18:00.0", "uuid": "GPU-...", "serial": "...",
-               "vram_mib": 81079, "firmware_version": "96.00.99.00.01"}, ...],
-     "host": {"kernel": ..., "iommu_backend": ..., "plug_mode": ..., "hugepages": false,
-              "fabric_manager_version": ..., "agent_version": ...}}
+    {"platform": "hgx-h100-8", "variant": "supermicro", "modules": {"1": "0000:3a:00.0", ...},
+     "hostname": ..., "host": {"kernel": ..., "plug_mode": ..., ...}}   (the last two: extras)
+
+`write_gpu_records` writes what a service VM with the driver reports per GPU, in the format of
+hardware/linux/records.py (one `<BDF>.json` each: uuid, serial, vram_mib, firmware_version).
+Together with the sysfs folder they let LinuxHost rebuild exactly SimHost's inventory.
+Host features go to sysfs where Linux has them: 1 GiB huge pages
+(`kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages`) and iommufd (`class/misc/iommu`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from pathlib import Path
 
 from simulator.host import SimHost
 
-BOARD_MAP_SCHEMA = 1
+HUGEPAGES_1G = Path("kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages")
+IOMMUFD_MISC = Path("class/misc/iommu")
 
 
 def _write(path: Path, text: str) -> None:
@@ -77,29 +80,22 @@ def write_sysfs(host: SimHost, root: Path) -> Path:
             (drivers_dir / dev.driver).mkdir(exist_ok=True)
             _link(drivers_dir / dev.driver / dev.address, f"../../devices/{dev.address}")
             _link(d / "driver", f"../../drivers/{dev.driver}")
+    hugepages = root / HUGEPAGES_1G
+    hugepages.parent.mkdir(parents=True, exist_ok=True)
+    _write(hugepages, "512" if host.hugepages else "0")
+    if host.iommu_backend == "iommufd":
+        (root / IOMMUFD_MISC).mkdir(parents=True, exist_ok=True)
     return root
 
 
 def board_map(host: SimHost) -> dict:
     """The board map as a JSON-ready dict (see the module docstring)."""
     inv = host.inventory()
-    gpus = sorted(host.gpus.values(), key=lambda g: g.module_id)
     return {
-        "schema": BOARD_MAP_SCHEMA,
-        "hostname": host.hostname,
         "platform": host.platform.key,
         "variant": host.variant.key,
-        "gpus": [
-            {
-                "module_id": g.module_id,
-                "address": g.pci.address,
-                "uuid": g.uuid,
-                "serial": g.serial,
-                "vram_mib": host.platform.vram_mib,
-                "firmware_version": g.firmware,
-            }
-            for g in gpus
-        ],
+        "modules": {str(m): g.pci.address for m, g in sorted(host.gpus.items())},
+        "hostname": host.hostname,
         "host": {
             "kernel": inv.host_kernel,
             "iommu_backend": inv.iommu_backend,
@@ -116,3 +112,18 @@ def write_board_map(host: SimHost, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(board_map(host), indent=2, sort_keys=True) + "\n")
     return path
+
+
+def write_gpu_records(host: SimHost, directory: Path) -> Path:
+    """Per-GPU reports as a scrub/firmware VM would have recorded them (hardware/linux/records.py)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for gpu in host.gpus.values():
+        report = {
+            "uuid": gpu.uuid,
+            "serial": gpu.serial,
+            "vram_mib": host.platform.vram_mib,
+            "firmware_version": gpu.firmware,
+        }
+        (directory / f"{gpu.pci.address}.json").write_text(json.dumps(report, sort_keys=True) + "\n")
+    return directory

@@ -7,6 +7,7 @@ only with `--insecure`. The bound address is printed (and written to `--port-fil
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 import threading
@@ -15,6 +16,8 @@ from pathlib import Path
 from hardware.agent.routing import SingleHost
 from hardware.agent.server import serve
 from hardware.tls import TlsIdentity
+
+SIM_BACKEND = "simulator.agent"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +44,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _serve_linux(args, tls: TlsIdentity | None):
+    from hardware.linux.boardmap import BoardMapError, load_board_map
+    from hardware.linux.host import LinuxHost
+
+    if args.board_map is None:
+        print("the linux backend needs --board-map (module id → BDF, recorded once per board)", file=sys.stderr)
+        return None
+    try:
+        board_map = load_board_map(args.board_map)
+    except BoardMapError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    backend = LinuxHost(board_map=board_map, sysfs_root=args.sysfs_root, hostname=args.hostname)
+    return serve(SingleHost(backend, args.hostname), args.listen, tls=tls, insecure=args.insecure)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.insecure == bool(args.tls_dir):
@@ -48,31 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tls = TlsIdentity.from_dir(args.tls_dir, args.tls_name or args.hostname) if args.tls_dir else None
     if args.backend == "sim":
-        # Imported only here: production agents never load the simulator.
-        from simulator.agent import serve_sim_host
-        from simulator.clock import SimClock
-        from simulator.host import SimHost
-
-        host = SimHost(
-            args.hostname,
-            args.platform,
-            args.variant,
-            clock=SimClock(args.accel),
-            seed=args.seed,
-            host_kernel=args.host_kernel,
-            plug_mode=args.plug_mode,
-            iommu_backend=args.iommu_backend,
-            hugepages=args.hugepages,
-        )
-        server = serve_sim_host(host, args.listen, tls=tls, insecure=args.insecure)
+        # By dotted path, like the settings-chosen adapters: production code never imports the
+        # simulator (an import-linter contract); only this explicit choice loads it.
+        sim_agent = importlib.import_module(SIM_BACKEND)
+        server = sim_agent.serve_from_args(args, tls=tls)
     else:
-        try:
-            from hardware.linux import LinuxHost  # written by the Linux backend's owner
-        except ImportError as exc:
-            print(f"the linux backend is not available: {exc}", file=sys.stderr)
+        server = _serve_linux(args, tls)
+        if server is None:
             return 2
-        backend = LinuxHost(sysfs_root=args.sysfs_root, board_map=args.board_map, hostname=args.hostname)
-        server = serve(SingleHost(backend, args.hostname), args.listen, tls=tls, insecure=args.insecure)
     print(f"agent {args.hostname} ({args.backend}) listening on {server.address}", flush=True)
     if args.port_file:
         args.port_file.write_text(f"{server.port}\n")

@@ -35,7 +35,7 @@ def stream(context: grpc.ServicerContext, start: Callable[[], Iterator], to_pb: 
     context.send_initial_metadata(((STREAM_READY_KEY, "1"),))
     close = getattr(source, "close", None)
     if close is not None:
-        context.add_callback(close)
+        context.add_callback(lambda: _quietly(close))
     try:
         for item in source:
             if not context.is_active():
@@ -45,8 +45,12 @@ def stream(context: grpc.ServicerContext, start: Callable[[], Iterator], to_pb: 
         context.abort(code_for(exc), str(exc))
     finally:
         if close is not None:
-            with contextlib.suppress(ValueError):  # a generator still running in another thread
-                close()
+            _quietly(close)
+
+
+def _quietly(close: Callable[[], None]) -> None:
+    with contextlib.suppress(ValueError):  # a generator still running in another thread
+        close()
 
 
 class NodeAgentServicer(agent_pb2_grpc.NodeAgentServicer):

@@ -5,6 +5,9 @@ cannot read from PCI, and which does not follow PCI order. So the map is data, r
 board (e.g. by a trusted test VM that has the driver) in a JSON file:
 
     {"platform": "hgx-h100-8", "variant": "supermicro", "modules": {"1": "0000:3a:00.0", ...}}
+
+Other keys (the simulator adds `hostname` and `host`) are ignored: LinuxHost reads host facts
+from the host itself.
 """
 
 from __future__ import annotations

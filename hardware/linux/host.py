@@ -21,8 +21,8 @@ from hardware.linux.fabric_manager import FabricManager
 from hardware.linux.guest import GuestRunner
 from hardware.linux.journal import EventJournal
 from hardware.linux.records import GpuRecordStore, GpuReport
-from hardware.linux.service_vm import ServiceVms, gpu_vm_spec
-from hardware.linux.sysfs import DEFAULT_SYSFS_ROOT, Discovery, SysfsPci
+from hardware.linux.service_vm import ServiceVms, fabric_manager_vm_spec, gpu_vm_spec
+from hardware.linux.sysfs import DEFAULT_SYSFS_ROOT, Discovery, PciFunction, SysfsPci
 from hardware.linux.vfio import SysfsWrite, VfioBinder, write_sysfs
 from hardware.platforms import Platform
 from hardware.types import (
@@ -32,6 +32,7 @@ from hardware.types import (
     HealthEvent,
     Inventory,
     PartitionInfo,
+    PciDevice,
     ScrubProgress,
 )
 
@@ -103,7 +104,7 @@ class LinuxHost:
             hugepages=_positive_int(self.sysfs.root / HUGEPAGES_1G),
         )
 
-    def _gpu_info(self, fn, alone: bool) -> GpuInfo:
+    def _gpu_info(self, fn: PciFunction, alone: bool) -> GpuInfo:
         module_id = self.board_map.module_of(fn.address)
         if module_id is None:
             log.warning("GPU %s is not in the board map: it has no module id", fn.address)
@@ -148,6 +149,21 @@ class LinuxHost:
 
     # -- service VMs -----------------------------------------------------------------------------
 
+    def start_fabric_manager_vm(self, *, disk_image: str | None = None) -> str:
+        """Define and start the fabric-manager VM with the whole NVSwitch group(s), unless it runs.
+
+        Not part of HostBackend: the agent calls it at start-up, before any partition call.
+        libvirt's managed hostdevs move the group to vfio-pci on start and back on destroy.
+        """
+        spec = fabric_manager_vm_spec(self.sysfs.discover(), disk_image=disk_image)
+        if not self.service_vms.is_running(spec.name):
+            self.service_vms.define(spec)
+            self.service_vms.start(spec.name)
+        return spec.name
+
+    def close(self) -> None:
+        self.service_vms.close()
+
     def scrub_gpu(self, module_id: int) -> Iterator[ScrubProgress]:
         """Boot a scrub VM with the GPU; relay the guest's progress; always tear the VM down."""
         address = self._offerable_address(module_id)
@@ -191,17 +207,13 @@ class LinuxHost:
         with self.service_vms.running(gpu_vm_spec(address, purpose="firmware")) as vm:
             report = guest.read_gpu(vm, address)
             if report.firmware_version != pinned:
-                log.info(
-                    "flashing GPU %d (%s) from %s to %s", module_id, address, report.firmware_version, pinned
-                )
+                log.info("flashing GPU %d (%s) from %s to %s", module_id, address, report.firmware_version, pinned)
                 guest.flash_firmware(vm, address, pinned)
                 report = guest.read_gpu(vm, address)
         self._remember(address, report)
         status = self._status(module_id, report.firmware_version)
         if not status.matches:
-            raise HardwareError(
-                f"GPU {module_id} still reports VBIOS {status.version} after flashing {pinned}"
-            )
+            raise HardwareError(f"GPU {module_id} still reports VBIOS {status.version} after flashing {pinned}")
         return status
 
     def reset_gpu(self, module_id: int) -> None:
@@ -258,7 +270,7 @@ class LinuxHost:
         return FirmwareStatus(module_id=module_id, version=version, pinned=pinned, matches=version == pinned)
 
 
-def _switch_mgmt(discovery: Discovery):
+def _switch_mgmt(discovery: Discovery) -> PciDevice | None:
     """The Switchtec endpoint, preferring the one inside an NVSwitch IOMMU group."""
     in_group = [fn for fn in discovery.switch_mgmt if fn.iommu_group in discovery.switch_groups]
     chosen = (in_group or list(discovery.switch_mgmt) or [None])[0]

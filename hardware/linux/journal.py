@@ -37,9 +37,7 @@ class EventJournal:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
 
-    def records(
-        self, *, follow: bool = False, stop: threading.Event | None = None
-    ) -> Iterator[dict[str, Any]]:
+    def records(self, *, follow: bool = False, stop: threading.Event | None = None) -> Iterator[dict[str, Any]]:
         """Every record, oldest first; with `follow`, keep waiting for new lines until `stop` is set."""
         position = 0
         while True:

@@ -50,9 +50,7 @@ def fabric_manager_vm_spec(discovery: Discovery, *, disk_image: str | None = Non
     groups = discovery.switch_groups
     if not groups:
         raise FailedPrecondition("no NVSwitch found: nothing for a fabric-manager VM to own")
-    members = {
-        fn.address for fn in (*discovery.nvswitches, *discovery.switch_mgmt) if fn.iommu_group in groups
-    }
+    members = {fn.address for fn in (*discovery.nvswitches, *discovery.switch_mgmt) if fn.iommu_group in groups}
     return VmSpec(name=FABRIC_MANAGER_VM, hostdevs=tuple(sorted(members)), disk_image=disk_image, **kwargs)
 
 

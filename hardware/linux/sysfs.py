@@ -204,9 +204,7 @@ class SysfsPci:
             skipped=tuple(skipped),
         )
 
-    def _alone(
-        self, fn: PciFunction, groups: dict[int, tuple[str, ...]], by_address: dict[str, PciFunction]
-    ) -> bool:
+    def _alone(self, fn: PciFunction, groups: dict[int, tuple[str, ...]], by_address: dict[str, PciFunction]) -> bool:
         # No IOMMU group at all means the IOMMU is off: VFIO cannot assign anything.
         if fn.iommu_group is None:
             return False

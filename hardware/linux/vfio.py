@@ -85,9 +85,7 @@ class VfioBinder:
             raise FailedPrecondition(f"{bdf}: unreadable sysfs entry: {exc}") from None
         kind = fn.kind
         if kind is None:
-            raise InvalidArgument(
-                f"{bdf} ({fn.vendor_id:04x}:{fn.device_id:04x}) is not an NVIDIA GPU or NVSwitch"
-            )
+            raise InvalidArgument(f"{bdf} ({fn.vendor_id:04x}:{fn.device_id:04x}) is not an NVIDIA GPU or NVSwitch")
         discovery = self.sysfs.discover()
         if fn.iommu_group is None:
             raise FailedPrecondition(f"{bdf} has no IOMMU group (is the IOMMU enabled?)")
@@ -98,9 +96,7 @@ class VfioBinder:
         gpu = next(g for g in discovery.gpus if g.function.address == bdf)
         if not gpu.alone_in_iommu_group:
             members = ", ".join(discovery.groups.get(fn.iommu_group, ()))
-            raise FailedPrecondition(
-                f"GPU {bdf} shares IOMMU group {fn.iommu_group} with other devices ({members})"
-            )
+            raise FailedPrecondition(f"GPU {bdf} shares IOMMU group {fn.iommu_group} with other devices ({members})")
         return [gpu.function]
 
     def _switch_group(self, group: int, discovery: Discovery) -> list[PciFunction]:

@@ -323,3 +323,19 @@ def test_index_compacts_stale_entries_and_stays_correct():
         index.release(p.server_id, p.partition_id)
     assert index._pushed <= 4 * index._live + 20_000
     assert index.place(Request(8)) == place_bruteforce(index.servers(), Request(8))
+
+
+def test_removed_servers_are_forgotten():
+    index = FreeBlockIndex([server(1, busy={1}), server(2, state="cordoned")])
+    assert index.place(Request(1)).server_id == 1
+    index.remove(1)
+    assert 1 not in index and len(index) == 1
+    assert index.place(Request(1)) == NoFit(
+        "no 1-GPU partition free; no schedulable server has 1 free GPU; 1 server not schedulable (1 cordoned)"
+    )
+
+
+def test_unknown_temperature_counts_as_hottest():
+    busy = {2, 3, 4, 5, 6, 7, 8}
+    fleet = [server(1, busy=busy, temps={1: float("nan")}), server(2, busy=busy, temps={1: 80.0})]
+    assert both(fleet, Request(1)).server_id == 2

@@ -366,17 +366,22 @@ def _handler_for(mock: KubeMock) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def _stream(self, collection: tuple, query: dict) -> None:
+            """A watch, chunked like the real API server's: one JSON event per chunk."""
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Connection", "close")
+            self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            self.close_connection = True
 
             def write(event: dict) -> None:
-                self.wfile.write(json.dumps(event).encode() + b"\n")
+                data = json.dumps(event).encode() + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
 
-            mock.watch(collection, query, write)
+            try:
+                mock.watch(collection, query, write)
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                self.close_connection = True  # the client went away
 
         def do_GET(self) -> None:
             self._serve("GET")

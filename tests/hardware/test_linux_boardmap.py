@@ -94,3 +94,9 @@ def test_bad_files_say_what_is_wrong(tmp_path, content, message):
 def test_missing_file(tmp_path):
     with pytest.raises(BoardMapError, match="cannot read"):
         load_board_map(tmp_path / "absent.json")
+
+
+def test_extra_keys_are_ignored(tmp_path):
+    data = {**_valid(), "hostname": "sim-1", "host": {"kernel": "6.8"}}
+    (tmp_path / "b.json").write_text(json.dumps(data))
+    assert load_board_map(tmp_path / "b.json") == board_map_from_variant("hgx-h100-8", "supermicro")

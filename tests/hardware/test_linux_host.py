@@ -29,9 +29,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "fmpm"
 VARIANTS = [(p.key, v.key) for p in PLATFORMS.values() for v in p.variants]
 
 
-def make_host(
-    tmp_path, platform_key="hgx-h100-8", variant_key="supermicro", *, guest=None, runner=None, **kw
-):
+def make_host(tmp_path, platform_key="hgx-h100-8", variant_key="supermicro", *, guest=None, runner=None, **kw):
     tree = build_platform_tree(tmp_path / "sys", PLATFORMS[platform_key], variant_key, **kw)
     found = SysfsPci(tree.root).discover()
     functions = [g.function for g in found.gpus] + list(found.nvswitches) + list(found.switch_mgmt)
@@ -89,9 +87,7 @@ def test_inventory(tmp_path, platform_key, variant_key):
 
 def test_inventory_uses_the_last_service_vm_report(tmp_path):
     host, _, _ = make_host(tmp_path)
-    host.records.put(
-        "0000:18:00.0", GpuReport(uuid="GPU-x", serial="1653", vram_mib=81_000, firmware_version="v1")
-    )
+    host.records.put("0000:18:00.0", GpuReport(uuid="GPU-x", serial="1653", vram_mib=81_000, firmware_version="v1"))
     gpu = next(g for g in host.inventory().gpus if g.pci.address == "0000:18:00.0")
     assert (gpu.uuid, gpu.serial, gpu.vram_mib, gpu.firmware_version) == ("GPU-x", "1653", 81_000, "v1")
 
@@ -199,13 +195,9 @@ def test_reset_writes_the_sysfs_reset_file(tmp_path):
 def test_health_and_boot_events_from_the_journal(tmp_path):
     host, _, _ = make_host(tmp_path)
     journal = host.journal
-    journal.append(
-        {"type": "health", "module_id": 3, "kind": "xid", "at": "2026-11-22T19:00:00+00:00", "xid": 79}
-    )
+    journal.append({"type": "health", "module_id": 3, "kind": "xid", "at": "2026-11-22T19:00:00+00:00", "xid": 79})
     journal.append({"type": "health", "module_id": "x", "kind": "xid", "at": "bad"})  # skipped
-    journal.append(
-        {"type": "boot", "vm_id": "vm-1", "phase": "vfio-map", "started_at": "2026-11-22T19:00:00"}
-    )
+    journal.append({"type": "boot", "vm_id": "vm-1", "phase": "vfio-map", "started_at": "2026-11-22T19:00:00"})
     journal.append({"type": "boot", "vm_id": "vm-2", "phase": "kernel", "started_at": "2026-11-22T19:00:01"})
     journal.append(
         {
@@ -238,3 +230,12 @@ def test_records_survive_garbage(tmp_path):
     store = GpuRecordStore(tmp_path)
     (tmp_path / "0000:18:00.0.json").write_text(json.dumps([1]))
     assert store.get("0000:18:00.0") is None
+
+
+def test_starts_the_fabric_manager_vm_once(tmp_path):
+    host, _, _ = make_host(tmp_path)
+    name = host.start_fabric_manager_vm(disk_image="/var/lib/gpu/fm.qcow2")
+    assert host.start_fabric_manager_vm() == name  # already running: left alone
+    assert host.service_vms.is_running(name)
+    assert len(host.service_vms.connection().listAllDomains()) == 1
+    host.close()

@@ -1,0 +1,30 @@
+"""The one accessor for the cluster adapter: settings choose the real or the simulated cluster."""
+
+from __future__ import annotations
+
+import threading
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from hardware.cluster import Cluster
+
+_cluster: Cluster | None = None
+_lock = threading.Lock()
+
+
+def get_cluster() -> Cluster:
+    """The process-wide cluster adapter named by settings.CLUSTER_ADAPTER (a class or a factory)."""
+    global _cluster
+    with _lock:
+        if _cluster is None:
+            factory = import_string(settings.CLUSTER_ADAPTER)
+            _cluster = factory.from_settings() if hasattr(factory, "from_settings") else factory()
+        return _cluster
+
+
+def set_cluster(cluster: Cluster | None) -> None:
+    """Install an adapter (tests, the simulated fleet command); None resets to settings."""
+    global _cluster
+    with _lock:
+        _cluster = cluster

@@ -1,0 +1,336 @@
+"""Fleet services: the only writers of servers, GPUs and partitions.
+
+Every service takes keyword-only arguments with an explicit `actor`, owns its transaction, changes
+state only through the machines of fleet/states.py (which audit and broadcast on commit), and asks
+`hardware` (through fleet.agents) for anything that touches a node.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from django.db import transaction
+from django.utils import timezone
+
+from console.audit import Actor, audit_record
+from console.errors import Conflict
+from console.models import Operation
+from console.operations import operation_finish, operation_log, operation_start
+from fleet import dispatch
+from fleet.agents import agent_for
+from fleet.models import Gpu, Partition, Server
+from fleet.states import (
+    GPU_HELD_BY_LEASE,
+    GPU_MACHINE,
+    PARTITION_MACHINE,
+    SERVER_MACHINE,
+    GpuState,
+    PartitionState,
+    ServerState,
+)
+from hardware.exceptions import HardwareError
+
+log = logging.getLogger(__name__)
+G, S, P = GpuState, ServerState, PartitionState
+
+
+# ----------------------------------------------------------------------------- servers
+def server_cordon(*, server: Server, actor: Actor) -> Server:
+    """No new leases on this server; running leases continue (invariant 6)."""
+    SERVER_MACHINE.transition(server, S.CORDONED, actor=actor, message="cordoned")
+    dispatch.on_commit("node_cordon", server.pk)
+    return server
+
+
+def server_uncordon(*, server: Server, actor: Actor) -> Server:
+    """Back to schedulable (also cancels a drain)."""
+    SERVER_MACHINE.transition(server, S.ACTIVE, actor=actor, message="uncordoned")
+    dispatch.on_commit("node_uncordon", server.pk)
+    return server
+
+
+def server_drain(*, server: Server, actor: Actor) -> Operation:
+    """Stop new leases; running ones continue; the server becomes `drained` once nothing runs."""
+    with transaction.atomic():
+        SERVER_MACHINE.transition(server, S.DRAINING, actor=actor, message="drain requested")
+        op = operation_start(kind="server.drain", target=server, actor=actor, line="drain started")
+    dispatch.on_commit("node_cordon", server.pk)
+    server_check_drained(server=server, actor=actor, operation_id=op.pk)
+    return op
+
+
+def server_check_drained(*, server: Server, actor: Actor, operation_id: int | None = None) -> bool:
+    """Move a draining server to `drained` when none of its GPUs is held by a lease or being cleaned."""
+    server.refresh_from_db(fields=["state"])
+    if server.state != S.DRAINING:
+        return server.state == S.DRAINED
+    busy = server.gpus.filter(state__in=[*GPU_HELD_BY_LEASE, G.SCRUBBING, G.LEVELING]).count()
+    if operation_id is None:
+        op = Operation.objects.filter(
+            kind="server.drain", target_id=str(server.pk), status__in=["pending", "running"]
+        ).first()
+        operation_id = op.pk if op else None
+    total = server.gpus.count() or 1
+    if busy:
+        operation_log(operation_id, f"{busy} GPU(s) still busy", progress=int(100 * (total - busy) / total))
+        return False
+    SERVER_MACHINE.transition(server, S.DRAINED, actor=actor, message="drained: no lease left")
+    operation_finish(operation_id, ok=True, line="server drained")
+    return True
+
+
+def server_mark_reachable(*, server: Server, actor: Actor, reachable: bool) -> None:
+    """Record what the reconciler saw of the agent."""
+    if reachable:
+        if server.state == S.UNREACHABLE:
+            SERVER_MACHINE.transition(server, S.ACTIVE, actor=actor, message="agent answers again")
+        Server.objects.filter(pk=server.pk).update(last_seen_at=timezone.now())
+    elif server.state != S.UNREACHABLE:
+        SERVER_MACHINE.transition(server, S.UNREACHABLE, actor=actor, message="agent does not answer")
+
+
+# ----------------------------------------------------------------------------- GPUs (operator)
+def gpu_drain(*, gpu: Gpu, actor: Actor) -> Gpu:
+    """Take a GPU out of the pool: at once when idle; after its lease is cleaned when it is held."""
+    with transaction.atomic():
+        gpu = Gpu.objects.select_for_update().get(pk=gpu.pk)
+        if gpu.state in (G.RESERVED, G.IN_USE):
+            GPU_MACHINE.transition(gpu, G.DRAINING, actor=actor, fields={"drain_requested": True},
+                                   message="drain after the current lease")
+        elif gpu.state in (G.SCRUBBING, G.LEVELING):
+            Gpu.objects.filter(pk=gpu.pk).update(drain_requested=True)
+            audit_record(actor=actor, verb="fleet.gpu.drain_requested", target=gpu,
+                         message="will be drained once cleaned")
+        else:
+            GPU_MACHINE.transition(gpu, G.DRAINED, actor=actor, fields={"drain_requested": True})
+    gpu.refresh_from_db()
+    return gpu
+
+
+def gpu_undrain(*, gpu: Gpu, actor: Actor) -> Gpu:
+    """Return a drained GPU to the pool (it was scrubbed and levelled on its way to drained)."""
+    GPU_MACHINE.transition(gpu, G.FREE, actor=actor, fields={"drain_requested": False}, message="undrained")
+    return gpu
+
+
+def gpu_quarantine(*, gpu: Gpu, actor: Actor, reason: str) -> Gpu:
+    """Keep a GPU from everyone until an operator clears it (which scrubs and levels it)."""
+    if not reason.strip():
+        raise Conflict("a quarantine needs a reason")
+    GPU_MACHINE.transition(gpu, G.QUARANTINED, actor=actor, fields={"quarantine_reason": reason}, message=reason)
+    return gpu
+
+
+def gpu_clear_quarantine(*, gpu: Gpu, actor: Actor) -> Operation:
+    """Clearing a quarantine goes through a scrub and a firmware level before the GPU is free."""
+    return _gpu_start_clean(gpu=gpu, actor=actor, to=G.SCRUBBING, kind="gpu.clear_quarantine",
+                            expect=(G.QUARANTINED,))
+
+
+def gpu_scrub(*, gpu: Gpu, actor: Actor) -> Operation:
+    """Scrub (reset + clear VRAM) and level an idle GPU."""
+    return _gpu_start_clean(gpu=gpu, actor=actor, to=G.SCRUBBING, kind="gpu.scrub",
+                            expect=(G.FREE, G.DRAINED, G.OFFLINE))
+
+
+def gpu_level_firmware(*, gpu: Gpu, actor: Actor) -> Operation:
+    """Check the firmware of an idle GPU against the platform's pinned version, re-flash if it differs."""
+    return _gpu_start_clean(gpu=gpu, actor=actor, to=G.LEVELING, kind="gpu.level_firmware",
+                            expect=(G.FREE, G.DRAINED))
+
+
+def _gpu_start_clean(*, gpu: Gpu, actor: Actor, to: str, kind: str, expect: tuple[str, ...]) -> Operation:
+    with transaction.atomic():
+        gpu = Gpu.objects.select_for_update().get(pk=gpu.pk)
+        if gpu.state not in expect:
+            raise Conflict(f"{gpu} is {gpu.state}; {kind.split('.')[-1].replace('_', ' ')} needs "
+                           f"{' or '.join(expect)}")
+        keep_drained = gpu.state == G.DRAINED or gpu.drain_requested
+        GPU_MACHINE.transition(gpu, to, actor=actor, fields={"drain_requested": keep_drained,
+                                                             "quarantine_reason": ""})
+        op = operation_start(kind=kind, target=gpu, actor=actor, line=f"{kind} requested")
+        dispatch.on_commit("gpu_clean", gpu.pk, op.pk)
+    return op
+
+
+# ----------------------------------------------------------------------------- GPUs (leases)
+def gpus_reserve(*, gpus: Iterable[Gpu], lease, actor: Actor) -> None:
+    """free → reserved for `lease`, all or none (the caller holds the row locks)."""
+    ids = [g.pk for g in gpus]
+    GPU_MACHINE.transition_many(Gpu.objects.filter(pk__in=ids), G.RESERVED, actor=actor,
+                                fields={"current_lease": lease}, parent=lease)
+
+
+def gpus_mark_in_use(*, lease, actor: Actor) -> None:
+    GPU_MACHINE.transition_many(Gpu.objects.filter(current_lease=lease, state=G.RESERVED), G.IN_USE,
+                                actor=actor, parent=lease)
+
+
+def gpus_begin_clean(*, lease, actor: Actor) -> None:
+    """A lease ended: its held GPUs go to scrubbing (quarantined or offline ones stay where they are)."""
+    GPU_MACHINE.transition_many(
+        Gpu.objects.filter(current_lease=lease, state__in=GPU_HELD_BY_LEASE), G.SCRUBBING, actor=actor,
+        parent=lease,
+    )
+
+
+def gpus_begin_clean_orphan(*, gpu: Gpu, actor: Actor) -> None:
+    """A GPU held by no unfinished lease (a crash between steps): clean it like a released one."""
+    GPU_MACHINE.transition(gpu, G.SCRUBBING, actor=actor, fields={"current_lease": None},
+                           message="held by no lease: scrub and level before reuse")
+
+
+def gpus_quarantine_for(*, lease, actor: Actor, reason: str) -> None:
+    GPU_MACHINE.transition_many(
+        Gpu.objects.filter(current_lease=lease).exclude(state__in=[G.QUARANTINED, G.OFFLINE]),
+        G.QUARANTINED, actor=actor, fields={"quarantine_reason": reason}, parent=lease, message=reason,
+    )
+
+
+def gpus_detach(*, lease) -> None:
+    """The lease no longer holds its GPUs (they are free, drained or quarantined by now)."""
+    Gpu.objects.filter(current_lease=lease).update(current_lease=None)
+
+
+def gpus_pending_level(*, lease) -> list[Gpu]:
+    """The lease's GPUs still to be levelled since the lease entered leveling."""
+    since = lease.leveling_at
+    gpus = Gpu.objects.filter(current_lease=lease, state=G.LEVELING)
+    return [g for g in gpus if g.leveled_at is None or (since is not None and g.leveled_at < since)]
+
+
+def gpus_return_to_pool(*, lease, actor: Actor) -> None:
+    """Levelled GPUs of a finishing lease go free (or drained when a drain was asked), in the
+    caller's transaction, together with the lease dropping its hold (invariant 1 and 2)."""
+    held = Gpu.objects.filter(current_lease=lease, state=G.LEVELING)
+    if gpus_pending_level(lease=lease):
+        raise Conflict(f"{lease} still has GPUs to level")
+    GPU_MACHINE.transition_many(held.filter(drain_requested=True), G.DRAINED, actor=actor, parent=lease)
+    GPU_MACHINE.transition_many(held.filter(drain_requested=False), G.FREE, actor=actor, parent=lease)
+
+
+def gpu_clean(*, gpu_id: int, actor: Actor, operation_id: int | None = None) -> str:
+    """Carry one GPU through scrub → level → free/drained, as far as its state says is left to do.
+
+    Idempotent: a GPU already past a step skips it. A failed scrub or a firmware that cannot be
+    levelled quarantines the GPU. Transient agent errors propagate (the task retries them).
+    """
+    gpu = Gpu.objects.select_related("server").get(pk=gpu_id)
+    agent = agent_for(gpu.server)
+    platform = gpu.server.platform_spec
+    if gpu.state == G.SCRUBBING:
+        operation_log(operation_id, "scrub: reset and clear VRAM", progress=10)
+        last = None
+        try:
+            for progress in agent.scrub_gpu(gpu.module_id):
+                last = progress
+                operation_log(operation_id, f"scrub {progress.phase} {progress.percent:.0f}% {progress.detail}",
+                              progress=10 + int(progress.percent * 0.5))
+        except HardwareError as exc:
+            if exc.retryable:
+                raise
+            return _quarantine_failed(gpu, actor, f"scrub refused: {exc}", operation_id)
+        if last is None or not last.ok:
+            return _quarantine_failed(gpu, actor, f"scrub failed: {last.detail if last else 'no result'}",
+                                      operation_id)
+        GPU_MACHINE.transition(gpu, G.LEVELING, actor=actor, fields={"scrubbed_at": timezone.now()},
+                               message="VRAM cleared")
+    if gpu.state == G.LEVELING:
+        operation_log(operation_id, f"firmware: level to {platform.pinned_firmware}", progress=70)
+        try:
+            status = agent.level_firmware(gpu.module_id)
+        except HardwareError as exc:
+            if exc.retryable:
+                raise
+            return _quarantine_failed(gpu, actor, f"firmware level refused: {exc}", operation_id)
+        if status.version != platform.pinned_firmware:
+            return _quarantine_failed(
+                gpu, actor, f"firmware {status.version} after levelling, pinned {platform.pinned_firmware}",
+                operation_id,
+            )
+        now = timezone.now()
+        if gpu.current_lease_id is not None:
+            # A lease's GPUs return to the pool together with the lease dropping its hold
+            # (gpus_return_to_pool), so a GPU is never free while a lease still holds it.
+            Gpu.objects.filter(pk=gpu.pk).update(leveled_at=now, firmware_version=status.version)
+            audit_record(actor=actor, verb="fleet.gpu.leveled", target=gpu, message=f"firmware {status.version}",
+                         after={"firmware_version": status.version})
+            gpu.refresh_from_db()
+            return gpu.state
+        final = G.DRAINED if gpu.drain_requested else G.FREE
+        GPU_MACHINE.transition(gpu, final, actor=actor, fields={
+            "leveled_at": now, "firmware_version": status.version,
+        }, message=f"firmware {status.version}")
+        operation_finish(operation_id, ok=True, line=f"{gpu} is {final}")
+    return gpu.state
+
+
+def _quarantine_failed(gpu: Gpu, actor: Actor, reason: str, operation_id: int | None) -> str:
+    GPU_MACHINE.transition(gpu, G.QUARANTINED, actor=actor, fields={"quarantine_reason": reason}, message=reason)
+    operation_finish(operation_id, ok=False, line=reason)
+    return gpu.state
+
+
+# ----------------------------------------------------------------------------- partitions
+def partition_activate(*, server: Server, partition_id: int, actor: Actor, parent=None) -> Partition:
+    """Make `partition_id` active on the server's fabric manager, deactivating the idle partitions
+    inside it first (the fabric manager never does that for us). Idempotent."""
+    partition = server.partitions.get(partition_id=partition_id)
+    agent = agent_for(server)
+    reported = {p.partition_id: p.active for p in agent.list_partitions()}
+    if reported.get(partition_id):
+        PARTITION_MACHINE.transition(partition, P.ACTIVE, actor=actor, parent=parent)
+        return partition
+    inside = set(partition.module_ids)
+    for other in server.partitions.exclude(pk=partition.pk):
+        if reported.get(other.partition_id) and set(other.module_ids) <= inside:
+            _partition_deactivate(other, agent, actor, parent)
+    if partition.state != P.ACTIVATING:
+        PARTITION_MACHINE.transition(partition, P.ACTIVATING, actor=actor, parent=parent)
+    agent.activate_partition(partition_id)
+    PARTITION_MACHINE.transition(partition, P.ACTIVE, actor=actor, parent=parent)
+    return partition
+
+
+def partition_release(*, server: Server, partition_id: int, actor: Actor, parent=None) -> None:
+    """Deactivate a lease's partition (its VM is gone) and re-activate its GPUs' 1-GPU partitions,
+    the fleet's idle baseline (every GPU isolated, as in seed 001). Idempotent."""
+    partition = server.partitions.get(partition_id=partition_id)
+    agent = agent_for(server)
+    reported = {p.partition_id: p.active for p in agent.list_partitions()}
+    if partition.size > 1:
+        if reported.get(partition_id):
+            _partition_deactivate(partition, agent, actor, parent)
+        else:
+            PARTITION_MACHINE.transition(partition, P.INACTIVE, actor=actor, parent=parent)
+        singles = server.partitions.filter(size=1)
+        for single in singles:
+            if single.module_ids[0] in partition.module_ids and not reported.get(single.partition_id):
+                PARTITION_MACHINE.transition(single, P.ACTIVATING, actor=actor, parent=parent)
+                agent.activate_partition(single.partition_id)
+                PARTITION_MACHINE.transition(single, P.ACTIVE, actor=actor, parent=parent)
+
+
+def _partition_deactivate(partition: Partition, agent, actor: Actor, parent) -> None:
+    if partition.state != P.DEACTIVATING:
+        if not PARTITION_MACHINE.allowed(partition.state, P.DEACTIVATING):
+            PARTITION_MACHINE.transition(partition, P.ACTIVE, actor=actor, parent=parent)
+        PARTITION_MACHINE.transition(partition, P.DEACTIVATING, actor=actor, parent=parent)
+    agent.deactivate_partition(partition.partition_id)
+    PARTITION_MACHINE.transition(partition, P.INACTIVE, actor=actor, parent=parent)
+
+
+def partitions_record_reported(*, server: Server, reported: dict[int, bool], actor: Actor) -> int:
+    """Align settled partition rows with what the fabric manager reports (the reconciler's view).
+    Rows in transit are left to the task that moves them. Returns how many rows changed."""
+    changed = 0
+    for partition in server.partitions.filter(state__in=[P.ACTIVE, P.INACTIVE, P.FAILED]):
+        active = reported.get(partition.partition_id)
+        if active is None:
+            continue
+        want = P.ACTIVE if active else P.INACTIVE
+        if partition.state != want:
+            PARTITION_MACHINE.transition(partition, want, actor=actor, message="as the fabric manager reports")
+            changed += 1
+    return changed

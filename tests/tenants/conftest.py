@@ -1,0 +1,50 @@
+"""Fixtures for lease tests: a task queue the test drains by hand, a ready tenant."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet import dispatch
+from tests.factories import TenantFactory
+from tenants.states import TenantState
+
+
+class TaskQueue:
+    """Collects what services enqueue; `run()` executes it in order, like a worker would."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[str, tuple]] = []
+        self.ran: list[tuple[str, tuple]] = []
+
+    def enqueue(self, name: str, *args) -> None:
+        self.queued.append((name, args))
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.queued]
+
+    def run(self, limit: int = 500, skip: tuple[str, ...] = ()) -> int:
+        done = 0
+        while self.queued and done < limit:
+            name, args = self.queued.pop(0)
+            if name in skip:
+                continue
+            self.ran.append((name, args))
+            dispatch.task(name).apply(args=args, throw=True)
+            done += 1
+        return done
+
+
+@pytest.fixture
+def tasks(monkeypatch, request) -> TaskQueue:
+    """Under `db` (one transaction that never commits) on_commit never fires, so enqueue at once;
+    under `transactional_db` the real on_commit runs."""
+    queue = TaskQueue()
+    monkeypatch.setattr(dispatch, "enqueue", queue.enqueue)
+    if "transactional_db" not in request.fixturenames:
+        monkeypatch.setattr(dispatch, "on_commit", queue.enqueue)
+    return queue
+
+
+@pytest.fixture
+def ready_tenant(db):
+    return TenantFactory(state=TenantState.READY, gpu_quota=64)
