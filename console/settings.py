@@ -145,12 +145,14 @@ CELERY_TIMEZONE = TIME_ZONE
 SIMULATED_FLEET = env.bool("SIMULATED_FLEET", default=True)
 CLUSTER_ADAPTER = env.str(
     "CLUSTER_ADAPTER",
-    default="simulator.cluster.SimulatedCluster" if SIMULATED_FLEET else "hardware.kube.KubernetesCluster",
+    default="fleet.cluster.simulated_cluster" if SIMULATED_FLEET else "hardware.kube.KubernetesCluster",
 )
 AGENT_TLS_DIR = Path(env.str("AGENT_TLS_DIR", default=str(VAR_DIR / "pki")))
 AGENT_INSECURE = env.bool("AGENT_INSECURE", default=False)
 AGENT_TIMEOUT_S = env.float("AGENT_TIMEOUT_S", default=10.0)
 SIM_CLOCK_ACCEL = env.float("SIM_CLOCK_ACCEL", default=60.0)
+# Simulated fleet only: how long a tenant's container runs (simulated seconds; 0 = until deleted).
+SIM_WORKLOAD_S = env.float("SIM_WORKLOAD_S", default=1800.0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

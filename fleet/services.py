@@ -194,8 +194,8 @@ def gpus_detach(*, lease) -> None:
 
 
 def gpus_pending_level(*, lease) -> list[Gpu]:
-    """The lease's GPUs still to be levelled since the lease entered leveling."""
-    since = lease.leveling_at
+    """The lease's GPUs not levelled since the lease's clean-up began (scrubbing)."""
+    since = lease.scrubbing_at or lease.leveling_at
     gpus = Gpu.objects.filter(current_lease=lease, state=G.LEVELING)
     return [g for g in gpus if g.leveled_at is None or (since is not None and g.leveled_at < since)]
 
@@ -276,19 +276,21 @@ def _quarantine_failed(gpu: Gpu, actor: Actor, reason: str, operation_id: int | 
 def partition_activate(*, server: Server, partition_id: int, actor: Actor, parent=None) -> Partition:
     """Make `partition_id` active on the server's fabric manager, deactivating the idle partitions
     inside it first (the fabric manager never does that for us). Idempotent."""
-    partition = server.partitions.get(partition_id=partition_id)
     agent = agent_for(server)
-    reported = {p.partition_id: p.active for p in agent.list_partitions()}
+    reported = _sync_partitions(server, agent, actor, parent)
+    partition = server.partitions.get(partition_id=partition_id)
     if reported.get(partition_id):
-        PARTITION_MACHINE.transition(partition, P.ACTIVE, actor=actor, parent=parent)
         return partition
     inside = set(partition.module_ids)
-    for other in server.partitions.exclude(pk=partition.pk):
-        if reported.get(other.partition_id) and set(other.module_ids) <= inside:
+    for other in server.partitions.filter(state=P.ACTIVE).exclude(pk=partition.pk):
+        if set(other.module_ids) <= inside:
             _partition_deactivate(other, agent, actor, parent)
-    if partition.state != P.ACTIVATING:
-        PARTITION_MACHINE.transition(partition, P.ACTIVATING, actor=actor, parent=parent)
-    agent.activate_partition(partition_id)
+    PARTITION_MACHINE.transition(partition, P.ACTIVATING, actor=actor, parent=parent)
+    try:
+        agent.activate_partition(partition_id)
+    except HardwareError as exc:
+        _settle(partition, False, actor, parent, message=f"activation failed: {exc}")
+        raise
     PARTITION_MACHINE.transition(partition, P.ACTIVE, actor=actor, parent=parent)
     return partition
 
@@ -296,28 +298,47 @@ def partition_activate(*, server: Server, partition_id: int, actor: Actor, paren
 def partition_release(*, server: Server, partition_id: int, actor: Actor, parent=None) -> None:
     """Deactivate a lease's partition (its VM is gone) and re-activate its GPUs' 1-GPU partitions,
     the fleet's idle baseline (every GPU isolated, as in seed 001). Idempotent."""
-    partition = server.partitions.get(partition_id=partition_id)
     agent = agent_for(server)
+    _sync_partitions(server, agent, actor, parent)
+    partition = server.partitions.get(partition_id=partition_id)
+    if partition.size == 1:
+        return
+    if partition.state == P.ACTIVE:
+        _partition_deactivate(partition, agent, actor, parent)
+    for single in server.partitions.filter(size=1, state=P.INACTIVE):
+        if single.module_ids[0] in partition.module_ids:
+            PARTITION_MACHINE.transition(single, P.ACTIVATING, actor=actor, parent=parent)
+            agent.activate_partition(single.partition_id)
+            PARTITION_MACHINE.transition(single, P.ACTIVE, actor=actor, parent=parent)
+
+
+def _sync_partitions(server: Server, agent, actor: Actor, parent) -> dict[int, bool]:
+    """Read the fabric manager's list and record it on our rows before acting on them."""
     reported = {p.partition_id: p.active for p in agent.list_partitions()}
-    if partition.size > 1:
-        if reported.get(partition_id):
-            _partition_deactivate(partition, agent, actor, parent)
-        else:
-            PARTITION_MACHINE.transition(partition, P.INACTIVE, actor=actor, parent=parent)
-        singles = server.partitions.filter(size=1)
-        for single in singles:
-            if single.module_ids[0] in partition.module_ids and not reported.get(single.partition_id):
-                PARTITION_MACHINE.transition(single, P.ACTIVATING, actor=actor, parent=parent)
-                agent.activate_partition(single.partition_id)
-                PARTITION_MACHINE.transition(single, P.ACTIVE, actor=actor, parent=parent)
+    for partition in server.partitions.all():
+        if partition.partition_id in reported:
+            _settle(partition, reported[partition.partition_id], actor, parent)
+    return reported
+
+
+def _settle(partition: Partition, active: bool, actor: Actor, parent, message: str = "") -> None:
+    """Record what the fabric manager says of a partition, whatever state our row was left in."""
+    want = P.ACTIVE if active else P.INACTIVE
+    if partition.state == want:
+        return
+    if not PARTITION_MACHINE.allowed(partition.state, want):
+        PARTITION_MACHINE.transition(partition, P.FAILED, actor=actor, parent=parent, message=message)
+    PARTITION_MACHINE.transition(partition, want, actor=actor, parent=parent,
+                                 message=message or "as the fabric manager reports")
 
 
 def _partition_deactivate(partition: Partition, agent, actor: Actor, parent) -> None:
-    if partition.state != P.DEACTIVATING:
-        if not PARTITION_MACHINE.allowed(partition.state, P.DEACTIVATING):
-            PARTITION_MACHINE.transition(partition, P.ACTIVE, actor=actor, parent=parent)
-        PARTITION_MACHINE.transition(partition, P.DEACTIVATING, actor=actor, parent=parent)
-    agent.deactivate_partition(partition.partition_id)
+    PARTITION_MACHINE.transition(partition, P.DEACTIVATING, actor=actor, parent=parent)
+    try:
+        agent.deactivate_partition(partition.partition_id)
+    except HardwareError as exc:
+        _settle(partition, True, actor, parent, message=f"deactivation failed: {exc}")
+        raise
     PARTITION_MACHINE.transition(partition, P.INACTIVE, actor=actor, parent=parent)
 
 
@@ -327,10 +348,8 @@ def partitions_record_reported(*, server: Server, reported: dict[int, bool], act
     changed = 0
     for partition in server.partitions.filter(state__in=[P.ACTIVE, P.INACTIVE, P.FAILED]):
         active = reported.get(partition.partition_id)
-        if active is None:
+        if active is None or partition.state == (P.ACTIVE if active else P.INACTIVE):
             continue
-        want = P.ACTIVE if active else P.INACTIVE
-        if partition.state != want:
-            PARTITION_MACHINE.transition(partition, want, actor=actor, message="as the fabric manager reports")
-            changed += 1
+        _settle(partition, active, actor, None)
+        changed += 1
     return changed

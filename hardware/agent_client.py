@@ -157,9 +157,7 @@ class _GrpcClient:
                 self._sleep_backoff(attempt)
                 attempt += 1
 
-    def _stream(
-        self, method, request, to_type: Callable, timeout: float, *, eager: bool = False
-    ) -> AgentStream:
+    def _stream(self, method, request, to_type: Callable, timeout: float, *, eager: bool = False) -> AgentStream:
         return AgentStream(
             self, lambda: method(request, timeout=timeout, metadata=self._metadata), to_type, eager=eager
         )
@@ -210,9 +208,7 @@ class AgentClient(_GrpcClient):
         return self._stream(self._stub.ScrubGpu, request, convert.scrub_from_pb, timeout)
 
     def check_firmware(self, module_id: int) -> FirmwareStatus:
-        return convert.firmware_from_pb(
-            self._unary(self._stub.CheckFirmware, pb.GpuRequest(module_id=module_id))
-        )
+        return convert.firmware_from_pb(self._unary(self._stub.CheckFirmware, pb.GpuRequest(module_id=module_id)))
 
     def level_firmware(self, module_id: int, *, timeout: float = LONG_TIMEOUT_S) -> FirmwareStatus:
         response = self._unary(self._stub.LevelFirmware, pb.GpuRequest(module_id=module_id), timeout)
@@ -230,9 +226,7 @@ class AgentClient(_GrpcClient):
         return self._stream(self._stub.WatchHealth, request, convert.health_from_pb, timeout, eager=True)
 
     def watch_boot(self, vm_id: str, *, timeout: float = WATCH_TIMEOUT_S) -> AgentStream[BootPhaseEvent]:
-        return self._stream(
-            self._stub.WatchBoot, pb.WatchBootRequest(vm_id=vm_id), convert.boot_from_pb, timeout
-        )
+        return self._stream(self._stub.WatchBoot, pb.WatchBootRequest(vm_id=vm_id), convert.boot_from_pb, timeout)
 
     def sim_admin(self) -> SimAdminClient:
         """A SimAdmin client on this client's channel and node (simulated agents only)."""
@@ -296,9 +290,7 @@ class SimAdminClient(_GrpcClient):
         return [convert.vm_from_pb(v) for v in self._unary(self._stub.ListVms, simpb.ListVmsRequest()).vms]
 
     def flash_firmware(self, module_id: int, version: str) -> None:
-        self._unary(
-            self._stub.FlashFirmware, simpb.FlashFirmwareRequest(module_id=module_id, version=version)
-        )
+        self._unary(self._stub.FlashFirmware, simpb.FlashFirmwareRequest(module_id=module_id, version=version))
 
     def restart_fabric_manager(self) -> None:
         self._unary(self._stub.RestartFabricManager, simpb.RestartFabricManagerRequest())

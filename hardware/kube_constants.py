@@ -76,3 +76,8 @@ def lease_pod_name(lease_id: str) -> str:
 def cdi_device_name(index: int) -> str:
     """Fully qualified CDI device name of GPU `index`, e.g. `nvidia.com/gpu=6`."""
     return f"{CDI_KIND}={index}"
+
+
+def vm_id_for_pod(namespace: str, pod: str) -> str:
+    """The id the node agent knows a pod's Kata VM by (WatchBoot): `<namespace>.<pod>`."""
+    return f"{namespace}.{pod}"

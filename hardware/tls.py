@@ -48,9 +48,7 @@ class TlsIdentity:
         )
 
     def server_credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials(
-            [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True
-        )
+        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True)
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
@@ -59,9 +57,7 @@ class TlsIdentity:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
@@ -72,9 +68,7 @@ def _validity(days: int) -> tuple[dt.datetime, dt.datetime]:
     return now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
 
 
-def make_dev_ca(
-    out: Path | str, *, name: str = "gpuconsole development CA", days: int = DEFAULT_DAYS
-) -> Path:
+def make_dev_ca(out: Path | str, *, name: str = "gpuconsole development CA", days: int = DEFAULT_DAYS) -> Path:
     """Create `ca.pem` and `ca-key.pem` in `out`; return the certificate's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,9 +84,7 @@ def make_dev_ca(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -144,9 +136,7 @@ def issue_cert(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     _write_key(out / f"{name}-key.pem", key)

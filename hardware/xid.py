@@ -41,13 +41,9 @@ _ENTRIES = (
         "if 63/64 follow, reset; repeated → field diagnostics",
     ),
     XidEntry(62, "internal micro-controller halt", XidAction.RESET_GPU),
-    XidEntry(
-        63, "row remap recorded", XidAction.RESET_WHEN_CONVENIENT, "the remap applies at the next reset"
-    ),
+    XidEntry(63, "row remap recorded", XidAction.RESET_WHEN_CONVENIENT, "the remap applies at the next reset"),
     XidEntry(64, "row remap failed", XidAction.RESET_GPU, "repeats → RMA candidate"),
-    XidEntry(
-        74, "NVLink error", XidAction.DRAIN_AND_RESET, "check the board; may be caused by a failed peer"
-    ),
+    XidEntry(74, "NVLink error", XidAction.DRAIN_AND_RESET, "check the board; may be caused by a failed peer"),
     XidEntry(
         79,
         "GPU fell off the bus",

@@ -147,6 +147,13 @@ class SimulatedCluster:
         self._events: list[PodStatus] = []
         self._rv = 0
 
+    @classmethod
+    def for_fleet(cls, fleet: Any, *, insecure: bool = True, client_options: Mapping[str, Any] | None = None,
+                  **options: Any) -> SimulatedCluster:
+        """The default wiring: a running `simulator.fleet.SimFleet`'s nodes over SimAdmin gRPC."""
+        nodes = sim_admin_nodes(fleet.endpoints, insecure=insecure, **(client_options or {}))
+        return cls(nodes, node_names=fleet.endpoints, **options)
+
     # -- tenancy ----------------------------------------------------------------------------
     def ensure_tenancy(self, name: str) -> TenancyStatus:
         validate_tenant(name)
@@ -185,7 +192,8 @@ class SimulatedCluster:
                     raise ClusterConflict(f"pod {namespace}/{name} exists and is not lease {lease_id}'s")
                 return self._status(existing)
             pod = _Pod(lease_id=lease_id, tenant=tenant, namespace=namespace, name=name, node=node, image=image,
-                       modules=tuple(self._module_of(node, i) for i in indexes), vm_id=f"{namespace}.{name}")
+                       modules=tuple(self._module_of(node, i) for i in indexes),
+                       vm_id=kc.vm_id_for_pod(namespace, name))
             self._pods[(namespace, name)] = pod
             self._refresh_pod(pod)
             return self._status(pod)

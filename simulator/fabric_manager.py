@@ -94,9 +94,7 @@ class FabricManager:
     def list(self) -> list[PartitionInfo]:
         with self._lock:
             self._require_running()
-            return [
-                PartitionInfo(p.id, p.id in self._active, p.gpus, p.nvlinks) for p in self.platform.partitions
-            ]
+            return [PartitionInfo(p.id, p.id in self._active, p.gpus, p.nvlinks) for p in self.platform.partitions]
 
     def active_ids(self) -> frozenset[int]:
         with self._lock:
@@ -114,9 +112,7 @@ class FabricManager:
                 raise PartitionInUse(f"in use: partition {partition_id} is already active")
             for other in sorted(self._active):
                 if self.platform.partitions_by_id[other].overlaps(spec):
-                    raise PartitionInUse(
-                        f"in use: partition {partition_id} shares GPUs with active partition {other}"
-                    )
+                    raise PartitionInUse(f"in use: partition {partition_id} shares GPUs with active partition {other}")
             self._active.add(partition_id)
 
     def deactivate(self, partition_id: int) -> None:

@@ -102,9 +102,7 @@ class SimFleet:
                     self.endpoints[name] = Endpoint(name, server.address, name)
             else:
                 for i, (name, host) in enumerate(self.hosts.items()):
-                    server = serve_sim_host(
-                        host, self._listen(i), tls=self.tls, insecure=self.insecure, workers=8
-                    )
+                    server = serve_sim_host(host, self._listen(i), tls=self.tls, insecure=self.insecure, workers=8)
                     self.servers.append(server)
                     self.endpoints[name] = Endpoint(name, server.address, None)
         except Exception:

@@ -73,9 +73,7 @@ def _noise() -> list[SimPciDevice]:
         SimPciDevice("0000:00:01.0", None, 0x8086, 0x347A, CLASS_PCI_BRIDGE, 1, 0, "pcieport"),
         SimPciDevice("0000:e0:00.0", None, 0x1A03, 0x1150, CLASS_PCI_BRIDGE, 2, 1, None),
         SimPciDevice("0000:e1:00.0", None, 0x1A03, 0x2000, CLASS_VGA, 2, 1, "ast", None, 0x15D9, 0x1C48),
-        SimPciDevice(
-            "0000:f1:00.0", None, 0x15B3, 0x1021, CLASS_ETHERNET, 3, 1, "mlx5_core", None, 0x15B3, 0x0041
-        ),
+        SimPciDevice("0000:f1:00.0", None, 0x15B3, 0x1021, CLASS_ETHERNET, 3, 1, "mlx5_core", None, 0x15B3, 0x0041),
     ]
 
 

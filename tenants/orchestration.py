@@ -30,6 +30,7 @@ from fleet.agents import agent_for
 from fleet.cluster import get_cluster
 from fleet.models import Gpu
 from fleet.states import GpuState
+from hardware import kube_constants
 from hardware.boot_model import estimate_boot
 from hardware.cluster import PodPhase
 from tenants.models import BootPhase, Lease
@@ -42,7 +43,7 @@ GUEST_RAM_GIB_PER_GPU = 64
 
 
 def pod_name_for(lease: Lease) -> str:
-    return f"lease-{lease.pk}"
+    return kube_constants.lease_pod_name(str(lease.pk))
 
 
 def lease_step(*, lease_id: int, actor: Actor) -> str:
@@ -112,19 +113,18 @@ def _record_predicted_boot(lease: Lease, gpus: int) -> None:
 
 def lease_follow_boot(*, lease_id: int, actor: Actor) -> str:
     """Record the VM's boot phases from the agent's stream; `running` when the VM is up."""
-    lease = Lease.objects.select_related("server").get(pk=lease_id)
+    lease = Lease.objects.select_related("server", "tenant").get(pk=lease_id)
     if lease.state != L.BOOTING:
         return lease.state
     seq = BootPhase.objects.filter(lease=lease).count()
-    for event in agent_for(lease.server).watch_boot(lease.pod_name):
-        if event.phase:
-            phase, created = BootPhase.objects.update_or_create(
-                lease=lease, phase=event.phase,
-                defaults={"started_at": event.started_at, "ended_at": event.ended_at, "detail": event.detail},
+    vm_id = kube_constants.vm_id_for_pod(kube_constants.tenant_namespace(lease.tenant.name), lease.pod_name)
+    for event in agent_for(lease.server).watch_boot(vm_id):
+        if event.phase and not event.final:  # the final event is the VM's verdict, not a phase
+            values = {"started_at": event.started_at, "ended_at": event.ended_at, "detail": event.detail}
+            _, created = BootPhase.objects.update_or_create(
+                lease=lease, phase=event.phase, defaults=values, create_defaults={**values, "seq": seq},
             )
-            if created:
-                BootPhase.objects.filter(pk=phase.pk).update(seq=seq)
-                seq += 1
+            seq += created
         if event.final:
             lease.refresh_from_db()
             if lease.state != L.BOOTING:

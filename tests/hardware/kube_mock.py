@@ -47,6 +47,7 @@ class Fault:
     status: int
     times: int
     message: str = "injected"
+    delay: float = 0.0
 
 
 @dataclass
@@ -114,6 +115,7 @@ class KubeMock:
         self.pdb_blocks: set[str] = set()
         self.compacted = 0  # watches from a resourceVersion below this get 410 Gone
         self.watch_max_events: int | None = None  # close a watch after this many events (a dropped watch)
+        self.watch_abort = False  # ...and close it mid-stream, without the final chunk
         self.rv = 100
         self.lock = threading.Condition()
         self.server = _LoopbackServer(("127.0.0.1", 0), _handler_for(self))
@@ -139,8 +141,10 @@ class KubeMock:
         return client.ApiClient(configuration)
 
     # -- scripting ---------------------------------------------------------------------------
-    def fail(self, method: str, path: str, status: int, times: int = 1, message: str = "injected") -> None:
-        self.faults.append(Fault(method.upper(), re.compile(path), status, times, message))
+    def fail(self, method: str, path: str, status: int, times: int = 1, message: str = "injected",
+             delay: float = 0.0) -> None:
+        """Answer the next `times` matching requests with `status` (after `delay` seconds)."""
+        self.faults.append(Fault(method.upper(), re.compile(path), status, times, message, delay))
 
     def put(self, path: str, obj: dict) -> dict:
         """Store an object at a collection path, e.g. `/api/v1/nodes` (bypasses requests and faults)."""
@@ -214,10 +218,13 @@ class KubeMock:
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         with self.lock:
             self.requests.append(Recorded(method, split.path, query, body, content_type))
-            for fault in self.faults:
-                if fault.method == method and fault.times > 0 and fault.path.search(split.path):
-                    fault.times -= 1
-                    return fault.status, _status(fault.status, fault.message)
+            fault = next((f for f in self.faults
+                          if f.method == method and f.times > 0 and f.path.search(split.path)), None)
+            if fault is not None:
+                fault.times -= 1
+        if fault is not None:
+            time.sleep(fault.delay)
+            return fault.status, _status(fault.status, fault.message)
         collection, name, sub = self._parse(split.path)
         with self.lock:
             if method == "GET" and name is None:
@@ -379,6 +386,9 @@ def _handler_for(mock: KubeMock) -> type[BaseHTTPRequestHandler]:
 
             try:
                 mock.watch(collection, query, write)
+                if mock.watch_abort:
+                    self.close_connection = True  # the connection drops: no final chunk
+                    return
                 self.wfile.write(b"0\r\n\r\n")
             except OSError:
                 self.close_connection = True  # the client went away

@@ -101,6 +101,6 @@ def test_a_gpu_under_an_operation_is_not_free(pki):
         host.activate_partition(7)
         with pytest.raises(FailedPrecondition, match="scrub in progress"):
             host.start_vm("v", "pod", [1], 8)
-        host.clock.advance(100)
+        host.clock.set_acceleration(100_000)  # finish the scrub quickly
         assert list(stream)[-1].ok
         host.start_vm("v", "pod", [1], 8)  # free again

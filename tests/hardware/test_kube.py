@@ -168,6 +168,13 @@ def test_server_errors_and_unreachable_are_retryable(mock, cluster):
         cluster.get_tenancy("acme")
 
 
+def test_timeout_is_retryable(mock):
+    cluster = KubernetesCluster(mock.api_client(), request_timeout=0.3)
+    mock.fail("GET", "/tenancies/slow$", 200, delay=1.5)
+    with pytest.raises(ClusterUnavailable):
+        cluster.get_tenancy("slow")
+
+
 def test_unreachable_api_server_is_retryable():
     gone = KubeMock()
     api_client = gone.api_client()

@@ -49,7 +49,8 @@ def cluster(emulator):
 
 
 def _stored(em):
-    return {(key[0].plural, key[1], key[2]) for key in em.objects.keys()}
+    keys = em.objects.keys()
+    return {(key[0].plural, key[1], key[2]) for key in keys}
 
 
 def test_lease_pod_and_gpulease_against_kmock(emulator, cluster):
@@ -61,7 +62,8 @@ def test_lease_pod_and_gpulease_against_kmock(emulator, cluster):
     assert not lease.finalized and lease.phase == "Reserved"
     assert _stored(em) == {("pods", "tenant-acme", "lease-1"), ("gpuleases", None, "lease-1")}
 
-    stored_pod = em.objects[next(k for k in em.objects.keys() if k[0].plural == "pods")]
+    keys = em.objects.keys()
+    stored_pod = em.objects[next(k for k in keys if k[0].plural == "pods")]
     assert stored_pod["spec"]["runtimeClassName"] == "kata-qemu-nvidia-gpu"
     assert stored_pod["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "2"}
 

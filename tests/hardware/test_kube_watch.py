@@ -52,8 +52,10 @@ def test_lists_then_follows_phases_and_exit_code(mock, cluster):
     stream.close()
 
 
-def test_dropped_watch_resumes_from_last_resource_version(mock, cluster):
+@pytest.mark.parametrize("abrupt", [False, True], ids=["stream-ends", "connection-drops"])
+def test_dropped_watch_resumes_from_last_resource_version(mock, cluster, abrupt):
     mock.watch_max_events = 1  # every watch connection ends after one event
+    mock.watch_abort = abrupt
     first = _start(cluster, "2")
     mock.set_pod_phase("tenant-t", "lease-2", "Running")
     mock.set_pod_phase("tenant-t", "lease-2", "Failed", exit_code=137)

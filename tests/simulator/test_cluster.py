@@ -210,8 +210,7 @@ def test_pods_run_as_vms_on_a_simulated_fleet_over_sim_admin(fleet):
     [node] = fleet.endpoints
     _prepare_gpu(fleet, 1)
     _prepare_gpu(fleet, 2)
-    cluster = SimulatedCluster(sim_admin_nodes(fleet.endpoints), node_names=fleet.endpoints,
-                               workload_seconds=3600, poll_interval=0.01)
+    cluster = SimulatedCluster.for_fleet(fleet, workload_seconds=3600, poll_interval=0.01)
     cluster.ensure_tenancy("acme")
     cluster.create_lease_pod(lease_id="1", tenant="acme", image="busybox", node=node, gpu_indexes=[1])
 

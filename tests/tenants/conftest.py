@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fleet import dispatch
-from tests.factories import TenantFactory
 from tenants.states import TenantState
+from tests.factories import TenantFactory
 
 
 class TaskQueue:

@@ -1,0 +1,145 @@
+"""A lease's whole life on the simulated fleet, over real gRPC to simulated agents and through the
+simulated cluster: pending → placed → partitioning → booting → running → releasing → scrubbing →
+leveling → released, with boot phases recorded and GPUs free only after scrub and level."""
+
+from __future__ import annotations
+
+import pytest
+
+from console.audit import Actor
+from console.models import AuditEvent
+from fleet import cluster as cluster_access
+from fleet.agents import agent_for, forget_agents
+from fleet.inventory import server_register_from_inventory
+from fleet.models import Gpu
+from fleet.states import GpuState
+from hardware.agent_client import AgentClient
+from simulator.cluster import SimulatedCluster, sim_admin_nodes
+from simulator.fleet import SimFleet
+from tenants import services
+from tenants.models import BootPhase, Lease
+from tenants.states import LeaseState, TenantState
+
+pytestmark = pytest.mark.slow
+IMAGE = "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0-ubi8"
+ACTOR = Actor.system("tenant-api", source="api")
+
+
+@pytest.fixture
+def sim(transactional_db, settings, tasks):
+    """Two simulated HGX H100 servers on loopback, registered from their GetInventory."""
+    settings.AGENT_INSECURE = True
+    forget_agents()
+    fleet = SimFleet(2, platform="hgx-h100-8", variant="supermicro", insecure=True, accel=2000.0).start()
+    for slot, (name, endpoint) in enumerate(fleet.endpoints.items(), start=1):
+        with AgentClient(endpoint.address, node=endpoint.node, insecure=True) as client:
+            inventory = client.get_inventory()
+        server_register_from_inventory(inventory=inventory, rack="r1", slot=slot, agent_endpoint=endpoint.address,
+                                       actor=ACTOR, source="simulator")
+    cluster = SimulatedCluster(sim_admin_nodes(fleet.endpoints, insecure=True), workload_seconds=0)
+    cluster_access.set_cluster(cluster)
+    yield fleet
+    cluster_access.set_cluster(None)
+    forget_agents()
+    fleet.stop()
+
+
+def _verbs(lease):
+    return list(AuditEvent.objects.filter(target_type="tenants.lease", target_id=str(lease.pk))
+                .order_by("id").values_list("verb", flat=True))
+
+
+def _run_to_running(tasks, n=2, tenant="acme"):
+    lease = services.lease_request(tenant_name=tenant, image=IMAGE, gpu_count=n, actor=ACTOR)
+    tasks.run()
+    lease.refresh_from_db()
+    return lease
+
+
+def test_lease_runs_then_releases_through_scrub_and_level(sim, tasks):
+    lease = _run_to_running(tasks)
+    assert lease.tenant.state == TenantState.READY
+    assert lease.state == LeaseState.RUNNING, (lease.state, lease.failure_reason)
+    assert _verbs(lease) == [
+        "tenants.lease.requested", "tenants.lease.placed", "tenants.lease.partitioning",
+        "tenants.lease.booting", "tenants.lease.running",
+    ]
+    gpus = list(Gpu.objects.filter(current_lease=lease))
+    assert {g.state for g in gpus} == {GpuState.IN_USE}
+    assert sorted(g.module_id for g in gpus) == lease.partition.module_ids
+    phases = list(BootPhase.objects.filter(lease=lease).order_by("seq"))
+    assert len(phases) >= 5 and all(p.ended_at for p in phases)
+    reported = {p.partition_id: p.active for p in agent_for(lease.server).list_partitions()}
+    assert reported[lease.partition.partition_id] is True
+
+    services.lease_release(lease=lease, actor=ACTOR)
+    tasks.run()
+    lease.refresh_from_db()
+    assert lease.state == LeaseState.RELEASED
+    assert _verbs(lease)[-4:] == [
+        "tenants.lease.releasing", "tenants.lease.scrubbing", "tenants.lease.leveling", "tenants.lease.released",
+    ]
+    for gpu in gpus:
+        gpu.refresh_from_db()
+        assert gpu.state == GpuState.FREE and gpu.current_lease_id is None
+        verbs = list(AuditEvent.objects.filter(target_type="fleet.gpu", target_id=str(gpu.pk))
+                     .order_by("id").values_list("verb", flat=True))
+        # Invariant 2: free again only after a scrub and a level.
+        assert verbs[-4:] == ["fleet.gpu.scrubbing", "fleet.gpu.leveling", "fleet.gpu.leveled", "fleet.gpu.free"]
+    reported = {p.partition_id: p.active for p in agent_for(lease.server).list_partitions()}
+    assert reported[lease.partition.partition_id] is False
+    assert all(reported[lease.server.platform_spec.single_partition(m).id] for m in lease.partition.module_ids)
+
+
+def test_scrub_failure_quarantines_only_that_gpu(sim, tasks):
+    lease = _run_to_running(tasks)
+    bad = Gpu.objects.filter(current_lease=lease).order_by("module_id").first()
+    agent_for(lease.server).sim_admin().fail_next_scrub(bad.module_id)
+    services.lease_release(lease=lease, actor=ACTOR)
+    tasks.run()
+    lease.refresh_from_db()
+    bad.refresh_from_db()
+    assert lease.state == LeaseState.RELEASED
+    assert bad.state == GpuState.QUARANTINED and "scrub" in bad.quarantine_reason
+    others = Gpu.objects.filter(pk__in=[g.pk for g in lease.gpus.all()]).exclude(pk=bad.pk)
+    assert {g.state for g in others} == {GpuState.FREE}
+
+
+def test_firmware_a_tenant_flashed_is_levelled_back(sim, tasks):
+    lease = _run_to_running(tasks, n=1)
+    gpu = Gpu.objects.get(current_lease=lease)
+    agent = agent_for(lease.server)
+    agent.sim_admin().flash_firmware(gpu.module_id, "96.00.74.00.01")
+    assert agent.check_firmware(gpu.module_id).matches is False
+    services.lease_release(lease=lease, actor=ACTOR)
+    tasks.run()
+    gpu.refresh_from_db()
+    assert gpu.state == GpuState.FREE
+    assert gpu.firmware_version == lease.server.platform_spec.pinned_firmware
+    assert agent.check_firmware(gpu.module_id).matches is True
+
+
+def test_running_a_task_twice_changes_nothing(sim, tasks):
+    from fleet import dispatch
+
+    lease = _run_to_running(tasks)
+    events = AuditEvent.objects.count()
+    for _ in range(2):
+        dispatch.task("lease_advance").apply(args=(lease.pk,), throw=True)
+        dispatch.task("lease_follow_boot").apply(args=(lease.pk,), throw=True)
+    assert AuditEvent.objects.count() == events
+    services.lease_release(lease=lease, actor=ACTOR)
+    tasks.run()
+    events = AuditEvent.objects.count()
+    dispatch.task("lease_advance").apply(args=(lease.pk,), throw=True)
+    for gpu in lease.gpus.all():
+        dispatch.task("gpu_clean").apply(args=(gpu.pk, None), throw=True)
+    assert AuditEvent.objects.count() == events
+
+
+def test_eight_gpu_lease_deactivates_idle_singles_first(sim, tasks):
+    lease = _run_to_running(tasks, n=8)
+    assert lease.state == LeaseState.RUNNING
+    reported = {p.partition_id: p.active for p in agent_for(lease.server).list_partitions()}
+    assert reported[0] is True and not any(reported[pid] for pid in range(7, 15))
+    assert Lease.objects.filter(state=LeaseState.RUNNING).count() == 1
