@@ -39,6 +39,15 @@ def gpu_identity(hostname: str, module_id: int) -> tuple[str, str]:
     return gpu_uuid, serial
 
 
+def free_slot(rack: str, wanted: int, hostname: str) -> int:
+    """The wanted slot in `rack`, or the next free one when another host already holds it (an earlier
+    seeding or registration with other arguments); a slot `hostname` itself holds counts as free."""
+    taken = dict(Server.objects.filter(rack=rack).values_list("slot", "hostname"))
+    while taken.get(wanted, hostname) != hostname:
+        wanted += 1
+    return wanted
+
+
 def partitions_ensure(server: Server) -> int:
     """Create the server's partition rows from its platform table; 1-GPU partitions start active
     (every GPU isolated, as in seed 001). Returns how many rows were created."""

@@ -32,6 +32,7 @@ from hardware.types import (
     BootPhaseEvent,
     ClockInfo,
     FirmwareStatus,
+    GpuLeaseBinding,
     HealthEvent,
     Inventory,
     PartitionInfo,
@@ -227,6 +228,21 @@ class AgentClient(_GrpcClient):
 
     def watch_boot(self, vm_id: str, *, timeout: float = WATCH_TIMEOUT_S) -> AgentStream[BootPhaseEvent]:
         return self._stream(self._stub.WatchBoot, pb.WatchBootRequest(vm_id=vm_id), convert.boot_from_pb, timeout)
+
+    def set_gpu_leases(self, leases: Iterable[GpuLeaseBinding]) -> None:
+        """Tell the agent the complete set of GPU leases on its node now (level-based, idempotent).
+
+        Leases not named are forgotten; its device plugin then allocates a GPU only to a lease in
+        an allocatable phase. `set_gpu_leases([])` clears the node. Raises InvalidArgument for an
+        empty or repeated lease id or a GPU in two leases.
+        """
+        request = pb.SetGpuLeasesRequest(leases=[convert.gpu_lease_to_pb(b) for b in leases])
+        self._unary(self._stub.SetGpuLeases, request)
+
+    def list_gpu_leases(self) -> list[GpuLeaseBinding]:
+        """The leases the agent holds now, by lease id."""
+        response = self._unary(self._stub.ListGpuLeases, pb.ListGpuLeasesRequest())
+        return [convert.gpu_lease_from_pb(m) for m in response.leases]
 
     def sim_admin(self) -> SimAdminClient:
         """A SimAdmin client on this client's channel and node (simulated agents only)."""

@@ -172,3 +172,20 @@ class ClockInfo:
 
     now: datetime
     acceleration: float
+
+
+@dataclass(frozen=True)
+class GpuLeaseBinding:
+    """One GPU lease on a node as the console tells the agent (`SetGpuLeases`, level-based).
+
+    `module_ids` are the lease's GPUs on this node, which are also their device plugin ids and CDI
+    indexes (`nvidia.com/gpu=<module id>`); `phase` is the lease's phase (`GpuLease.status.phase`
+    or the console's lease state): the device plugin allocates its GPUs only in an allocatable
+    phase (`hardware.deviceplugin.leases.ALLOCATABLE_PHASES`, e.g. "Ready").
+    """
+
+    lease_id: str
+    pod_namespace: str
+    pod_name: str
+    module_ids: tuple[int, ...]
+    phase: str

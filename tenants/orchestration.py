@@ -151,7 +151,9 @@ def _releasing(lease: Lease, actor: Actor) -> None:
     if lease.pod_name or lease.partition_id:
         cluster.delete_lease_pod(lease_id=str(lease.pk), tenant=lease.tenant.name)
         if cluster.get_gpu_lease(str(lease.pk)) is not None:
-            cluster.set_gpu_lease_phase(str(lease.pk), "Scrubbing")
+            # Deletion waits on our finalizer, which only goes once the GPUs are levelled.
+            cluster.set_gpu_lease_phase(str(lease.pk), kube_constants.GpuLeasePhase.SCRUBBING)
+            cluster.delete_gpu_lease(str(lease.pk))
     if lease.partition_id:
         fleet_services.partition_release(server=lease.server, partition_id=lease.partition.partition_id,
                                          actor=actor, parent=lease)
@@ -171,6 +173,7 @@ def _leveling(lease: Lease, actor: Actor) -> None:
         fleet_services.gpu_clean(gpu_id=gpu.pk, actor=actor)
     cluster = get_cluster()
     if cluster.get_gpu_lease(str(lease.pk)) is not None:
+        cluster.set_gpu_lease_phase(str(lease.pk), kube_constants.GpuLeasePhase.LEVELLED)
         cluster.finalize_gpu_lease(str(lease.pk), levelled=True)
     server = lease.server
     lease_finish(lease=lease, actor=actor)

@@ -2,6 +2,10 @@
 
 mTLS by default (`--tls-dir DIR --tls-name NAME`, files from `python -m hardware.tls`); plaintext
 only with `--insecure`. The bound address is printed (and written to `--port-file`), so port 0 works.
+
+`--device-plugin` also runs the kubelet device plugin for `nvidia.com/gpu` in this process, fed
+with the leases the console sets (SetGpuLeases): it writes the CDI spec to `--cdi-dir`, serves on
+a socket in `--kubelet-dir` and registers with its `kubelet.sock` (again after kubelet restarts).
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ import sys
 import threading
 from pathlib import Path
 
+from hardware import cdi
 from hardware.agent.routing import SingleHost
-from hardware.agent.server import serve
+from hardware.agent.server import AgentServer, serve
+from hardware.deviceplugin.server import DEFAULT_PLUGIN_DIR, KUBELET_POLL_S
+from hardware.deviceplugin.servicer import AllocateMode
 from hardware.tls import TlsIdentity
 
 SIM_BACKEND = "simulator.agent"
@@ -29,6 +36,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="plaintext gRPC (development only)")
     p.add_argument("--port-file", type=Path, help="write the bound port here")
     p.add_argument("--hostname", default="sim-node-0001")
+    dp = p.add_argument_group("device plugin")
+    dp.add_argument("--device-plugin", action="store_true",
+                    help="run the kubelet device plugin (nvidia.com/gpu) and write the CDI spec")
+    dp.add_argument("--kubelet-dir", type=Path, default=DEFAULT_PLUGIN_DIR,
+                    help="the kubelet's device-plugins folder (kubelet.sock; our socket goes here)")
+    dp.add_argument("--cdi-dir", type=Path, default=cdi.DEFAULT_DIRECTORY, help="where the CDI spec is written")
+    dp.add_argument("--allocate-mode", choices=[m.value for m in AllocateMode], default=AllocateMode.CDI.value,
+                    help="what Allocate answers: CDI names, /dev/vfio device specs, or both")
+    dp.add_argument("--health-poll", type=float, default=5.0, help="seconds between inventory re-reads")
+    dp.add_argument("--kubelet-poll", type=float, default=KUBELET_POLL_S,
+                    help="seconds between checks of kubelet.sock (re-register after a kubelet restart)")
     linux = p.add_argument_group("linux backend")
     linux.add_argument("--sysfs-root", type=Path, default=Path("/sys"))
     linux.add_argument("--board-map", type=Path, help="module-id → BDF map recorded for this board")
@@ -75,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         server = _serve_linux(args, tls)
         if server is None:
             return 2
+    plugin = None
+    if args.device_plugin:
+        plugin = _start_device_plugin(args, server)
+        if plugin is None:
+            server.stop()
+            return 1
     print(f"agent {args.hostname} ({args.backend}) listening on {server.address}", flush=True)
     if args.port_file:
         args.port_file.write_text(f"{server.port}\n")
@@ -82,8 +106,36 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    if plugin is not None:
+        plugin.stop()
     server.stop()
     return 0
+
+
+def _start_device_plugin(args, server: AgentServer):
+    """The device plugin on the agent's host and lease book; None (after a message) if it cannot start."""
+    from hardware.deviceplugin.node import NodeDevicePlugin
+
+    resolver = server.resolver
+    if not isinstance(resolver, SingleHost):
+        print("--device-plugin needs an agent serving one host", file=sys.stderr)
+        return None
+    plugin = NodeDevicePlugin(
+        resolver.backend,
+        resolver.leases,
+        kubelet_dir=args.kubelet_dir,
+        cdi_dir=args.cdi_dir,
+        mode=AllocateMode(args.allocate_mode),
+        health_poll=args.health_poll,
+        kubelet_poll=args.kubelet_poll,
+    )
+    try:
+        plugin.start()
+    except Exception as exc:
+        print(f"device plugin: {exc}", file=sys.stderr)
+        return None
+    print(f"device plugin on {plugin.server.socket_path}, CDI spec {plugin.cdi_path}", flush=True)
+    return plugin
 
 
 if __name__ == "__main__":

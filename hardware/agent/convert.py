@@ -18,6 +18,7 @@ from hardware.types import (
     DeviceKind,
     FirmwareStatus,
     GpuInfo,
+    GpuLeaseBinding,
     HealthEvent,
     HealthKind,
     Inventory,
@@ -173,6 +174,21 @@ def firmware_to_pb(f: FirmwareStatus) -> pb.FirmwareStatus:
 
 def firmware_from_pb(m: pb.FirmwareStatus) -> FirmwareStatus:
     return FirmwareStatus(m.module_id, m.version, m.pinned, m.matches)
+
+
+# -- GPU leases (the device plugin's view) ------------------------------------------------
+def gpu_lease_to_pb(b: GpuLeaseBinding) -> pb.GpuLease:
+    return pb.GpuLease(
+        lease_id=b.lease_id,
+        pod_namespace=b.pod_namespace,
+        pod_name=b.pod_name,
+        module_ids=b.module_ids,
+        phase=b.phase,
+    )
+
+
+def gpu_lease_from_pb(m: pb.GpuLease) -> GpuLeaseBinding:
+    return GpuLeaseBinding(m.lease_id, m.pod_namespace, m.pod_name, tuple(m.module_ids), m.phase)
 
 
 # -- streams ------------------------------------------------------------------------------

@@ -3,14 +3,20 @@
 A multiplexing server routes by the metadata key `x-gpuconsole-node` (AgentClient sends it when
 given `node=`). A WatchHealth call without the key on a multiplexed server streams every host's
 events (each event names its host).
+
+The resolver also owns each host's GPU lease book (`lease_book`): the leases the console set with
+SetGpuLeases, which the node's device plugin reads. It lives in the agent, not in the backend, so
+LinuxHost and SimHost need nothing for it.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 from hardware.backend import HostBackend
+from hardware.deviceplugin.leases import InMemoryLeaseBook
 from hardware.exceptions import InvalidArgument, NotFound
 from hardware.types import HealthEvent
 
@@ -22,13 +28,20 @@ class HostResolver(Protocol):
 
     def watch_all(self) -> Iterator[HealthEvent]: ...
 
+    def lease_book(self, node: str | None) -> InMemoryLeaseBook: ...
+
 
 class SingleHost:
     """The usual agent: one backend. A node key, when sent, must name this host."""
 
-    def __init__(self, backend: HostBackend, hostname: str) -> None:
+    def __init__(self, backend: HostBackend, hostname: str, lease_book: InMemoryLeaseBook | None = None) -> None:
         self.backend = backend
         self.hostname = hostname
+        self.leases = lease_book if lease_book is not None else InMemoryLeaseBook()
+
+    def lease_book(self, node: str | None) -> InMemoryLeaseBook:
+        self.host(node)
+        return self.leases
 
     def host(self, node: str | None) -> HostBackend:
         if node and node != self.hostname:
@@ -45,6 +58,8 @@ class HostTable:
     def __init__(self, hosts: Mapping[str, HostBackend], watch_all: Callable[[], Iterator[HealthEvent]]):
         self.hosts = hosts
         self._watch_all = watch_all
+        self._books: dict[str, InMemoryLeaseBook] = {}
+        self._books_lock = threading.Lock()
 
     def host(self, node: str | None) -> HostBackend:
         if not node:
@@ -56,6 +71,11 @@ class HostTable:
 
     def watch_all(self) -> Iterator[HealthEvent]:
         return self._watch_all()
+
+    def lease_book(self, node: str | None) -> InMemoryLeaseBook:
+        self.host(node)
+        with self._books_lock:
+            return self._books.setdefault(node, InMemoryLeaseBook())
 
 
 def node_of(context) -> str | None:

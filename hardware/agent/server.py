@@ -25,8 +25,9 @@ SERVER_OPTIONS = (
 class AgentServer:
     """A started gRPC server; `port` is the bound port (useful with port 0)."""
 
-    def __init__(self, server: grpc.Server, port: int, host: str) -> None:
+    def __init__(self, server: grpc.Server, port: int, host: str, resolver: HostResolver | None = None) -> None:
         self.server, self.port, self.host = server, port, host
+        self.resolver = resolver  # the hosts it serves (and their lease books)
 
     @property
     def address(self) -> str:
@@ -62,4 +63,4 @@ def serve(
     if port == 0:
         raise OSError(f"could not listen on {listen}")
     server.start()
-    return AgentServer(server, port, listen.rsplit(":", 1)[0])
+    return AgentServer(server, port, listen.rsplit(":", 1)[0], resolver)

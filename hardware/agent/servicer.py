@@ -123,3 +123,13 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServicer):
     def WatchBoot(self, request, context):
         host = self._host(context)
         yield from stream(context, lambda: host.watch_boot(request.vm_id), convert.boot_to_pb)
+
+    def SetGpuLeases(self, request, context):
+        book = call(context, lambda: self.resolver.lease_book(node_of(context)))
+        bindings = [convert.gpu_lease_from_pb(m) for m in request.leases]
+        call(context, lambda: book.set_bindings(bindings))
+        return EMPTY
+
+    def ListGpuLeases(self, request, context):
+        book = call(context, lambda: self.resolver.lease_book(node_of(context)))
+        return pb.ListGpuLeasesResponse(leases=[convert.gpu_lease_to_pb(b) for b in book.bindings()])

@@ -31,7 +31,7 @@ def sim(transactional_db, settings, tasks):
     settings.AGENT_INSECURE = True
     forget_agents()
     fleet = SimFleet(2, platform="hgx-h100-8", variant="supermicro", insecure=True, accel=2000.0).start()
-    for slot, (name, endpoint) in enumerate(fleet.endpoints.items(), start=1):
+    for slot, endpoint in enumerate(fleet.endpoints.values(), start=1):
         with AgentClient(endpoint.address, node=endpoint.node, insecure=True) as client:
             inventory = client.get_inventory()
         server_register_from_inventory(inventory=inventory, rack="r1", slot=slot, agent_endpoint=endpoint.address,
@@ -72,10 +72,16 @@ def test_lease_runs_then_releases_through_scrub_and_level(sim, tasks):
     reported = {p.partition_id: p.active for p in agent_for(lease.server).list_partitions()}
     assert reported[lease.partition.partition_id] is True
 
+    cluster = cluster_access.get_cluster()
+    assert cluster.get_gpu_lease(str(lease.pk)).gpu_module_ids == tuple(lease.partition.module_ids)
+    assert cluster.get_lease_pod(lease_id=str(lease.pk), tenant="acme").phase == "Running"
+
     services.lease_release(lease=lease, actor=ACTOR)
     tasks.run()
     lease.refresh_from_db()
     assert lease.state == LeaseState.RELEASED
+    assert cluster.get_lease_pod(lease_id=str(lease.pk), tenant="acme") is None
+    assert cluster.get_gpu_lease(str(lease.pk)) is None  # finalizer removed only after levelling
     assert _verbs(lease)[-4:] == [
         "tenants.lease.releasing", "tenants.lease.scrubbing", "tenants.lease.leveling", "tenants.lease.released",
     ]

@@ -5,17 +5,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from console.audit import Actor
 from console.models import Source
-from fleet.models import Server
-from fleet.registration import ServerSpec, server_register_from_platform
+from fleet.registration import ServerSpec, free_slot, server_register_from_platform
 from hardware.platforms import PLATFORMS, PlatformError, get_platform
-
-
-def _free_slot(rack: str, wanted: int, hostname: str) -> int:
-    """The wanted slot, or the next free one when an earlier seeding with other arguments took it."""
-    taken = dict(Server.objects.filter(rack=rack).values_list("slot", "hostname"))
-    while taken.get(wanted, hostname) != hostname:
-        wanted += 1
-    return wanted
 
 
 class Command(BaseCommand):
@@ -45,7 +36,7 @@ class Command(BaseCommand):
             rack, slot = divmod(i, per_rack)
             hostname = f"{opts['prefix']}-{platform.key}-{i + 1:04d}"
             rack_name = f"{opts['prefix']}-r{rack + 1:02d}"
-            slot = _free_slot(rack_name, slot + 1, hostname)
+            slot = free_slot(rack_name, slot + 1, hostname)
             spec = ServerSpec(
                 hostname=hostname,
                 platform=platform.key,

@@ -20,7 +20,7 @@ from django.core.management.base import BaseCommand, CommandError
 from console.audit import Actor
 from console.models import Source
 from fleet.inventory import server_register_from_inventory
-from fleet.models import Server
+from fleet.registration import free_slot
 from fleet.services import partitions_record_reported
 from hardware.agent_client import AgentClient
 from hardware.exceptions import HardwareError
@@ -43,13 +43,6 @@ def _identities(insecure: bool) -> tuple[TlsIdentity | None, TlsIdentity | None]
         if not (pki / f"{name}.pem").exists():
             issue_cert(pki, name)
     return TlsIdentity.from_dir(pki, FLEET_IDENTITY), TlsIdentity.from_dir(pki, CONSOLE_IDENTITY)
-
-
-def _free_slot(rack: str, wanted: int, hostname: str) -> int:
-    taken = dict(Server.objects.filter(rack=rack).values_list("slot", "hostname"))
-    while taken.get(wanted, hostname) != hostname:
-        wanted += 1
-    return wanted
 
 
 class Command(BaseCommand):
@@ -135,7 +128,7 @@ class Command(BaseCommand):
                 result = server_register_from_inventory(
                     inventory=inventory,
                     rack=rack,
-                    slot=_free_slot(rack, slot + 1, endpoint.hostname),
+                    slot=free_slot(rack, slot + 1, endpoint.hostname),
                     agent_endpoint=endpoint.address,
                     actor=actor,
                     source="simulator",

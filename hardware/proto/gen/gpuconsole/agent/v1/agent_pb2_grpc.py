@@ -99,6 +99,16 @@ class NodeAgentStub:
                 request_serializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.WatchBootRequest.SerializeToString,
                 response_deserializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.BootPhase.FromString,
                 _registered_method=True)
+        self.SetGpuLeases = channel.unary_unary(
+                '/gpuconsole.agent.v1.NodeAgent/SetGpuLeases',
+                request_serializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.SetGpuLeasesRequest.SerializeToString,
+                response_deserializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListGpuLeases = channel.unary_unary(
+                '/gpuconsole.agent.v1.NodeAgent/ListGpuLeases',
+                request_serializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.ListGpuLeasesRequest.SerializeToString,
+                response_deserializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.ListGpuLeasesResponse.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -182,6 +192,22 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetGpuLeases(self, request, context):
+        """The complete set of GPU leases on this node now (level-based, idempotent): leases not named
+        are forgotten. The node's kubelet device plugin hands a GPU to a pod only while the lease
+        holding it is in an allocatable phase ("Ready", "Reserved", "Booting", "Running").
+        INVALID_ARGUMENT: empty or repeated lease_id, or a module id in two leases.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGpuLeases(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +275,16 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.WatchBoot,
                     request_deserializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.WatchBootRequest.FromString,
                     response_serializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.BootPhase.SerializeToString,
+            ),
+            'SetGpuLeases': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetGpuLeases,
+                    request_deserializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.SetGpuLeasesRequest.FromString,
+                    response_serializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'ListGpuLeases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGpuLeases,
+                    request_deserializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.ListGpuLeasesRequest.FromString,
+                    response_serializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.ListGpuLeasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -602,6 +638,60 @@ class NodeAgent:
             '/gpuconsole.agent.v1.NodeAgent/WatchBoot',
             gpuconsole_dot_agent_dot_v1_dot_agent__pb2.WatchBootRequest.SerializeToString,
             gpuconsole_dot_agent_dot_v1_dot_agent__pb2.BootPhase.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetGpuLeases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuconsole.agent.v1.NodeAgent/SetGpuLeases',
+            gpuconsole_dot_agent_dot_v1_dot_agent__pb2.SetGpuLeasesRequest.SerializeToString,
+            gpuconsole_dot_agent_dot_v1_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGpuLeases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuconsole.agent.v1.NodeAgent/ListGpuLeases',
+            gpuconsole_dot_agent_dot_v1_dot_agent__pb2.ListGpuLeasesRequest.SerializeToString,
+            gpuconsole_dot_agent_dot_v1_dot_agent__pb2.ListGpuLeasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

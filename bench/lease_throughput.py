@@ -1,0 +1,296 @@
+"""Lease throughput benchmark: leases granted per second through `tenants.services.lease_request`.
+
+Run: `.venv/bin/python bench/lease_throughput.py` (PostgreSQL at DATABASE_URL, default
+postgres://postgres@127.0.0.1:5432/test). The bench creates a throwaway database (`bench_leases`)
+next to the one DATABASE_URL names, migrates it, seeds a fleet of HGX H100 servers from platform
+data and READY tenants, then times a fixed number of requests (1/2/4/8-GPU mix) with 1, 8 and 32
+concurrent client threads, each thread with its own connection and its own tenant. Between rounds
+every lease is dropped and the GPUs are set free again, so every round starts on the same empty fleet
+and never runs out of capacity. The database is dropped at the end.
+
+What is measured: validation, quota check, lease row, placement snapshot, placement decision and the
+reservation (row locks, LeaseGpu rows, state machine, audit events) — i.e. `lease_request` up to
+`placed`. Celery dispatch is stubbed out (`fleet.dispatch.enqueue` / `on_commit` are no-ops): the
+partitioning, boot and clean-up that tasks would do afterwards are not part of the figure.
+
+Prints readable figures, then as the last line one JSON object:
+
+* `leases_per_s_c1`, `leases_per_s_c8`, `leases_per_s_c32`: leases granted (state `placed`) per
+  second of wall time with that many concurrent clients.
+* `double_allocations`: GPUs held by more than one LeaseGpu with holds=True, plus leases whose held
+  GPUs are not exactly their partition's modules on their server, summed over all rounds (must be 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/test"
+BENCH_DB = "bench_leases"
+SERVERS = 128  # 1,024 GPUs; a round asks for about 480 of them
+REQUESTS_PER_ROUND = 200
+WARMUP_REQUESTS = 64
+CONCURRENCY = (1, 8, 32)
+SIZE_MIX = ((1, 0.4), (2, 0.3), (4, 0.2), (8, 0.1))
+IMAGE = "registry.example.com/bench/job:1"
+SEED = 20261122
+
+
+# --- throwaway database --------------------------------------------------------------------------
+
+
+def _with_db(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def _admin(url: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def _create_db(base_url: str) -> str:
+    _admin(base_url, f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+    _admin(base_url, f'CREATE DATABASE "{BENCH_DB}"')
+    return _with_db(base_url, BENCH_DB)
+
+
+def _drop_db(base_url: str) -> None:
+    _admin(base_url, f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+
+
+def _setup_django(url: str) -> None:
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("SECRET_KEY", "bench-only-secret")
+    os.environ.setdefault("ALLOWED_HOSTS", "localhost")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+# --- seeding (platform data, like tests' make_server) ---------------------------------------------
+
+
+def _seed(servers: int, tenants: int):
+    from console.audit import Actor
+    from console.models import Source
+    from fleet.registration import ServerSpec, server_register_from_platform
+    from hardware.platforms import get_platform
+    from tenants.models import Tenant
+    from tenants.states import TenantState
+
+    actor = Actor.system("bench", source=Source.CLI)
+    platform = get_platform("hgx-h100-8")
+    variant = platform.variants[0].key
+    for i in range(servers):
+        server_register_from_platform(
+            spec=ServerSpec(
+                hostname=f"bench-{platform.key}-{i + 1:04d}",
+                platform=platform.key,
+                variant=variant,
+                rack=f"bench-r{i // 32 + 1:02d}",
+                slot=i % 32 + 1,
+            ),
+            actor=actor,
+        )
+    Tenant.objects.bulk_create(
+        [
+            Tenant(name=f"bench{i:03d}", display_name=f"Bench {i}", gpu_quota=100_000, state=TenantState.READY)
+            for i in range(tenants)
+        ]
+    )
+    return [f"bench{i:03d}" for i in range(tenants)]
+
+
+def _stub_dispatch() -> None:
+    from fleet import dispatch
+
+    def nothing(name: str, *args) -> None:
+        return None
+
+    dispatch.enqueue = nothing
+    dispatch.on_commit = nothing
+
+
+def _reset_fleet() -> None:
+    """Drop every lease and set every GPU free: the next round starts on an empty fleet.
+
+    Bench-only bulk SQL, not a service: a real release goes through scrub and level."""
+    from django.db import transaction
+
+    from fleet.models import Gpu
+    from fleet.states import GpuState
+    from tenants.models import BootPhase, Lease, LeaseGpu
+
+    with transaction.atomic():
+        Gpu.objects.exclude(state=GpuState.FREE, current_lease=None).update(state=GpuState.FREE, current_lease=None)
+        LeaseGpu.objects.all().delete()
+        BootPhase.objects.all().delete()
+        Lease.objects.all().delete()
+
+
+# --- the invariants ---------------------------------------------------------------------------------
+
+
+def double_allocations() -> int:
+    """GPUs in more than one holding LeaseGpu, plus leases whose held GPUs are not exactly their
+    partition's modules on their server."""
+    from tenants.models import Lease, LeaseGpu
+    from tenants.states import LEASE_HOLDS_GPUS
+
+    counts = Counter(LeaseGpu.objects.filter(holds=True).values_list("gpu_id", flat=True))
+    bad = sum(1 for c in counts.values() if c > 1)
+    held: dict[int, list[tuple[int, int]]] = {}
+    for lease_id, server_id, module_id in LeaseGpu.objects.filter(holds=True).values_list(
+        "lease_id", "gpu__server_id", "gpu__module_id"
+    ):
+        held.setdefault(lease_id, []).append((server_id, module_id))
+    for pk, server_id, modules in Lease.objects.filter(state__in=LEASE_HOLDS_GPUS).values_list(
+        "pk", "server_id", "partition__module_ids"
+    ):
+        rows = held.get(pk, [])
+        if sorted(m for _, m in rows) != sorted(modules or []) or any(s != server_id for s, _ in rows):
+            bad += 1
+    return bad
+
+
+# --- one timed round -------------------------------------------------------------------------------
+
+
+def _sizes(n: int, rnd: random.Random) -> list[int]:
+    sizes, weights = zip(*SIZE_MIX, strict=True)
+    return rnd.choices(sizes, weights=weights, k=n)
+
+
+def run_round(clients: int, requests: int, tenants: list[str], rnd: random.Random) -> dict:
+    """`requests` lease_request calls shared by `clients` threads; returns timing and outcome."""
+    from django.db import connection
+
+    from console.audit import Actor
+    from console.models import Source
+    from tenants import services
+    from tenants.states import LeaseState
+
+    actor = Actor.system("bench", source=Source.API)
+    work = _sizes(requests, rnd)
+    lock = threading.Lock()
+    next_index = iter(range(requests))
+    placed = Counter()
+    errors: list[BaseException] = []
+    latencies: list[float] = []
+    barrier = threading.Barrier(clients + 1)
+
+    def worker(i: int) -> None:
+        tenant = tenants[i]
+        mine = []
+        try:
+            connection.ensure_connection()
+            barrier.wait()
+            while True:
+                with lock:
+                    k = next(next_index, None)
+                if k is None:
+                    break
+                t0 = time.perf_counter()
+                lease = services.lease_request(tenant_name=tenant, image=IMAGE, gpu_count=work[k], actor=actor)
+                mine.append(time.perf_counter() - t0)
+                with lock:
+                    placed[lease.state] += 1
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connection.close()
+            with lock:
+                latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    granted = placed[LeaseState.PLACED]
+    latencies.sort()
+    return {
+        "clients": clients,
+        "requests": requests,
+        "granted": granted,
+        "not_granted": requests - granted,
+        "seconds": elapsed,
+        "leases_per_s": granted / elapsed if elapsed else 0.0,
+        "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else 0.0,
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0,
+    }
+
+
+def main() -> int:
+    base_url = os.environ.get("DATABASE_URL", DEFAULT_URL)
+    if not base_url.startswith(("postgres://", "postgresql://")):
+        print(f"DATABASE_URL must be PostgreSQL, got {base_url}", file=sys.stderr)
+        return 2
+    url = _create_db(base_url)
+    try:
+        return _bench(url)
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        _drop_db(base_url)
+
+
+def _bench(url: str) -> int:
+    t0 = time.perf_counter()
+    _setup_django(url)
+    _stub_dispatch()
+    tenants = _seed(SERVERS, max(CONCURRENCY))
+    print(f"database {BENCH_DB} migrated and seeded in {time.perf_counter() - t0:.1f}s: {SERVERS} HGX H100 "
+          f"servers ({SERVERS * 8} GPUs), {len(tenants)} READY tenants")
+    print("measures lease_request up to `placed` (validation, quota, placement, reservation, audit); "
+          "Celery dispatch stubbed out (enqueue/on_commit are no-ops)")
+    print(f"size mix {dict(SIZE_MIX)}; {REQUESTS_PER_ROUND} requests per round; fleet reset between rounds")
+    rnd = random.Random(SEED)
+    run_round(8, WARMUP_REQUESTS, tenants, rnd)  # warm-up: connections, caches, query plans
+    _reset_fleet()
+    result: dict = {}
+    doubles = 0
+    for clients in CONCURRENCY:
+        r = run_round(clients, REQUESTS_PER_ROUND, tenants, rnd)
+        bad = double_allocations()
+        doubles += bad
+        _reset_fleet()
+        print(f"c={clients:>2}: {r['granted']}/{r['requests']} granted in {r['seconds']:.2f}s = "
+              f"{r['leases_per_s']:.0f} leases/s (p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms), "
+              f"double allocations {bad}")
+        result[f"leases_per_s_c{clients}"] = round(r["leases_per_s"], 1)
+        result[f"not_granted_c{clients}"] = r["not_granted"]
+        result[f"p99_ms_c{clients}"] = round(r["p99_ms"], 1)
+    result["double_allocations"] = doubles
+    result["requests_per_round"] = REQUESTS_PER_ROUND
+    result["servers"] = SERVERS
+    result["dispatch"] = "stubbed"
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Hypothesis stateful test over the services, on a simulated fleet over real gRPC.
+
+Random requests (1/2/4/8 GPUs), releases, drains, cordons, GPU drains, scrub failures, fabric
+manager restarts (agent errors), quarantine clears and reconciler runs; after every step every
+invariant of ARCHITECTURE.md holds:
+1. no GPU in two unfinished leases;
+2. a GPU is free only after a scrub and a level at the pinned firmware;
+3. a lease's GPUs are exactly one partition of its server;
+4. active partitions on a server are disjoint;
+6. drained or cordoned servers get nothing new.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from console.audit import Actor
+from console.models import AuditEvent
+from console.statemachine import InvalidTransition
+from fleet import cluster as cluster_access
+from fleet import services as fleet_services
+from fleet.agents import agent_for, forget_agents
+from fleet.inventory import server_register_from_inventory
+from fleet.models import Gpu, Partition, Server
+from fleet.states import GPU_HELD_BY_LEASE, GpuState, PartitionState, ServerState
+from hardware.agent_client import AgentClient
+from hardware.exceptions import AgentUnavailable
+from simulator.cluster import SimulatedCluster, sim_admin_nodes
+from simulator.fleet import SimFleet
+from tenants import services
+from tenants.models import Lease, LeaseGpu
+from tenants.reconciler import reconcile_fleet
+from tenants.states import LEASE_HOLDS_GPUS, LEASE_UNFINISHED, LeaseState
+from tests.factories import TenantFactory
+
+pytestmark = pytest.mark.slow
+ACTOR = Actor.system("hypothesis", source="api")
+IMAGE = "registry.example.com/lab/train:2"
+TENANTS = ("alpha", "beta")
+ACCEL = 20000.0
+UNSCHEDULABLE = {ServerState.CORDONED, ServerState.DRAINING, ServerState.DRAINED}
+
+
+def _register(fleet: SimFleet) -> None:
+    for slot, endpoint in enumerate(fleet.endpoints.values(), start=1):
+        with AgentClient(endpoint.address, node=endpoint.node, insecure=True) as client:
+            inventory = client.get_inventory()
+        server_register_from_inventory(inventory=inventory, rack="r1", slot=slot, agent_endpoint=endpoint.address,
+                                       actor=ACTOR, source="simulator")
+
+
+@pytest.fixture
+def fleet(db, settings, tasks):
+    """Fast-booting simulated servers (fixed host kernel, cold-plug) at a high clock rate."""
+    settings.AGENT_INSECURE = True
+    forget_agents()
+    sim = SimFleet(2, platform="hgx-h100-8", variant="supermicro", insecure=True, accel=ACCEL,
+                   host_kernel="fixed", plug_mode="cold", isolate_gpus=True).start()
+    yield sim
+    forget_agents()
+    sim.stop()
+
+
+def test_invariants_hold_under_random_operations(fleet, tasks):
+    pinned = "96.00.99.00.01"
+
+    class FleetMachine(RuleBasedStateMachine):
+        def __init__(self):
+            super().__init__()
+            # Every example starts from a fresh database state and fresh simulated hosts.
+            self._atomic = transaction.atomic()
+            self._atomic.__enter__()
+            for host in fleet.hosts.values():
+                host.reboot()
+                host.fabric_manager.set_activated(p.id for p in host.platform.partitions if p.size == 1)
+            _register(fleet)
+            for name in TENANTS:
+                TenantFactory(name=name, state="ready", gpu_quota=64)
+            cluster = SimulatedCluster(sim_admin_nodes(fleet.endpoints, insecure=True), workload_seconds=0)
+            for name in TENANTS:
+                cluster.ensure_tenancy(name)
+            cluster_access.set_cluster(cluster)
+            tasks.queued.clear()
+            self.unschedulable_before: set[int] = set()
+
+        def teardown(self):
+            cluster_access.set_cluster(None)
+            tasks.queued.clear()
+            transaction.set_rollback(True)
+            self._atomic.__exit__(None, None, None)
+
+        # --- helpers -------------------------------------------------------------------
+        def _step_start(self):
+            self.unschedulable_before = set(
+                Server.objects.filter(state__in=UNSCHEDULABLE).values_list("pk", flat=True)
+            )
+            self.step_started = timezone.now()
+
+        def _settle(self):
+            tasks.run(limit=400)
+
+        # --- rules -----------------------------------------------------------------------
+        @rule(n=st.sampled_from([1, 2, 4, 8]), tenant=st.sampled_from(TENANTS))
+        def request(self, n, tenant):
+            self._step_start()
+            services.lease_request(tenant_name=tenant, image=IMAGE, gpu_count=n, actor=ACTOR)
+            self._settle()
+
+        @rule(pick=st.integers(0, 63))
+        def release(self, pick):
+            # Draw an index, not from the database, so replays draw the same data.
+            self._step_start()
+            ids = list(Lease.objects.filter(state__in=LEASE_UNFINISHED).order_by("pk").values_list("pk", flat=True))
+            if ids:
+                services.lease_release(lease=Lease.objects.get(pk=ids[pick % len(ids)]), actor=ACTOR)
+            self._settle()
+
+        @rule(index=st.integers(0, 1), action=st.sampled_from(["cordon", "uncordon", "drain"]))
+        def server_action(self, index, action):
+            self._step_start()
+            server = Server.objects.order_by("pk")[index]
+            fn = {"cordon": fleet_services.server_cordon, "uncordon": fleet_services.server_uncordon,
+                  "drain": fleet_services.server_drain}[action]
+            try:
+                fn(server=server, actor=ACTOR)
+            except InvalidTransition:
+                pass
+            self._settle()
+
+        @rule(index=st.integers(0, 15), action=st.sampled_from(["drain", "undrain", "clear"]))
+        def gpu_action(self, index, action):
+            self._step_start()
+            gpu = Gpu.objects.order_by("pk")[index]
+            try:
+                if action == "drain":
+                    fleet_services.gpu_drain(gpu=gpu, actor=ACTOR)
+                elif action == "undrain":
+                    fleet_services.gpu_undrain(gpu=gpu, actor=ACTOR)
+                else:
+                    fleet_services.gpu_clear_quarantine(gpu=gpu, actor=ACTOR)
+            except (InvalidTransition, services.Conflict):
+                pass
+            self._settle()
+
+        @rule(index=st.integers(0, 15))
+        def scrub_will_fail(self, index):
+            gpu = Gpu.objects.select_related("server").order_by("pk")[index]
+            agent_for(gpu.server).sim_admin().fail_next_scrub(gpu.module_id)
+
+        @rule(index=st.integers(0, 1))
+        def fabric_manager_restarts(self, index):
+            # The 60 s window must not pass in the few real milliseconds before the reconciler runs.
+            self._step_start()
+            fleet.clock.set_acceleration(1.0)
+            try:
+                agent_for(Server.objects.order_by("pk")[index]).sim_admin().restart_fabric_manager()
+                reconcile_fleet(stuck_after=timedelta(0))
+            finally:
+                fleet.clock.set_acceleration(ACCEL)
+            self._settle()
+
+        @rule()
+        def reconcile(self):
+            self._step_start()
+            reconcile_fleet(stuck_after=timedelta(0))
+            self._settle()
+
+        # --- invariants ------------------------------------------------------------------
+        @invariant()
+        def no_gpu_in_two_unfinished_leases(self):
+            held = Counter(LeaseGpu.objects.filter(holds=True).values_list("gpu_id", flat=True))
+            assert all(n == 1 for n in held.values())
+            for gpu in Gpu.objects.filter(state__in=GPU_HELD_BY_LEASE):
+                assert gpu.current_lease_id is not None, f"{gpu} {gpu.state} without a lease"
+
+        @invariant()
+        def free_only_after_scrub_and_level(self):
+            for gpu in Gpu.objects.filter(state=GpuState.FREE):
+                assert gpu.current_lease_id is None
+                assert not LeaseGpu.objects.filter(gpu=gpu, holds=True).exists()
+                assert gpu.firmware_version == pinned
+                verbs = list(AuditEvent.objects.filter(target_type="fleet.gpu", target_id=str(gpu.pk))
+                             .order_by("id").values_list("verb", flat=True))
+                if "fleet.gpu.reserved" in verbs:
+                    after = verbs[len(verbs) - 1 - verbs[::-1].index("fleet.gpu.reserved"):]
+                    assert "fleet.gpu.scrubbing" in after, after
+                    tail = after[after.index("fleet.gpu.scrubbing"):]
+                    assert "fleet.gpu.leveling" in tail and ("fleet.gpu.leveled" in tail or
+                                                               tail[-1] == "fleet.gpu.free"), after
+
+        @invariant()
+        def lease_gpus_are_one_partition(self):
+            for lease in Lease.objects.filter(state__in=LEASE_HOLDS_GPUS).select_related("partition"):
+                held = LeaseGpu.objects.filter(lease=lease, holds=True).select_related("gpu")
+                assert sorted(h.gpu.module_id for h in held) == lease.partition.module_ids
+                assert {h.gpu.server_id for h in held} == {lease.server_id}
+                assert lease.partition.server_id == lease.server_id
+
+        @invariant()
+        def active_partitions_disjoint(self):
+            for server in Server.objects.all():
+                seen: set[int] = set()
+                for partition in Partition.objects.filter(server=server, state=PartitionState.ACTIVE):
+                    assert not seen & set(partition.module_ids), f"{server}: overlap at {partition}"
+                    seen |= set(partition.module_ids)
+                try:
+                    reported = agent_for(server).list_partitions()
+                except AgentUnavailable:
+                    reported = []
+                seen = set()
+                for p in reported:
+                    if p.active:
+                        assert not seen & set(p.gpu_module_ids)
+                        seen |= set(p.gpu_module_ids)
+
+        @invariant()
+        def unschedulable_servers_get_nothing_new(self):
+            if not hasattr(self, "step_started"):
+                return
+            still = self.unschedulable_before & set(
+                Server.objects.filter(state__in=UNSCHEDULABLE).values_list("pk", flat=True)
+            )
+            placed = Lease.objects.filter(placed_at__gte=self.step_started, server_id__in=still)
+            assert not placed.exists(), list(placed)
+
+        @invariant()
+        def nothing_left_half_done(self):
+            # With the task queue drained, no lease waits between orchestration steps.
+            assert not tasks.queued
+            assert not Lease.objects.filter(state__in=[LeaseState.PLACED, LeaseState.PARTITIONING]).exists()
+
+    run_state_machine_as_test(
+        FleetMachine,
+        settings=settings(max_examples=int(os.environ.get("STATEFUL_EXAMPLES", "8")), stateful_step_count=12, deadline=None,
+                          suppress_health_check=list(HealthCheck)),
+    )
