@@ -110,7 +110,13 @@ class Machine:
         if to not in self.states:
             raise InvalidTransition(queryset.model(), "?", to)
         with transaction.atomic():
-            rows = list(queryset.select_for_update().order_by("pk"))
+            # Lock only these rows; join the required parents so the audit's str(row) needs no query
+            # per row (a GPU's text names its server).
+            rows = list(
+                queryset.select_related(*_required_parents(queryset.model))
+                .select_for_update(of=("self",))
+                .order_by("pk")
+            )
             for row in rows:
                 if row.state != to and not self.allowed(row.state, to):
                     raise InvalidTransition(row, row.state, to)
@@ -141,6 +147,10 @@ class Machine:
 
 def machine(verb_prefix: str, states: Iterable[str], edges: Iterable[tuple[str, str]]) -> Machine:
     return Machine(verb_prefix=verb_prefix, states=tuple(states), edges=frozenset(edges))
+
+
+def _required_parents(model: type[models.Model]) -> list[str]:
+    return [f.name for f in model._meta.concrete_fields if f.many_to_one and not f.null]
 
 
 def _refresh(obj: models.Model, fresh: models.Model) -> None:

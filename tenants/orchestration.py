@@ -28,11 +28,12 @@ from fleet import dispatch
 from fleet import services as fleet_services
 from fleet.agents import agent_for
 from fleet.cluster import get_cluster
-from fleet.models import Gpu
+from fleet.models import Gpu, Server
 from fleet.states import GpuState
 from hardware import kube_constants
 from hardware.boot_model import estimate_boot
 from hardware.cluster import PodPhase
+from hardware.types import GpuLeaseBinding
 from tenants.models import BootPhase, Lease
 from tenants.services import lease_fail, lease_finish, lease_try_place
 from tenants.states import LEASE_MACHINE, LeaseState
@@ -81,6 +82,7 @@ def _partitioning(lease: Lease, actor: Actor) -> None:
     gpus = list(Gpu.objects.filter(current_lease=lease).order_by("module_id"))
     cluster = get_cluster()
     pod = pod_name_for(lease)
+    lease_book_push(server=server)  # the node's device plugin allocates only leased GPUs
     cluster.create_gpu_lease(
         lease_id=str(lease.pk), tenant=lease.tenant.name, node=server.k8s_node_name,
         gpu_module_ids=[g.module_id for g in gpus], pci_addresses=[g.pci_address for g in gpus], pod=pod,
@@ -131,6 +133,7 @@ def lease_follow_boot(*, lease_id: int, actor: Actor) -> str:
                 return lease.state
             if event.ok:
                 LEASE_MACHINE.transition(lease, L.RUNNING, actor=actor, message="VM booted, container started")
+                lease_book_push(server=lease.server)
             else:
                 lease_fail(lease=lease, actor=actor, reason=f"VM boot failed: {event.detail}")
             break
@@ -160,6 +163,8 @@ def _releasing(lease: Lease, actor: Actor) -> None:
     with transaction.atomic():
         fleet_services.gpus_begin_clean(lease=lease, actor=actor)
         LEASE_MACHINE.transition(lease, L.SCRUBBING, actor=actor)
+    if lease.server_id:
+        lease_book_push(server=lease.server)
 
 
 def _scrubbing(lease: Lease, actor: Actor) -> None:
@@ -178,7 +183,27 @@ def _leveling(lease: Lease, actor: Actor) -> None:
     server = lease.server
     lease_finish(lease=lease, actor=actor)
     if server is not None:
+        lease_book_push(server=server)
         fleet_services.server_check_drained(server=server, actor=actor)
+
+
+# What the node's device plugin may allocate, by lease state: only a lease's own, clean GPUs.
+_BOOK_PHASE = {
+    L.PLACED: "Reserved", L.PARTITIONING: "Reserved", L.BOOTING: "Booting", L.RUNNING: "Running",
+    L.RELEASING: "Releasing", L.SCRUBBING: "Scrubbing", L.LEVELING: "Leveling",
+}
+
+
+def lease_book_push(*, server: Server) -> None:
+    """Send the server's agent the complete set of leases on it now (level-based, idempotent)."""
+    bindings = []
+    for lease in Lease.objects.filter(server=server, state__in=list(_BOOK_PHASE)).select_related("tenant"):
+        modules = tuple(sorted(lease.lease_gpus.filter(holds=True).values_list("gpu__module_id", flat=True)))
+        bindings.append(GpuLeaseBinding(
+            lease_id=str(lease.pk), pod_namespace=kube_constants.tenant_namespace(lease.tenant.name),
+            pod_name=lease.pod_name or pod_name_for(lease), module_ids=modules, phase=_BOOK_PHASE[lease.state],
+        ))
+    agent_for(server).set_gpu_leases(bindings)
 
 
 def lease_pod_ended(*, lease: Lease, actor: Actor, phase: str, detail: str = "") -> None:

@@ -26,6 +26,7 @@ from hardware.cluster import PodPhase
 from hardware.exceptions import HardwareError
 from tenants import services
 from tenants.models import Lease, Tenant
+from tenants.orchestration import lease_book_push
 from tenants.states import LEASE_HOLDS_GPUS, LeaseState, TenantState
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,10 @@ def _agents(stats: Counter) -> None:
                 stats["servers_unreachable"] += 1
                 continue
         fleet_services.server_mark_reachable(server=server, actor=ACTOR, reachable=True)
+        try:
+            lease_book_push(server=server)
+        except HardwareError as exc:
+            log.warning("%s: lease book not pushed: %s", server, exc)
         for partition_id in needed.get(server.pk, ()):
             if not reported.get(partition_id):
                 try:

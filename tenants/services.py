@@ -95,14 +95,46 @@ def lease_request(
         parse_image_reference(image)
     except InvalidArgument as exc:
         raise ValidationError({"image": str(exc)}) from exc
-    tenant = tenant_ensure(name=tenant_name, actor=actor)
+    recorded = _lease_record(tenant_name=tenant_name, image=image, gpu_count=gpu_count, actor=actor,
+                             workload_seconds=workload_seconds)
+    if recorded is None:  # an unknown tenant: onboard it, then record the lease
+        tenant_ensure(name=tenant_name, actor=actor)
+        recorded = _lease_record(tenant_name=tenant_name, image=image, gpu_count=gpu_count, actor=actor,
+                                 workload_seconds=workload_seconds)
+        if recorded is None:
+            raise Conflict(f"tenant {tenant_name} was removed while the request was recorded")
+    lease, tenant, older_pending = recorded
+    # FIFO: `older_pending` was read under the tenant's lock, so False stays False (no older lease can
+    # appear); True is re-checked now, as those leases may have been placed meanwhile.
+    if tenant.state == T.READY and not (older_pending and _older_pending(lease)):
+        lease_try_place(lease_id=lease.pk, actor=actor)
+    lease.refresh_from_db()
+    return lease
+
+
+def _lease_record(
+    *, tenant_name: str, image: str, gpu_count: int, actor: Actor, workload_seconds: int | None
+) -> tuple[Lease, Tenant, bool] | None:
+    """Lock the tenant, check quota, save the pending lease and its audit event in one transaction.
+    Returns (lease, tenant, whether the tenant had older pending leases), or None for an unknown tenant."""
     with transaction.atomic():
-        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        tenant = Tenant.objects.select_for_update().filter(name=tenant_name).first()
+        if tenant is None:
+            return None
         if tenant.state == T.DELETING:
             raise Conflict(f"tenant {tenant.name} is being deleted")
-        held = Lease.objects.filter(tenant=tenant, state__in=LEASE_UNFINISHED).aggregate(n=Sum("gpu_count"))["n"] or 0
+        held = 0
+        older_pending = False
+        for state, count in Lease.objects.filter(tenant=tenant, state__in=LEASE_UNFINISHED).values_list(
+            "state"
+        ).annotate(n=Sum("gpu_count")).order_by():
+            held += count
+            older_pending |= state == L.PENDING
         lease = Lease(tenant=tenant, image=image, gpu_count=gpu_count, workload_seconds=workload_seconds)
-        lease.full_clean()
+        # The tenant row is locked above, so its existence needs no query; the model's constraints are
+        # the DB-enforced partition uniqueness (no partition yet) and gpu_count ≥ 1, which
+        # validate_gpu_count already checks.
+        lease.full_clean(exclude=["tenant"], validate_constraints=False)
         if held + gpu_count > tenant.gpu_quota:
             raise QuotaExceeded(
                 f"tenant {tenant.name} holds or waits for {held} GPUs; {gpu_count} more exceeds its quota "
@@ -113,10 +145,7 @@ def lease_request(
         lease.save()
         audit_record(actor=actor, verb="tenants.lease.requested", target=lease, parent=tenant,
                      after={"gpu_count": gpu_count, "image": image})
-    if tenant.state == T.READY and not _older_pending(lease):
-        lease_try_place(lease_id=lease.pk, actor=actor)
-    lease.refresh_from_db()
-    return lease
+    return lease, tenant, older_pending
 
 
 def _older_pending(lease: Lease) -> bool:

@@ -8,6 +8,10 @@ scrubbing or levelling, or not leased at all), and answers Allocate with the GPU
 - `devices`: the GPUs the node offers and their health (`DeviceSource`).
 - `leases`: which GPUs are leased and ready right now (`LeaseBook`), kept by the agent from the console.
 - `servicer`: the `DevicePlugin` service.
-- `server`: serve on the plugin socket and register with the kubelet.
+- `server`: serve on the plugin socket and register with the kubelet (again after a kubelet restart).
+- `inventory`: the devices from a host's inventory, kept in step with it (a GPU lost to Xid 79 goes Unhealthy).
+- `node`: all of it for one node (CDI spec, health, socket, registration); the agent runs it with
+  `--device-plugin`, on the lease book the console fills with SetGpuLeases.
+- `__main__`: the same beside an agent, over gRPC (`python -m hardware.deviceplugin --agent ADDR`).
 - `proto/api.proto`, `gen/`: the published API and its generated stubs (`python -m hardware.deviceplugin.generate`).
 """

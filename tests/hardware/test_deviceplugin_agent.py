@@ -292,3 +292,48 @@ def test_standalone_plugin_reads_gpus_and_leases_from_the_agent(pki, dirs):
             plugin.stop()
             agent.close()
             kubelet_server.stop(0)
+
+
+def test_a_lost_gpu_is_healthy_again_after_the_host_reboots(node):
+    _, client, plugin, _, _ = node
+
+    def health(index):
+        return {d.index: d.healthy for d in plugin.source.devices()}[index]
+
+    client.sim_admin().inject_xid(2, 79)
+    wait_for(lambda: not health(2), what="GPU 2 unhealthy")
+    assert all(health(i) for i in (1, 3, 4, 5, 6, 7, 8))
+    client.sim_admin().reboot_host()
+    wait_for(lambda: health(2), what="GPU 2 healthy after the reboot")
+
+
+def test_gpu_lost_event_wins_over_a_stale_inventory():
+    from datetime import UTC, datetime
+
+    from hardware.deviceplugin.inventory import InventoryDeviceSource
+    from hardware.types import DeviceKind, GpuInfo, HealthEvent, HealthKind, Inventory, PciDevice
+
+    def gpu(module_id):
+        pci = PciDevice(f"0000:{module_id:02x}:00.0", DeviceKind.GPU, 0x10DE, 0x2330, 0x030200, 40 + module_id,
+                        "vfio-pci", -1, module_id)
+        return GpuInfo(pci, module_id, f"GPU-{module_id}", "s", 81559, "96.00")
+
+    listed = [gpu(1), gpu(2)]
+    source = InventoryDeviceSource(lambda: Inventory("n", "hgx-h100-8", "v", tuple(listed), (), None))
+    changes = []
+    source.subscribe(lambda: changes.append([d.healthy for d in source.devices()]))
+    assert [(d.index, d.iommu_group, d.healthy, d.numa_node) for d in source.devices()] == [
+        (1, 41, True, None), (2, 42, True, None)]
+
+    lost = HealthEvent("n", 2, HealthKind.XID, datetime.now(UTC), xid=79)
+    source.handle(lost)  # the inventory still lists GPU 2: the event decides
+    assert changes == [[True, False]]
+    assert not source.refresh() and [d.healthy for d in source.devices()] == [True, False]
+
+    listed.pop()  # gone from the inventory: stays listed, Unhealthy
+    source.refresh()
+    assert [(d.index, d.healthy) for d in source.devices()] == [(1, True), (2, False)]
+    listed.append(gpu(2))  # back after a reboot: a fresh GPU, Healthy
+    assert source.refresh() and [d.healthy for d in source.devices()] == [True, True]
+    source.handle(HealthEvent("n", 1, HealthKind.XID, datetime.now(UTC), xid=31))  # not a lost GPU
+    assert [d.healthy for d in source.devices()] == [True, True]

@@ -75,6 +75,9 @@ def test_lease_runs_then_releases_through_scrub_and_level(sim, tasks):
     cluster = cluster_access.get_cluster()
     assert cluster.get_gpu_lease(str(lease.pk)).gpu_module_ids == tuple(lease.partition.module_ids)
     assert cluster.get_lease_pod(lease_id=str(lease.pk), tenant="acme").phase == "Running"
+    book = agent_for(lease.server).list_gpu_leases()
+    assert [(b.lease_id, b.module_ids, b.phase) for b in book] == [
+        (str(lease.pk), tuple(lease.partition.module_ids), "Running")]
 
     services.lease_release(lease=lease, actor=ACTOR)
     tasks.run()
@@ -82,6 +85,7 @@ def test_lease_runs_then_releases_through_scrub_and_level(sim, tasks):
     assert lease.state == LeaseState.RELEASED
     assert cluster.get_lease_pod(lease_id=str(lease.pk), tenant="acme") is None
     assert cluster.get_gpu_lease(str(lease.pk)) is None  # finalizer removed only after levelling
+    assert agent_for(lease.server).list_gpu_leases() == []
     assert _verbs(lease)[-4:] == [
         "tenants.lease.releasing", "tenants.lease.scrubbing", "tenants.lease.leveling", "tenants.lease.released",
     ]
