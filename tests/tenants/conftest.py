@@ -29,7 +29,10 @@ class TaskQueue:
             if name in skip:
                 continue
             self.ran.append((name, args))
-            dispatch.task(name).apply(args=args, throw=True)
+            # Not throw=True: an eager task's retries only run when apply() is left to catch the Retry.
+            result = dispatch.task(name).apply(args=args)
+            if result.failed():
+                raise result.result
             done += 1
         return done
 

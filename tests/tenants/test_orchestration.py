@@ -4,6 +4,8 @@ leveling → released, with boot phases recorded and GPUs free only after scrub 
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from console.audit import Actor
@@ -14,10 +16,12 @@ from fleet.inventory import server_register_from_inventory
 from fleet.models import Gpu
 from fleet.states import GpuState
 from hardware.agent_client import AgentClient
+from hardware.exceptions import ClusterUnavailable
 from simulator.cluster import SimulatedCluster, sim_admin_nodes
 from simulator.fleet import SimFleet
 from tenants import services
-from tenants.models import BootPhase, Lease
+from tenants.models import BootPhase, Lease, LeaseGpu
+from tenants.reconciler import reconcile_fleet
 from tenants.states import LeaseState, TenantState
 
 pytestmark = pytest.mark.slow
@@ -153,3 +157,55 @@ def test_eight_gpu_lease_deactivates_idle_singles_first(sim, tasks):
     reported = {p.partition_id: p.active for p in agent_for(lease.server).list_partitions()}
     assert reported[0] is True and not any(reported[pid] for pid in range(7, 15))
     assert Lease.objects.filter(state=LeaseState.RUNNING).count() == 1
+
+
+class FlakyCluster:
+    """The simulated cluster, but `ensure_tenancy` fails the first `failures` times (cluster 5xx)."""
+
+    def __init__(self, inner, failures):
+        self.inner, self.failures = inner, failures
+
+    def ensure_tenancy(self, name):
+        if self.failures:
+            self.failures -= 1
+            raise ClusterUnavailable("apiserver answered 503")
+        return self.inner.ensure_tenancy(name)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_failed_onboarding_shows_its_reason_and_retries(sim, tasks):
+    flaky = FlakyCluster(cluster_access.get_cluster(), failures=100)
+    cluster_access.set_cluster(flaky)
+    lease = services.lease_request(tenant_name="late", image=IMAGE, gpu_count=1, actor=ACTOR)
+    tasks.run()
+    lease.refresh_from_db()
+    assert lease.tenant.state == TenantState.FAILED
+    assert "503" in lease.tenant.failure_reason
+    assert lease.state == LeaseState.PENDING and "tenancy failed" in lease.pending_reason
+    flaky.failures = 0
+    reconcile_fleet(stuck_after=timedelta(0))  # retries failed onboardings
+    tasks.run()
+    lease.refresh_from_db()
+    assert lease.tenant.state == TenantState.READY
+    assert lease.state == LeaseState.RUNNING
+
+
+def test_agent_down_fails_the_lease_with_reason_and_quarantines(sim, tasks):
+    services.tenant_ensure(name="acme", actor=ACTOR)
+    tasks.run()
+    lease = services.lease_request(tenant_name="acme", image=IMAGE, gpu_count=4, actor=ACTOR)
+    assert lease.state == LeaseState.PLACED
+    queued = list(tasks.queued)
+    tasks.queued.clear()
+    for server in sim.servers:  # every agent goes away before the partition is activated
+        server.stop(grace=0)
+    tasks.queued.extend(queued)
+    tasks.run()
+    lease.refresh_from_db()
+    assert lease.state == LeaseState.FAILED
+    assert "AgentUnavailable" in lease.failure_reason
+    gpus = Gpu.objects.filter(lease_gpus__lease=lease)
+    assert gpus.count() == 4 and {g.state for g in gpus} == {GpuState.QUARANTINED}
+    assert not LeaseGpu.objects.filter(lease=lease, holds=True).exists()
