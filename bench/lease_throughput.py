@@ -6,11 +6,14 @@ next to the one DATABASE_URL names, migrates it, seeds a fleet of HGX H100 serve
 data and READY tenants, then times a fixed number of requests (1/2/4/8-GPU mix) with 1, 8 and 32
 concurrent client threads, each thread with its own connection and its own tenant. Between rounds
 every lease is dropped and the GPUs are set free again, so every round starts on the same empty fleet
-and never runs out of capacity. The database is dropped at the end.
+and never runs out of capacity. The database is dropped at the end. BENCH_SERVERS (default 128) and
+BENCH_REQUESTS (per round, default 200) change the fleet and the round; keep the fleet at least
+twice the GPUs a round asks for (about 2.4 per request), or leases stay pending.
 
 What is measured: validation, quota check, lease row, placement snapshot, placement decision and the
 reservation (row locks, LeaseGpu rows, state machine, audit events) — i.e. `lease_request` up to
-`placed`. Celery dispatch is stubbed out (`fleet.dispatch.enqueue` / `on_commit` are no-ops): the
+`placed`, including the realtime push after commit (in-memory channel layer unless REDIS_URL is
+set). Celery dispatch is stubbed out (`fleet.dispatch.enqueue` / `on_commit` are no-ops): the
 partitioning, boot and clean-up that tasks would do afterwards are not part of the figure.
 
 Prints readable figures, then as the last line one JSON object:
@@ -37,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/test"
 BENCH_DB = "bench_leases"
-SERVERS = 128  # 1,024 GPUs; a round asks for about 480 of them
-REQUESTS_PER_ROUND = 200
+SERVERS = int(os.environ.get("BENCH_SERVERS", "128"))  # 1,024 GPUs; a round asks for about 480 of them
+REQUESTS_PER_ROUND = int(os.environ.get("BENCH_REQUESTS", "200"))
 WARMUP_REQUESTS = 64
 CONCURRENCY = (1, 8, 32)
 SIZE_MIX = ((1, 0.4), (2, 0.3), (4, 0.2), (8, 0.1))

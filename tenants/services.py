@@ -20,7 +20,7 @@ from console.errors import Conflict, DomainError
 from fleet import dispatch
 from fleet import services as fleet_services
 from fleet.models import Gpu, Partition
-from fleet.placement import place_on_snapshot
+from fleet.placement import FreeBlockIndex
 from fleet.selectors import placement_snapshot
 from fleet.snapshot import NoFit, Request
 from fleet.states import GpuState
@@ -32,6 +32,7 @@ from tenants.states import LEASE_HOLDS_GPUS, LEASE_MACHINE, LEASE_UNFINISHED, TE
 log = logging.getLogger(__name__)
 L, T = LeaseState, TenantState
 PLACEMENT_ATTEMPTS = 25
+CHOICES_PER_SNAPSHOT = 8  # lock attempts on one snapshot before reading the fleet again
 DEFAULT_GPU_QUOTA = 8
 
 
@@ -182,22 +183,36 @@ def _place_once(lease_id: int, actor: Actor, excluded: set[int]) -> bool | None:
             request = Request(gpu_count=lease.gpu_count, tenant=lease.tenant.name,
                               exclude_servers=frozenset(excluded))
             snapshot = placement_snapshot(gpu_count=lease.gpu_count, exclude=excluded)
+            index = FreeBlockIndex(snapshot) if snapshot else None
             choice = (
-                place_on_snapshot(snapshot, request)
-                if snapshot
+                index.place(request)
+                if index is not None
                 else NoFit(f"no {lease.gpu_count}-GPU partition free: no server has {lease.gpu_count} free GPUs")
             )
             if isinstance(choice, NoFit):
                 if lease.pending_reason != choice.reason:
                     Lease.objects.filter(pk=lease.pk).update(pending_reason=choice.reason)
                 return False
-            gpus = list(
-                Gpu.objects.select_for_update(skip_locked=True).filter(
-                    server_id=choice.server_id, module_id__in=choice.gpu_module_ids, state=GpuState.FREE
+            for _ in range(CHOICES_PER_SNAPSHOT):
+                gpus = list(
+                    Gpu.objects.select_for_update(skip_locked=True).filter(
+                        server_id=choice.server_id, module_id__in=choice.gpu_module_ids, state=GpuState.FREE
+                    )
                 )
-            )
-            if len(gpus) != len(choice.gpu_module_ids):
+                if len(gpus) == len(choice.gpu_module_ids):
+                    break
                 excluded.add(choice.server_id)
+                if gpus:  # some are locked by us now: give them back with the transaction
+                    return None
+                # Nothing was locked: another request took (or is taking) that partition. Under
+                # contention every request makes the same best-fit choice, so take the next one from
+                # the same snapshot rather than reading the fleet again; the lock query re-checks it.
+                choice = index.place(
+                    Request(gpu_count=lease.gpu_count, tenant=lease.tenant.name, exclude_servers=frozenset(excluded))
+                )
+                if isinstance(choice, NoFit):
+                    return None
+            else:
                 return None
             partition = Partition.objects.get(server_id=choice.server_id, partition_id=choice.partition_id)
             fleet_services.gpus_reserve(gpus=gpus, lease=lease, actor=actor)
