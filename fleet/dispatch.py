@@ -15,8 +15,7 @@ log = logging.getLogger(__name__)
 
 TASKS = {
     "gpu_clean": "fleet.tasks.gpu_clean",
-    "node_cordon": "fleet.tasks.node_cordon",
-    "node_uncordon": "fleet.tasks.node_uncordon",
+    "node_set_schedulable": "fleet.tasks.node_set_schedulable",
     "lease_advance": "tenants.tasks.lease_advance",
     "lease_follow_boot": "tenants.tasks.lease_follow_boot",
     "tenancy_provision": "tenants.tasks.tenancy_provision",

@@ -39,14 +39,14 @@ G, S, P = GpuState, ServerState, PartitionState
 def server_cordon(*, server: Server, actor: Actor) -> Server:
     """No new leases on this server; running leases continue (invariant 6)."""
     SERVER_MACHINE.transition(server, S.CORDONED, actor=actor, message="cordoned")
-    dispatch.on_commit("node_cordon", server.pk)
+    dispatch.on_commit("node_set_schedulable", server.pk, False)
     return server
 
 
 def server_uncordon(*, server: Server, actor: Actor) -> Server:
     """Back to schedulable (also cancels a drain)."""
     SERVER_MACHINE.transition(server, S.ACTIVE, actor=actor, message="uncordoned")
-    dispatch.on_commit("node_uncordon", server.pk)
+    dispatch.on_commit("node_set_schedulable", server.pk, True)
     return server
 
 
@@ -55,7 +55,7 @@ def server_drain(*, server: Server, actor: Actor) -> Operation:
     with transaction.atomic():
         SERVER_MACHINE.transition(server, S.DRAINING, actor=actor, message="drain requested")
         op = operation_start(kind="server.drain", target=server, actor=actor, line="drain started")
-    dispatch.on_commit("node_cordon", server.pk)
+    dispatch.on_commit("node_set_schedulable", server.pk, False)
     server_check_drained(server=server, actor=actor, operation_id=op.pk)
     return op
 

@@ -29,21 +29,12 @@ def gpu_clean(self, gpu_id: int, operation_id: int | None = None) -> str:
 
 
 @shared_task(bind=True, max_retries=MAX_TRIES, acks_late=True)
-def node_cordon(self, server_id: int) -> None:
+def node_set_schedulable(self, server_id: int, schedulable: bool) -> None:
+    """Cordon or uncordon the server's Kubernetes node to match the server's state."""
     server = Server.objects.get(pk=server_id)
+    cluster = get_cluster()
     try:
-        get_cluster().cordon(server.k8s_node_name)
-    except Exception as exc:
-        if is_transient(exc):
-            raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries)) from exc
-        raise
-
-
-@shared_task(bind=True, max_retries=MAX_TRIES, acks_late=True)
-def node_uncordon(self, server_id: int) -> None:
-    server = Server.objects.get(pk=server_id)
-    try:
-        get_cluster().uncordon(server.k8s_node_name)
+        (cluster.uncordon if schedulable else cluster.cordon)(server.k8s_node_name)
     except Exception as exc:
         if is_transient(exc):
             raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries)) from exc

@@ -209,3 +209,28 @@ def test_agent_down_fails_the_lease_with_reason_and_quarantines(sim, tasks):
     gpus = Gpu.objects.filter(lease_gpus__lease=lease)
     assert gpus.count() == 4 and {g.state for g in gpus} == {GpuState.QUARANTINED}
     assert not LeaseGpu.objects.filter(lease=lease, holds=True).exists()
+
+
+def test_drain_cordons_the_node_keeps_the_running_lease_then_drains(sim, tasks):
+    from fleet.models import Server
+    from fleet.services import server_drain, server_uncordon
+
+    lease = _run_to_running(tasks, n=1)
+    server = Server.objects.get(pk=lease.server_id)
+    op = server_drain(server=server, actor=ACTOR)
+    tasks.run()
+    cluster = cluster_access.get_cluster()
+    assert server.k8s_node_name in cluster.cordoned
+    server.refresh_from_db()
+    lease.refresh_from_db()
+    assert server.state == "draining" and lease.state == LeaseState.RUNNING  # running leases continue
+    other = services.lease_request(tenant_name="acme", image=IMAGE, gpu_count=1, actor=ACTOR)
+    assert other.server_id != server.pk  # nothing new on a draining server
+    services.lease_release(lease=lease, actor=ACTOR)
+    tasks.run()
+    server.refresh_from_db()
+    op.refresh_from_db()
+    assert server.state == "drained" and op.status == "succeeded"
+    server_uncordon(server=server, actor=ACTOR)
+    tasks.run()
+    assert server.k8s_node_name not in cluster.cordoned
