@@ -28,6 +28,7 @@ from hardware.exceptions import InvalidArgument
 from hardware.oci import parse_image_reference
 from tenants.models import Lease, LeaseGpu, Tenant
 from tenants.states import LEASE_HOLDS_GPUS, LEASE_MACHINE, LEASE_UNFINISHED, TENANT_MACHINE, LeaseState, TenantState
+from tenants.validators import validate_gpu_count, validate_tenant_name
 
 log = logging.getLogger(__name__)
 L, T = LeaseState, TenantState
@@ -92,10 +93,7 @@ def lease_request(
 
     An unknown tenant is onboarded first; its lease waits in `pending` until the tenancy is ready.
     """
-    try:
-        parse_image_reference(image)
-    except InvalidArgument as exc:
-        raise ValidationError({"image": str(exc)}) from exc
+    _validate_request(tenant_name=tenant_name, image=image, gpu_count=gpu_count)
     recorded = _lease_record(tenant_name=tenant_name, image=image, gpu_count=gpu_count, actor=actor,
                              workload_seconds=workload_seconds)
     if recorded is None:  # an unknown tenant: onboard it, then record the lease
@@ -147,6 +145,23 @@ def _lease_record(
         audit_record(actor=actor, verb="tenants.lease.requested", target=lease, parent=tenant,
                      after={"gpu_count": gpu_count, "image": image})
     return lease, tenant, older_pending
+
+
+def _validate_request(*, tenant_name: str, image: str, gpu_count: int) -> None:
+    """Refuse bad input before anything is written (an unknown tenant is created only for a valid request)."""
+    errors: dict[str, list[str]] = {}
+    for field, check in (("tenant", lambda: validate_tenant_name(tenant_name)),
+                         ("gpu_count", lambda: validate_gpu_count(gpu_count))):
+        try:
+            check()
+        except ValidationError as exc:
+            errors[field] = exc.messages
+    try:
+        parse_image_reference(image)
+    except InvalidArgument as exc:
+        errors["image"] = [str(exc)]
+    if errors:
+        raise ValidationError(errors)
 
 
 def _older_pending(lease: Lease) -> bool:

@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from fleet.models import Gpu
 from fleet.states import GpuState, ServerState
 from tenants import services
-from tenants.models import Lease, LeaseGpu
+from tenants.models import Lease, LeaseGpu, Tenant
 from tenants.states import LeaseState, TenantState
 from tests.factories import TenantFactory, make_server
 from tests.factories.fleet import TEST_ACTOR
@@ -105,7 +105,15 @@ def test_bad_input_is_a_validation_error_and_writes_nothing(tasks, ready_tenant,
 def test_bad_tenant_name_is_refused_before_anything_is_created(tasks):
     with pytest.raises(ValidationError) as exc:
         services.lease_request(tenant_name="Bad_Name", image=IMAGE, gpu_count=1, actor=TEST_ACTOR)
-    assert "name" in exc.value.message_dict
+    assert "tenant" in exc.value.message_dict
+
+
+@pytest.mark.parametrize("kwargs", [{"gpu_count": 3}, {"image": "no spaces allowed:tag"}])
+def test_unknown_tenant_with_bad_request_is_not_created(tasks, kwargs):
+    args = {"tenant_name": "newcomer", "image": IMAGE, "gpu_count": 1, "actor": TEST_ACTOR, **kwargs}
+    with pytest.raises(ValidationError):
+        services.lease_request(**args)
+    assert not Tenant.objects.exists() and tasks.queued == []
 
 
 def test_unknown_tenant_is_onboarded_and_its_lease_waits(tasks):
