@@ -7,6 +7,7 @@ fragment the user may see.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -43,16 +44,23 @@ def groups_for(payload: dict) -> list[str]:
 
 
 def publish(topic: str, payload: dict) -> None:
-    """Send an `event.push` to every group the payload concerns. Never raises into a service."""
+    """Send an `event.push` to every group the payload concerns, in one hop into the event loop.
+    Never raises into a service: a dead channel layer must not undo a committed change."""
     layer = get_channel_layer()
     if layer is None:
         return
     message = {"type": "event.push", "topic": topic, "payload": payload}
-    for group in groups_for(payload):
-        try:
-            async_to_sync(layer.group_send)(group, message)
-        except Exception:  # a dead channel layer must not undo a committed change
-            log.exception("realtime publish to %s failed", group)
+    try:
+        async_to_sync(_send)(layer, groups_for(payload), message)
+    except Exception:
+        log.exception("realtime publish of %s failed", topic)
+
+
+async def _send(layer, groups: list[str], message: dict) -> None:
+    results = await asyncio.gather(*(layer.group_send(g, message) for g in groups), return_exceptions=True)
+    for group, result in zip(groups, results, strict=True):
+        if isinstance(result, Exception):
+            log.error("realtime publish to %s failed: %s", group, result)
 
 
 def publish_on_commit(topic: str, payload: dict) -> None:

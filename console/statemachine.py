@@ -60,36 +60,43 @@ class Machine:
         """
         if to not in self.states:
             raise InvalidTransition(obj, getattr(obj, "state", "?"), to)
-        with transaction.atomic():
+        # No savepoint: a refusal is decided before any write and raised after the block, so the
+        # caller's transaction stays usable (and a reservation saves two round trips per change).
+        with transaction.atomic(savepoint=False):
             locked = type(obj).objects.select_for_update().get(pk=obj.pk)
             current = locked.state
-            if current == to:
+            refused = current != to and not self.allowed(current, to)
+            if current == to or refused:
                 _refresh(obj, locked)
-                return False
-            if not self.allowed(current, to):
-                _refresh(obj, locked)
-                raise InvalidTransition(obj, current, to)
-            changed = ["state"]
-            locked.state = to
-            stamp = f"{to}_at"
-            if any(f.name == stamp for f in locked._meta.concrete_fields):
-                setattr(locked, stamp, timezone.now())
-                changed.append(stamp)
-            for name, value in (fields or {}).items():
-                setattr(locked, name, value)
-                changed.append(name)
-            locked.save(update_fields=changed)
-            audit_record(
-                actor=actor,
-                verb=f"{self.verb_prefix}.{to}",
-                target=locked,
-                before={"state": current},
-                after={"state": to, **{k: _jsonable(v) for k, v in (fields or {}).items()}},
-                message=message,
-                parent=parent,
-            )
+                locked = None
+            else:
+                self._write(obj, locked, current, to, actor=actor, message=message, fields=fields, parent=parent)
+        if refused:
+            raise InvalidTransition(obj, current, to)
+        return locked is not None
+
+    def _write(self, obj, locked, current, to, *, actor, message, fields, parent) -> None:
+        """Save the new state (and `<state>_at`, `fields`) and audit it, inside the caller's block."""
+        changed = ["state"]
+        locked.state = to
+        stamp = f"{to}_at"
+        if any(f.name == stamp for f in locked._meta.concrete_fields):
+            setattr(locked, stamp, timezone.now())
+            changed.append(stamp)
+        for name, value in (fields or {}).items():
+            setattr(locked, name, value)
+            changed.append(name)
+        locked.save(update_fields=changed)
+        audit_record(
+            actor=actor,
+            verb=f"{self.verb_prefix}.{to}",
+            target=locked,
+            before={"state": current},
+            after={"state": to, **{k: _jsonable(v) for k, v in (fields or {}).items()}},
+            message=message,
+            parent=parent,
+        )
         _refresh(obj, locked)
-        return True
 
 
     def transition_many(
@@ -109,7 +116,7 @@ class Machine:
         """
         if to not in self.states:
             raise InvalidTransition(queryset.model(), "?", to)
-        with transaction.atomic():
+        with transaction.atomic(savepoint=False):
             # Lock only these rows; join the required parents so the audit's str(row) needs no query
             # per row (a GPU's text names its server).
             rows = list(
@@ -117,32 +124,35 @@ class Machine:
                 .select_for_update(of=("self",))
                 .order_by("pk")
             )
-            for row in rows:
-                if row.state != to and not self.allowed(row.state, to):
-                    raise InvalidTransition(row, row.state, to)
-            changed = [row for row in rows if row.state != to]
-            if not changed:
-                return []
-            values = dict(fields or {})
-            stamp = f"{to}_at"
-            if any(f.name == stamp for f in queryset.model._meta.concrete_fields):
-                values[stamp] = timezone.now()
-            before = {row.pk: row.state for row in changed}
-            queryset.model.objects.filter(pk__in=before).update(state=to, **values)
-            for row in changed:
-                row.state = to
-                for name, value in values.items():
-                    setattr(row, name, value)
-            audit_record_many(
-                actor=actor,
-                verb=f"{self.verb_prefix}.{to}",
-                targets=changed,
-                before=[{"state": before[row.pk]} for row in changed],
-                after={"state": to, **{k: _jsonable(v) for k, v in (fields or {}).items()}},
-                message=message,
-                parent=parent,
-            )
+            refused = next((r for r in rows if r.state != to and not self.allowed(r.state, to)), None)
+            changed = [] if refused else [row for row in rows if row.state != to]
+            if changed:
+                self._write_many(queryset, changed, to, actor=actor, message=message, fields=fields, parent=parent)
+        if refused is not None:
+            raise InvalidTransition(refused, refused.state, to)
         return changed
+
+    def _write_many(self, queryset, changed, to, *, actor, message, fields, parent) -> None:
+        """One UPDATE for the batch and one INSERT of its audit events."""
+        values = dict(fields or {})
+        stamp = f"{to}_at"
+        if any(f.name == stamp for f in queryset.model._meta.concrete_fields):
+            values[stamp] = timezone.now()
+        before = {row.pk: row.state for row in changed}
+        queryset.model.objects.filter(pk__in=before).update(state=to, **values)
+        for row in changed:
+            row.state = to
+            for name, value in values.items():
+                setattr(row, name, value)
+        audit_record_many(
+            actor=actor,
+            verb=f"{self.verb_prefix}.{to}",
+            targets=changed,
+            before=[{"state": before[row.pk]} for row in changed],
+            after={"state": to, **{k: _jsonable(v) for k, v in (fields or {}).items()}},
+            message=message,
+            parent=parent,
+        )
 
 
 def machine(verb_prefix: str, states: Iterable[str], edges: Iterable[tuple[str, str]]) -> Machine:

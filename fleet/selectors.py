@@ -20,7 +20,9 @@ def server_overview() -> QuerySet[Server]:
     )
 
 
-def placement_snapshot(*, gpu_count: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[ServerSnapshot]:
+def placement_snapshot(
+    *, gpu_count: int, exclude: set[int] | frozenset[int] = frozenset(), limit: int | None = None
+) -> list[ServerSnapshot]:
     """The servers that could take `gpu_count` GPUs (at least that many free), as plain data for
     `fleet.placement`, in three queries whatever the fleet size. Unschedulable servers are included
     so a refusal can say why; placement itself skips them."""
@@ -28,8 +30,13 @@ def placement_snapshot(*, gpu_count: int, exclude: set[int] | frozenset[int] = f
         Server.objects.annotate(free=Count("gpus", filter=Q(gpus__state=GpuState.FREE)))
         .filter(free__gte=gpu_count)
         .exclude(pk__in=exclude)
+        .order_by("free", "pk")
         .values_list("pk", "hostname", "platform", "rack", "state")
     )
+    if limit is not None:
+        # Best fit fills the fullest servers first, so the fullest that can still take the request
+        # hold its answer in practice; reading only those keeps a request's cost flat in fleet size.
+        candidates = candidates[:limit]
     servers = {pk: (hostname, platform, rack, state) for pk, hostname, platform, rack, state in candidates}
     if not servers:
         return []

@@ -33,6 +33,8 @@ from tenants.validators import validate_gpu_count, validate_tenant_name
 log = logging.getLogger(__name__)
 L, T = LeaseState, TenantState
 PLACEMENT_ATTEMPTS = 25
+# Servers a placement decision reads: the fullest that can take the request (see placement_snapshot).
+SNAPSHOT_SERVERS = 16
 CHOICES_PER_SNAPSHOT = 8  # lock attempts on one snapshot before reading the fleet again
 DEFAULT_GPU_QUOTA = 8
 
@@ -197,7 +199,7 @@ def _place_once(lease_id: int, actor: Actor, excluded: set[int]) -> bool | None:
                 return False
             request = Request(gpu_count=lease.gpu_count, tenant=lease.tenant.name,
                               exclude_servers=frozenset(excluded))
-            snapshot = placement_snapshot(gpu_count=lease.gpu_count, exclude=excluded)
+            snapshot = placement_snapshot(gpu_count=lease.gpu_count, exclude=excluded, limit=SNAPSHOT_SERVERS)
             index = FreeBlockIndex(snapshot) if snapshot else None
             choice = (
                 index.place(request)
