@@ -109,7 +109,7 @@ def test_agent_daemonset_mounts_the_host_paths_it_needs():
     [container] = spec["containers"]
     assert container["securityContext"]["privileged"] is True
     assert {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v} == {
-        "/sys", "/dev/vfio", "/var/lib/kubelet/device-plugins", "/var/run/cdi"}
+        "/sys", "/dev/vfio", "/var/lib/kubelet/device-plugins", "/var/run/cdi", "/etc/gpu-console"}
     assert spec["nodeSelector"]["gpuconsole.dev/gpu-node"] == "true"
     assert any(t["key"] == "node.kubernetes.io/unschedulable" for t in spec["tolerations"])
     assert spec["serviceAccountName"] == "gpu-console-agent"
