@@ -5,6 +5,18 @@ from django.contrib import admin
 from console.models import AuditEvent, Operation
 
 
+class ServiceManagedAdmin(admin.ModelAdmin):
+    """Rows that services create and remove (from platform data, agents' inventories, leases):
+    the admin shows, searches and edits descriptive fields, but never adds or deletes them, so no
+    half-made server or hand-made lease bypasses the services and their audit."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
     list_display = ("at", "actor_text", "source", "verb", "target_repr", "message")

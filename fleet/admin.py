@@ -2,6 +2,7 @@
 
 from django.contrib import admin
 
+from console.admin import ServiceManagedAdmin
 from fleet.models import Gpu, NvSwitch, Partition, Server
 
 
@@ -13,9 +14,12 @@ class GpuInline(admin.TabularInline):
     can_delete = False
     show_change_link = True
 
+    def has_add_permission(self, request, obj=None):
+        return False
+
 
 @admin.register(Server)
-class ServerAdmin(admin.ModelAdmin):
+class ServerAdmin(ServiceManagedAdmin):
     list_display = ("hostname", "platform", "variant", "rack", "slot", "state", "host_kernel", "plug_mode")
     list_filter = ("platform", "variant", "state", "rack", "host_kernel", "plug_mode", "iommu_backend")
     search_fields = ("hostname", "k8s_node_name", "agent_endpoint")
@@ -24,7 +28,7 @@ class ServerAdmin(admin.ModelAdmin):
 
 
 @admin.register(Gpu)
-class GpuAdmin(admin.ModelAdmin):
+class GpuAdmin(ServiceManagedAdmin):
     list_display = ("__str__", "pci_address", "iommu_group", "serial", "firmware_version", "state", "last_xid")
     list_filter = ("state", "server__platform", "firmware_version", "drain_requested")
     search_fields = ("server__hostname", "serial", "uuid", "pci_address")
@@ -36,7 +40,7 @@ class GpuAdmin(admin.ModelAdmin):
 
 
 @admin.register(NvSwitch)
-class NvSwitchAdmin(admin.ModelAdmin):
+class NvSwitchAdmin(ServiceManagedAdmin):
     list_display = ("__str__", "pci_address", "iommu_group", "device_id")
     list_filter = ("server__platform",)
     search_fields = ("server__hostname", "pci_address")
@@ -44,7 +48,7 @@ class NvSwitchAdmin(admin.ModelAdmin):
 
 
 @admin.register(Partition)
-class PartitionAdmin(admin.ModelAdmin):
+class PartitionAdmin(ServiceManagedAdmin):
     list_display = ("__str__", "size", "module_ids", "nvlinks", "state")
     list_filter = ("state", "size", "server__platform")
     search_fields = ("server__hostname",)

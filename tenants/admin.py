@@ -2,6 +2,7 @@
 
 from django.contrib import admin
 
+from console.admin import ServiceManagedAdmin
 from tenants.models import BootPhase, Lease, LeaseGpu, Tenant
 
 
@@ -19,6 +20,9 @@ class LeaseGpuInline(admin.TabularInline):
     readonly_fields = ("gpu", "holds")
     can_delete = False
 
+    def has_add_permission(self, request, obj=None):
+        return False
+
 
 class BootPhaseInline(admin.TabularInline):
     model = BootPhase
@@ -26,15 +30,18 @@ class BootPhaseInline(admin.TabularInline):
     readonly_fields = ("seq", "phase", "started_at", "ended_at", "detail", "predicted_seconds")
     can_delete = False
 
+    def has_add_permission(self, request, obj=None):
+        return False
+
 
 @admin.register(Lease)
-class LeaseAdmin(admin.ModelAdmin):
+class LeaseAdmin(ServiceManagedAdmin):
     list_display = ("__str__", "tenant", "gpu_count", "state", "server", "partition", "created_at")
     list_filter = ("state", "gpu_count", "tenant")
     search_fields = ("tenant__name", "image", "pod_name", "server__hostname")
     list_select_related = ("tenant", "server", "partition")
     readonly_fields = (
-        "state", "server", "partition", "pod_name", "failure_reason", "pending_reason", "release_requested",
+        "tenant", "image", "gpu_count", "workload_seconds", "state", "server", "partition", "pod_name", "failure_reason", "pending_reason", "release_requested",
         "attempts", "placed_at", "partitioning_at", "booting_at", "running_at", "releasing_at",
         "scrubbing_at", "leveling_at", "released_at", "failed_at",
     )
@@ -42,7 +49,7 @@ class LeaseAdmin(admin.ModelAdmin):
 
 
 @admin.register(BootPhase)
-class BootPhaseAdmin(admin.ModelAdmin):
+class BootPhaseAdmin(ServiceManagedAdmin):
     list_display = ("lease", "seq", "phase", "started_at", "ended_at")
     search_fields = ("lease__tenant__name", "phase")
     list_select_related = ("lease",)

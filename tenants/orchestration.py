@@ -40,7 +40,8 @@ from tenants.states import LEASE_MACHINE, LeaseState
 
 log = logging.getLogger(__name__)
 L = LeaseState
-GUEST_RAM_GIB_PER_GPU = 64
+# Guest RAM of a lease's VM, as the Kata runtime class sizes it (the simulated cluster uses the same).
+GUEST_RAM_GIB = 64
 
 
 def pod_name_for(lease: Lease) -> str:
@@ -103,7 +104,7 @@ def _record_predicted_boot(lease: Lease, gpus: int) -> None:
     server = lease.server
     estimate = estimate_boot(
         gpus, platform=server.platform, host_kernel=server.host_kernel, iommu_backend=server.iommu_backend,
-        plug_mode=server.plug_mode, hugepages=server.hugepages, guest_ram_gib=GUEST_RAM_GIB_PER_GPU * gpus,
+        plug_mode=server.plug_mode, hugepages=server.hugepages, guest_ram_gib=GUEST_RAM_GIB,
     )
     now = timezone.now()
     for seq, (phase, seconds) in enumerate(estimate.phases):
@@ -120,9 +121,16 @@ def lease_follow_boot(*, lease_id: int, actor: Actor) -> str:
         return lease.state
     seq = BootPhase.objects.filter(lease=lease).count()
     vm_id = kube_constants.vm_id_for_pod(kube_constants.tenant_namespace(lease.tenant.name), lease.pod_name)
+    origin = None
     for event in agent_for(lease.server).watch_boot(vm_id):
+        # Phases keep the durations the agent reports, anchored at the moment the console started the
+        # boot (the stream replays from the VM's start): this absorbs the agent's clock skew and the
+        # simulator's accelerated clock.
+        origin = origin or event.started_at
+        shift = lease.booting_at - origin
         if event.phase and not event.final:  # the final event is the VM's verdict, not a phase
-            values = {"started_at": event.started_at, "ended_at": event.ended_at, "detail": event.detail}
+            values = {"started_at": event.started_at + shift, "detail": event.detail,
+                      "ended_at": event.ended_at + shift if event.ended_at else None}
             _, created = BootPhase.objects.update_or_create(
                 lease=lease, phase=event.phase, defaults=values, create_defaults={**values, "seq": seq},
             )

@@ -59,3 +59,16 @@ def test_admin_form_rejects_bad_tenant_name(staff_client):
     assert response.status_code == 200
     assert "DNS-1123" in response.content.decode()
     assert not Tenant.objects.exists()
+
+
+@pytest.mark.parametrize("model", [Server, Gpu, NvSwitch, Partition, Lease, BootPhase], ids=lambda m: m._meta.label)
+def test_service_managed_rows_cannot_be_added_or_deleted_by_hand(staff_client, model):
+    make_server()
+    LeaseFactory()
+    add = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_add")
+    assert staff_client.get(add).status_code == 403
+    obj = model.objects.first()
+    if obj is not None:
+        delete = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_delete", args=[obj.pk])
+        assert staff_client.post(delete, {"post": "yes"}).status_code == 403
+        assert model.objects.filter(pk=obj.pk).exists()

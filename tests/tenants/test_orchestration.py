@@ -73,6 +73,11 @@ def test_lease_runs_then_releases_through_scrub_and_level(sim, tasks):
     assert sorted(g.module_id for g in gpus) == lease.partition.module_ids
     phases = list(BootPhase.objects.filter(lease=lease).order_by("seq"))
     assert len(phases) >= 5 and all(p.ended_at for p in phases)
+    # Real-scale durations, anchored at the console's boot start whatever the simulator's clock says.
+    assert phases[0].started_at == lease.booting_at
+    took = (phases[-1].ended_at - phases[0].started_at).total_seconds()
+    predicted = sum(p.predicted_seconds for p in phases if p.predicted_seconds)
+    assert took == pytest.approx(predicted, rel=0.05) and took > 60  # an old-kernel 2-GPU hot-plug boot
     reported = {p.partition_id: p.active for p in agent_for(lease.server).list_partitions()}
     assert reported[lease.partition.partition_id] is True
 

@@ -1,0 +1,183 @@
+"""GPU health from the node agents: record the counters, then act as the Xid catalog says.
+
+`gpu_record_health` is a service like those in fleet/services.py (keyword-only, explicit actor,
+owns its transaction) and changes state only through them or the GPU machine. What it does per
+event (HARDWARE.md "Health: Xid codes and what an operator does"):
+
+- every event: the GPU's counters (temperature, ECC, row remaps, last Xid) in one UPDATE; plain
+  telemetry writes no audit row;
+- an Xid: an audit event `fleet.gpu.xid` with the catalog's meaning and action, then
+  - application faults, watch, restart-the-app, reset-when-convenient: nothing for the GPU (the
+    reset every lease's clean-up does applies a pending remap);
+  - reset-class (`reset_gpu`, `drain_and_reset`: 48, 62, 64, 74, 95, 109, 119, 120, 140): drain
+    the GPU (idle: drained at once; held: after its lease is cleaned, which resets it);
+  - fell off the bus (79, and a GPU_LOST event): the GPU goes offline and the server is drained
+    (it needs a reboot);
+  - a repeated Xid 64 (row remap failed again) → quarantine, RMA candidate;
+  - an Xid not in the catalog: recorded and audited, nothing else;
+- more than ROW_REMAP_LIMIT remaps: quarantine, RMA candidate;
+- temperature ≥ the platform's shutdown temperature: quarantine; ≥ slowdown: recorded only.
+
+Repeated events are harmless: a GPU already drained, draining, quarantined or offline is left
+where it is, and a server already draining or drained is not drained again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+from django.utils import timezone
+
+from console.audit import Actor, audit_record
+from console.models import AuditEvent
+from console.statemachine import InvalidTransition
+from fleet.models import Gpu, Server
+from fleet.services import gpu_drain, gpu_quarantine, server_drain
+from fleet.states import GPU_MACHINE, SERVER_MACHINE, GpuState, ServerState
+from hardware.types import HealthEvent, HealthKind
+from hardware.xid import XID_CATALOG, XidAction, XidEntry
+
+log = logging.getLogger(__name__)
+G, S = GpuState, ServerState
+
+ROW_REMAP_LIMIT = 512  # uncorrectable remaps per GPU before it is an RMA candidate (H100)
+RMA_CANDIDATE = "RMA candidate"
+XID_ROW_REMAP_FAILED = 64
+
+_DRAIN_ACTIONS = frozenset({XidAction.RESET_GPU, XidAction.DRAIN_AND_RESET})
+_LOST_ACTIONS = frozenset({XidAction.DRAIN_AND_REBOOT})
+# A drain is moot (or not allowed) from these; SCRUBBING/LEVELING are moot once drain_requested.
+_NO_DRAIN = frozenset({G.DRAINING, G.DRAINED, G.QUARANTINED, G.OFFLINE})
+
+
+def gpu_record_health(*, server: Server, event: HealthEvent, actor: Actor) -> Gpu | None:
+    """Record one health event of `server`'s GPU `event.module_id` and apply the catalog's action.
+
+    Returns the GPU (refreshed), or None when the server has no such module (logged, ignored).
+    """
+    if event.hostname and event.hostname != server.hostname:
+        log.warning("health event for %s arrived on %s's stream; ignored", event.hostname, server.hostname)
+        return None
+    gpu = Gpu.objects.select_related("server").filter(server=server, module_id=event.module_id).first()
+    if gpu is None:
+        log.warning("%s: health event for unknown GPU module %s ignored (%s)", server.hostname,
+                    event.module_id, event.kind)
+        return None
+    entry = XID_CATALOG.get(event.xid) if event.xid else None
+    with transaction.atomic():
+        repeated_64 = event.kind == HealthKind.XID and event.xid == XID_ROW_REMAP_FAILED and _had_xid(gpu, 64)
+        counters = _counters(event)
+        if counters:
+            Gpu.objects.filter(pk=gpu.pk).update(**counters)
+            gpu.refresh_from_db()
+        if event.kind == HealthKind.XID and event.xid:
+            _audit_xid(gpu, event, entry, actor)
+        _act(gpu, event, entry, actor, repeated_64=repeated_64)
+    gpu.refresh_from_db()
+    return gpu
+
+
+# ----------------------------------------------------------------------------- recording
+def _counters(event: HealthEvent) -> dict:
+    """The columns this event reports (absolute values from the agent), for one UPDATE."""
+    values = {}
+    if event.temperature_c is not None:
+        values["temperature_c"] = event.temperature_c
+    if event.ecc_corrected is not None:
+        values["ecc_corrected"] = max(event.ecc_corrected, 0)
+    if event.ecc_uncorrected is not None:
+        values["ecc_uncorrected"] = max(event.ecc_uncorrected, 0)
+    if event.row_remaps is not None:
+        values["row_remaps"] = max(event.row_remaps, 0)
+    if event.kind == HealthKind.XID and event.xid:
+        values["last_xid"] = event.xid
+        values["last_xid_at"] = event.at or timezone.now()
+    return values
+
+
+def _audit_xid(gpu: Gpu, event: HealthEvent, entry: XidEntry | None, actor: Actor) -> None:
+    if entry is None:
+        meaning, action, note = "unknown Xid", "none (not in the catalog)", ""
+    else:
+        meaning, action, note = entry.meaning, entry.action.value, entry.note
+    message = f"Xid {event.xid}: {meaning}; action: {action}" + (f" ({note})" if note else "")
+    audit_record(
+        actor=actor,
+        verb="fleet.gpu.xid",
+        target=gpu,
+        after={"xid": event.xid, "action": action, "at": (event.at or timezone.now()).isoformat(),
+               "agent_message": event.message},
+        message=message,
+    )
+
+
+def _had_xid(gpu: Gpu, xid: int) -> bool:
+    """Whether this GPU reported `xid` before (its audit history)."""
+    return AuditEvent.objects.filter(
+        verb="fleet.gpu.xid", target_type="fleet.gpu", target_id=str(gpu.pk), after__xid=xid
+    ).exists()
+
+
+# ----------------------------------------------------------------------------- acting
+def _act(gpu: Gpu, event: HealthEvent, entry: XidEntry | None, actor: Actor, *, repeated_64: bool) -> None:
+    platform = gpu.server.platform_spec
+    lost = event.kind == HealthKind.GPU_LOST or (
+        event.kind == HealthKind.XID and entry is not None and (entry.gpu_lost or entry.action in _LOST_ACTIONS)
+    )
+    if lost:
+        reason = f"Xid {event.xid}: fell off the bus" if event.xid else (event.message or "GPU lost")
+        _gpu_offline(gpu, actor, reason)
+        _server_drain(gpu.server, actor)
+        return
+    if gpu.row_remaps > ROW_REMAP_LIMIT:
+        _quarantine(gpu, actor, f"{RMA_CANDIDATE}: {gpu.row_remaps} row remaps (limit {ROW_REMAP_LIMIT})")
+        return
+    if repeated_64:
+        _quarantine(gpu, actor, f"{RMA_CANDIDATE}: Xid 64 (row remap failed) repeated")
+        return
+    if event.kind == HealthKind.TEMPERATURE and event.temperature_c is not None:
+        if event.temperature_c >= platform.shutdown_temp_c:
+            _quarantine(gpu, actor, f"thermal shutdown: {event.temperature_c:.0f} °C "
+                                    f"(shutdown {platform.shutdown_temp_c} °C)")
+        elif event.temperature_c >= platform.slowdown_temp_c:
+            log.warning("%s: thermal slowdown at %.0f °C", gpu, event.temperature_c)
+        return
+    if event.kind == HealthKind.XID and entry is not None and entry.action in _DRAIN_ACTIONS:
+        _drain(gpu, actor)
+
+
+def _drain(gpu: Gpu, actor: Actor) -> None:
+    if gpu.state in _NO_DRAIN or (gpu.state in (G.SCRUBBING, G.LEVELING) and gpu.drain_requested):
+        return
+    try:
+        gpu_drain(gpu=gpu, actor=actor)
+    except InvalidTransition:  # changed under us (e.g. quarantined meanwhile): nothing left to drain
+        log.info("%s: drain after Xid is moot", gpu)
+
+
+def _quarantine(gpu: Gpu, actor: Actor, reason: str) -> None:
+    if gpu.state == G.QUARANTINED:
+        return
+    try:
+        gpu_quarantine(gpu=gpu, actor=actor, reason=reason)
+    except InvalidTransition:
+        log.info("%s: quarantine (%s) is moot", gpu, reason)
+
+
+def _gpu_offline(gpu: Gpu, actor: Actor, reason: str) -> None:
+    """The GPU is gone from the host's bus until a reboot: offline, reason kept with it."""
+    try:
+        GPU_MACHINE.transition(gpu, G.OFFLINE, actor=actor, fields={"quarantine_reason": reason}, message=reason)
+    except InvalidTransition:
+        log.info("%s: offline is moot", gpu)
+
+
+def _server_drain(server: Server, actor: Actor) -> None:
+    server.refresh_from_db(fields=["state"])
+    if not SERVER_MACHINE.allowed(server.state, S.DRAINING):
+        return  # already draining or drained, or in maintenance / unreachable
+    try:
+        server_drain(server=server, actor=actor)
+    except InvalidTransition:
+        log.info("%s: drain after a lost GPU is moot", server)

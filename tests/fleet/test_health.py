@@ -1,0 +1,343 @@
+"""GPU health from the agents into the fleet, acted on as the Xid catalog says (HARDWARE.md).
+
+Events come from simulated agents over real gRPC on loopback: a fault is injected through SimAdmin
+and read back from the agent's WatchHealth stream, then given to `gpu_record_health`; the watcher
+tests run the long-running consumer's threads against the same simulated fleet.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from console.audit import Actor
+from console.models import AuditEvent, Operation
+from fleet import cluster as cluster_access
+from fleet.agents import agent_for, forget_agents
+from fleet.health import ROW_REMAP_LIMIT, gpu_record_health
+from fleet.health_watch import ServerHealthWatch, watch_fleet_health
+from fleet.inventory import server_register_from_inventory
+from fleet.models import Gpu, Server
+from fleet.states import GpuState, ServerState
+from hardware.agent_client import AgentClient
+from hardware.types import HealthEvent, HealthKind
+from simulator.cluster import SimulatedCluster, sim_admin_nodes
+from simulator.fleet import SimFleet
+
+G, S = GpuState, ServerState
+ACTOR = Actor.system("health-test", source="agent")
+TENANT_ACTOR = Actor.system("tenant-api", source="api")
+IMAGE = "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0-ubi8"
+SENTINEL_MODULE, SENTINEL_C = 8, 31.25  # a temperature event that marks "everything before me arrived"
+POLL_S = 5.0
+
+
+# ----------------------------------------------------------------------------- set-up
+@pytest.fixture(scope="module")
+def sim_fleet():
+    """Two simulated HGX H100 servers on loopback for the whole module (rebooted after each test)."""
+    fleet = SimFleet(2, platform="hgx-h100-8", variant="supermicro", insecure=True, accel=2000.0).start()
+    yield fleet
+    fleet.stop()
+
+
+def _register(fleet: SimFleet, names=None) -> list[Server]:
+    servers = []
+    for slot, (name, endpoint) in enumerate(fleet.endpoints.items(), start=1):
+        if names is not None and name not in names:
+            continue
+        with AgentClient(endpoint.address, node=endpoint.node, insecure=True) as client:
+            inventory = client.get_inventory()
+        server_register_from_inventory(inventory=inventory, rack="r1", slot=slot, agent_endpoint=endpoint.address,
+                                       actor=ACTOR, source="simulator")
+        servers.append(Server.objects.get(hostname=name))
+    return servers
+
+
+@pytest.fixture
+def fleet_servers(db, settings, tasks, sim_fleet):
+    """The module's simulated servers registered from their GetInventory; hosts rebooted afterwards
+    (lost GPUs come back, counters clear)."""
+    settings.AGENT_INSECURE = True
+    forget_agents()
+    yield _register(sim_fleet)
+    for server in Server.objects.all():
+        agent_for(server).sim_admin().reboot_host()
+    forget_agents()
+
+
+@pytest.fixture
+def own_fleet(transactional_db, settings, tasks):
+    """A fresh simulated fleet (leases, threads) with a simulated cluster; stopped afterwards."""
+    settings.AGENT_INSECURE = True
+    forget_agents()
+    fleet = SimFleet(2, platform="hgx-h100-8", variant="supermicro", insecure=True, accel=2000.0).start()
+    cluster_access.set_cluster(SimulatedCluster(sim_admin_nodes(fleet.endpoints, insecure=True), workload_seconds=0))
+    yield fleet
+    cluster_access.set_cluster(None)
+    forget_agents()
+    fleet.stop()
+
+
+def _deliver(server: Server, inject) -> list[HealthEvent]:
+    """Inject a fault through SimAdmin and feed what the agent's health stream reports to the service."""
+    agent = agent_for(server)
+    stream = agent.watch_health(timeout=10)  # subscribed when this returns
+    events = []
+    try:
+        inject(agent.sim_admin())
+        agent.sim_admin().inject_thermal(SENTINEL_MODULE, SENTINEL_C)
+        for event in stream:
+            if event.module_id == SENTINEL_MODULE and event.temperature_c == SENTINEL_C:
+                break
+            events.append(event)
+            gpu_record_health(server=server, event=event, actor=ACTOR)
+    finally:
+        stream.cancel()
+    return events
+
+
+def _gpu(server: Server, module_id: int) -> Gpu:
+    return Gpu.objects.get(server=server, module_id=module_id)
+
+
+def _verbs(gpu: Gpu) -> list[str]:
+    return list(AuditEvent.objects.filter(target_type="fleet.gpu", target_id=str(gpu.pk))
+                .order_by("id").values_list("verb", flat=True))
+
+
+def _wait_for(predicate, timeout: float = POLL_S) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+# ----------------------------------------------------------------------------- the Xid table
+XID_TABLE = [
+    *((x, G.FREE, S.ACTIVE) for x in (13, 31, 43, 45, 68)),  # the tenant's application
+    *((x, G.DRAINED, S.ACTIVE) for x in (48, 62, 64, 95, 109, 119, 120, 140)),  # reset-class
+    (74, G.DRAINED, S.ACTIVE),  # NVLink
+    (79, G.OFFLINE, S.DRAINED),  # fell off the bus: the idle server drains at once
+    (63, G.FREE, S.ACTIVE),  # remap applies at the next reset (every lease's clean-up)
+    (92, G.FREE, S.ACTIVE),  # watch
+    (94, G.FREE, S.ACTIVE),  # restart the app
+    (999, G.FREE, S.ACTIVE),  # not in the catalog: recorded, nothing else
+]
+
+
+@pytest.mark.parametrize(("xid", "gpu_state", "server_state"), XID_TABLE, ids=[f"xid{x[0]}" for x in XID_TABLE])
+def test_xid_table(fleet_servers, xid, gpu_state, server_state):
+    server = fleet_servers[0]
+    _deliver(server, lambda admin: admin.inject_xid(3, xid))
+    gpu = _gpu(server, 3)
+    server.refresh_from_db()
+    assert (gpu.state, server.state) == (gpu_state, server_state)
+    assert gpu.last_xid == xid and gpu.last_xid_at is not None
+    audit = AuditEvent.objects.get(verb="fleet.gpu.xid", target_id=str(gpu.pk))
+    assert audit.source == "agent" and audit.after["xid"] == xid
+    assert f"Xid {xid}:" in audit.message and "action:" in audit.message
+    if xid == 999:
+        assert "unknown Xid" in audit.message
+    others = Gpu.objects.filter(server__in=fleet_servers).exclude(pk=gpu.pk)
+    assert set(others.values_list("state", flat=True)) == {G.FREE}
+
+
+def test_xid_audit_names_the_catalog_meaning_and_ecc_counts(fleet_servers):
+    server = fleet_servers[0]
+    _deliver(server, lambda admin: admin.inject_xid(2, 48))
+    gpu = _gpu(server, 2)
+    assert gpu.ecc_uncorrected == 1
+    audit = AuditEvent.objects.get(verb="fleet.gpu.xid", target_id=str(gpu.pk))
+    assert "double-bit ECC error" in audit.message and "drain_and_reset" in audit.message
+    assert _verbs(gpu) == ["fleet.gpu.xid", "fleet.gpu.drained"]
+    assert gpu.drain_requested is True
+
+
+def test_repeated_events_change_nothing_more(fleet_servers):
+    server = fleet_servers[0]
+    drained = _deliver(server, lambda admin: admin.inject_xid(1, 48))
+    lost = _deliver(server, lambda admin: admin.inject_xid(4, 79))
+    assert [e.kind for e in lost] == [HealthKind.XID, HealthKind.GPU_LOST]
+    for event in drained + lost:  # the agent reports them again (a re-subscribed stream)
+        gpu_record_health(server=server, event=event, actor=ACTOR)
+    assert _gpu(server, 1).state == G.DRAINED and _verbs(_gpu(server, 1)).count("fleet.gpu.drained") == 1
+    assert _gpu(server, 4).state == G.OFFLINE and _verbs(_gpu(server, 4)).count("fleet.gpu.offline") == 1
+    assert Operation.objects.filter(kind="server.drain", target_id=str(server.pk)).count() == 1
+
+
+def test_gpu_lost_records_a_reason_and_drains_the_server(fleet_servers):
+    server = fleet_servers[1]
+    _deliver(server, lambda admin: admin.inject_xid(5, 79))
+    gpu = _gpu(server, 5)
+    server.refresh_from_db()
+    assert gpu.state == G.OFFLINE and "fell off the bus" in gpu.quarantine_reason
+    assert server.state == S.DRAINED
+    assert fleet_servers[0].state == S.ACTIVE
+
+
+def test_repeated_row_remap_failure_is_an_rma_candidate(fleet_servers):
+    server = fleet_servers[0]
+    _deliver(server, lambda admin: admin.inject_xid(6, 64))
+    assert _gpu(server, 6).state == G.DRAINED
+    _deliver(server, lambda admin: admin.inject_xid(6, 64))
+    gpu = _gpu(server, 6)
+    assert gpu.state == G.QUARANTINED and "RMA candidate" in gpu.quarantine_reason
+
+
+def test_too_many_row_remaps_quarantine(fleet_servers):
+    server = fleet_servers[0]
+    event = HealthEvent(hostname=server.hostname, module_id=7, kind=HealthKind.ROW_REMAP, at=datetime.now(UTC),
+                        row_remaps=ROW_REMAP_LIMIT + 1, message="row remap pending")
+    gpu = gpu_record_health(server=server, event=event, actor=ACTOR)
+    assert gpu.row_remaps == ROW_REMAP_LIMIT + 1
+    assert gpu.state == G.QUARANTINED and gpu.quarantine_reason.startswith("RMA candidate")
+
+
+def test_temperature_updates_the_row_without_an_audit_event(fleet_servers, django_assert_max_num_queries):
+    server = fleet_servers[0]
+    before = AuditEvent.objects.count()
+    _deliver(server, lambda admin: admin.inject_thermal(2, 71.5))
+    gpu = _gpu(server, 2)
+    assert gpu.temperature_c == 71.5 and gpu.state == G.FREE
+    assert AuditEvent.objects.count() == before
+    event = HealthEvent(hostname=server.hostname, module_id=2, kind=HealthKind.TEMPERATURE, at=datetime.now(UTC),
+                        temperature_c=60.0)
+    with django_assert_max_num_queries(4):  # find the GPU, one UPDATE, refresh (+ savepoint)
+        gpu_record_health(server=server, event=event, actor=ACTOR)
+
+
+@pytest.mark.parametrize(("celsius", "state"), [(89.0, G.FREE), (92.0, G.QUARANTINED), (97.0, G.QUARANTINED)])
+def test_thermal_thresholds(fleet_servers, celsius, state):
+    server = fleet_servers[0]
+    _deliver(server, lambda admin: admin.inject_thermal(3, celsius))
+    gpu = _gpu(server, 3)
+    assert gpu.temperature_c == celsius and gpu.state == state
+    if state == G.QUARANTINED:
+        assert "thermal shutdown" in gpu.quarantine_reason
+
+
+def test_unknown_module_is_ignored(fleet_servers):
+    server = fleet_servers[0]
+    before = AuditEvent.objects.count()
+    event = HealthEvent(hostname=server.hostname, module_id=42, kind=HealthKind.XID, at=datetime.now(UTC), xid=48)
+    assert gpu_record_health(server=server, event=event, actor=ACTOR) is None
+    assert AuditEvent.objects.count() == before
+    assert set(Gpu.objects.filter(server=server).values_list("last_xid", flat=True)) == {None}
+
+
+# ----------------------------------------------------------------------------- with leases
+def _running_lease(tasks, n: int):
+    from tenants import services
+    from tenants.states import LeaseState
+
+    lease = services.lease_request(tenant_name="acme", image=IMAGE, gpu_count=n, actor=TENANT_ACTOR)
+    tasks.run()
+    lease.refresh_from_db()
+    assert lease.state == LeaseState.RUNNING, (lease.state, lease.failure_reason)
+    return lease
+
+
+@pytest.mark.slow
+def test_xid48_on_a_leased_gpu_drains_it_after_the_lease_is_cleaned(own_fleet, tasks):
+    from tenants import services
+    from tenants.states import LeaseState
+
+    _register(own_fleet)
+    lease = _running_lease(tasks, n=1)
+    gpu = Gpu.objects.get(current_lease=lease)
+    _deliver(lease.server, lambda admin: admin.inject_xid(gpu.module_id, 48))
+    gpu.refresh_from_db()
+    assert gpu.state == G.DRAINING and gpu.drain_requested
+    services.lease_release(lease=lease, actor=TENANT_ACTOR)
+    tasks.run()
+    lease.refresh_from_db()
+    gpu.refresh_from_db()
+    assert lease.state == LeaseState.RELEASED
+    assert gpu.state == G.DRAINED and gpu.current_lease_id is None
+    assert _verbs(gpu)[-4:] == ["fleet.gpu.scrubbing", "fleet.gpu.leveling", "fleet.gpu.leveled", "fleet.gpu.drained"]
+
+
+@pytest.mark.slow
+def test_xid79_takes_the_gpu_offline_and_drains_the_server(own_fleet, tasks):
+    _register(own_fleet)
+    lease = _running_lease(tasks, n=2)
+    lost, kept = Gpu.objects.filter(current_lease=lease).order_by("module_id")
+    _deliver(lease.server, lambda admin: admin.inject_xid(lost.module_id, 79))
+    lost.refresh_from_db()
+    kept.refresh_from_db()
+    server = Server.objects.get(pk=lease.server_id)
+    assert lost.state == G.OFFLINE and "Xid 79" in lost.quarantine_reason
+    assert kept.state == G.IN_USE
+    assert server.state == S.DRAINING  # a lease still holds a GPU there
+    assert Operation.objects.get(kind="server.drain", target_id=str(server.pk)).status in ("pending", "running")
+
+
+# ----------------------------------------------------------------------------- the watcher
+@pytest.mark.slow
+def test_watcher_delivers_injected_xids_and_picks_up_new_servers(own_fleet):
+    first, second = own_fleet.endpoints
+    [server] = _register(own_fleet, names={first})
+    stop, watchers = threading.Event(), {}
+    thread = threading.Thread(target=watch_fleet_health, args=(stop,),
+                              kwargs={"rescan_s": 0.2, "watchers": watchers}, daemon=True)
+    thread.start()
+    try:
+        assert _wait_for(lambda: server.pk in watchers and watchers[server.pk].connects >= 1)
+        agent_for(server).sim_admin().inject_xid(3, 48)
+        assert _wait_for(lambda: _gpu(server, 3).state == G.DRAINED)
+        assert _gpu(server, 3).last_xid == 48
+
+        [later] = _register(own_fleet, names={second})
+        assert _wait_for(lambda: later.pk in watchers and watchers[later.pk].connects >= 1)
+        agent_for(later).sim_admin().inject_xid(2, 79)
+        assert _wait_for(lambda: _gpu(later, 2).state == G.OFFLINE)
+        assert _wait_for(lambda: Server.objects.get(pk=later.pk).state == S.DRAINED)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert watchers == {}
+    assert not [t for t in threading.enumerate() if t.name.startswith("health-")]
+
+
+@pytest.mark.slow
+def test_watcher_reopens_a_dropped_stream(own_fleet):
+    [server] = _register(own_fleet, names={next(iter(own_fleet.endpoints))})
+    watch = ServerHealthWatch(server, backoff_s=0.05).start()
+    try:
+        assert _wait_for(lambda: watch.connects == 1)
+        watch._stream.cancel()  # the stream ends under the watcher (as when the agent restarts)
+        assert _wait_for(lambda: watch.connects == 2)
+        agent_for(server).sim_admin().inject_thermal(4, 55.0)
+        assert _wait_for(lambda: _gpu(server, 4).temperature_c == 55.0)
+    finally:
+        watch.stop()
+        watch.join()
+    assert not watch.alive
+
+
+@pytest.mark.slow
+def test_watcher_keeps_retrying_an_unreachable_agent_and_stops_promptly(transactional_db, settings):
+    settings.AGENT_INSECURE = True
+    forget_agents()
+    server = Server(hostname="gone-0001", platform="hgx-h100-8", variant="supermicro", rack="r9", slot=1,
+                    agent_endpoint="127.0.0.1:1")
+    server.full_clean()
+    server.save()
+    watch = ServerHealthWatch(server, backoff_s=0.05).start()
+    try:
+        time.sleep(1.0)
+        assert watch.alive and watch.connects == 0
+    finally:
+        started = time.monotonic()
+        watch.stop()
+        watch.join()
+        forget_agents()
+    assert not watch.alive
+    assert time.monotonic() - started < 5.0
