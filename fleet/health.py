@@ -70,11 +70,13 @@ def gpu_record_health(*, server: Server, event: HealthEvent, actor: Actor) -> Gp
         counters = _counters(event)
         if counters:
             Gpu.objects.filter(pk=gpu.pk).update(**counters)
-            gpu.refresh_from_db()
+            for name, value in counters.items():
+                setattr(gpu, name, value)
         if event.kind == HealthKind.XID and event.xid:
             _audit_xid(gpu, event, entry, actor)
-        _act(gpu, event, entry, actor, repeated_64=repeated_64)
-    gpu.refresh_from_db()
+        acted = _act(gpu, event, entry, actor, repeated_64=repeated_64)
+    if acted:
+        gpu.refresh_from_db()
     return gpu
 
 
@@ -120,7 +122,8 @@ def _had_xid(gpu: Gpu, xid: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- acting
-def _act(gpu: Gpu, event: HealthEvent, entry: XidEntry | None, actor: Actor, *, repeated_64: bool) -> None:
+def _act(gpu: Gpu, event: HealthEvent, entry: XidEntry | None, actor: Actor, *, repeated_64: bool) -> bool:
+    """Apply what the event calls for; True when a service was asked to change something."""
     platform = gpu.server.platform_spec
     lost = event.kind == HealthKind.GPU_LOST or (
         event.kind == HealthKind.XID and entry is not None and (entry.gpu_lost or entry.action in _LOST_ACTIONS)
@@ -129,40 +132,41 @@ def _act(gpu: Gpu, event: HealthEvent, entry: XidEntry | None, actor: Actor, *, 
         reason = f"Xid {event.xid}: fell off the bus" if event.xid else (event.message or "GPU lost")
         _gpu_offline(gpu, actor, reason)
         _server_drain(gpu.server, actor)
-        return
+        return True
     if gpu.row_remaps > ROW_REMAP_LIMIT:
-        _quarantine(gpu, actor, f"{RMA_CANDIDATE}: {gpu.row_remaps} row remaps (limit {ROW_REMAP_LIMIT})")
-        return
+        return _quarantine(gpu, actor, f"{RMA_CANDIDATE}: {gpu.row_remaps} row remaps (limit {ROW_REMAP_LIMIT})")
     if repeated_64:
-        _quarantine(gpu, actor, f"{RMA_CANDIDATE}: Xid 64 (row remap failed) repeated")
-        return
+        return _quarantine(gpu, actor, f"{RMA_CANDIDATE}: Xid 64 (row remap failed) repeated")
     if event.kind == HealthKind.TEMPERATURE and event.temperature_c is not None:
         if event.temperature_c >= platform.shutdown_temp_c:
-            _quarantine(gpu, actor, f"thermal shutdown: {event.temperature_c:.0f} °C "
-                                    f"(shutdown {platform.shutdown_temp_c} °C)")
-        elif event.temperature_c >= platform.slowdown_temp_c:
+            return _quarantine(gpu, actor, f"thermal shutdown: {event.temperature_c:.0f} °C "
+                                           f"(shutdown {platform.shutdown_temp_c} °C)")
+        if event.temperature_c >= platform.slowdown_temp_c:
             log.warning("%s: thermal slowdown at %.0f °C", gpu, event.temperature_c)
-        return
+        return False
     if event.kind == HealthKind.XID and entry is not None and entry.action in _DRAIN_ACTIONS:
-        _drain(gpu, actor)
+        return _drain(gpu, actor)
+    return False
 
 
-def _drain(gpu: Gpu, actor: Actor) -> None:
+def _drain(gpu: Gpu, actor: Actor) -> bool:
     if gpu.state in _NO_DRAIN or (gpu.state in (G.SCRUBBING, G.LEVELING) and gpu.drain_requested):
-        return
+        return False
     try:
         gpu_drain(gpu=gpu, actor=actor)
     except InvalidTransition:  # changed under us (e.g. quarantined meanwhile): nothing left to drain
         log.info("%s: drain after Xid is moot", gpu)
+    return True
 
 
-def _quarantine(gpu: Gpu, actor: Actor, reason: str) -> None:
+def _quarantine(gpu: Gpu, actor: Actor, reason: str) -> bool:
     if gpu.state == G.QUARANTINED:
-        return
+        return False
     try:
         gpu_quarantine(gpu=gpu, actor=actor, reason=reason)
     except InvalidTransition:
         log.info("%s: quarantine (%s) is moot", gpu, reason)
+    return True
 
 
 def _gpu_offline(gpu: Gpu, actor: Actor, reason: str) -> None:

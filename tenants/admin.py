@@ -41,7 +41,8 @@ class LeaseAdmin(ServiceManagedAdmin):
     search_fields = ("tenant__name", "image", "pod_name", "server__hostname")
     list_select_related = ("tenant", "server", "partition")
     readonly_fields = (
-        "tenant", "image", "gpu_count", "workload_seconds", "state", "server", "partition", "pod_name", "failure_reason", "pending_reason", "release_requested",
+        "tenant", "image", "gpu_count", "workload_seconds", "state", "server", "partition", "pod_name",
+        "failure_reason", "pending_reason", "release_requested",
         "attempts", "placed_at", "partitioning_at", "booting_at", "running_at", "releasing_at",
         "scrubbing_at", "leveling_at", "released_at", "failed_at",
     )
