@@ -54,7 +54,7 @@ _NO_DRAIN = frozenset({G.DRAINING, G.DRAINED, G.QUARANTINED, G.OFFLINE})
 def gpu_record_health(*, server: Server, event: HealthEvent, actor: Actor) -> Gpu | None:
     """Record one health event of `server`'s GPU `event.module_id` and apply the catalog's action.
 
-    Returns the GPU (refreshed), or None when the server has no such module (logged, ignored).
+    Returns the GPU as it now stands, or None when the server has no such module (logged, ignored).
     """
     if event.hostname and event.hostname != server.hostname:
         log.warning("health event for %s arrived on %s's stream; ignored", event.hostname, server.hostname)

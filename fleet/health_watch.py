@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from django.db import close_old_connections, connection
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from console.audit import Actor
 from console.models import Source
@@ -38,6 +38,7 @@ BACKOFF_S = 0.5  # first wait before re-opening a dropped stream; doubles up to 
 BACKOFF_MAX_S = 30.0
 HEALTHY_STREAM_S = 30.0  # a stream that lived this long resets the backoff
 JOIN_TIMEOUT_S = 5.0
+DB_RETRIES = 5  # a locked or restarting database
 ACTOR = Actor.system("health-watch", source=Source.AGENT)
 
 
@@ -50,8 +51,9 @@ class ServerHealthWatch:
         self._stop = threading.Event()
         self._stream: AgentStream | None = None
         self._lock = threading.Lock()
-        self.events = 0  # delivered to gpu_record_health (tests, diagnostics)
-        self.connects = 0
+        self.events = 0  # recorded by gpu_record_health (tests, diagnostics)
+        self.connects = 0  # streams opened
+        self.failures = 0  # streams that failed (agent unavailable, deadline, refused)
         self._thread = threading.Thread(target=self._run, name=f"health-{server.hostname}", daemon=True)
 
     def start(self) -> ServerHealthWatch:
@@ -83,6 +85,7 @@ class ServerHealthWatch:
                 try:
                     self._follow()
                 except HardwareError as exc:
+                    self.failures += 1
                     log.warning("%s: health stream: %s", self.server.hostname, exc)
                 if self._stop.is_set():
                     break
@@ -112,12 +115,21 @@ class ServerHealthWatch:
             stream.cancel()
 
     def _record(self, event) -> None:
-        close_old_connections()  # a long-lived thread: drop a connection the database closed
-        try:
-            gpu_record_health(server=self.server, event=event, actor=self.actor)
-            self.events += 1
-        except Exception:  # one bad event (or a database blip) must not end the watch
-            log.exception("%s: could not record health event %s", self.server.hostname, event)
+        """Record one event; a transient database error is retried (the service is idempotent)."""
+        for attempt in range(DB_RETRIES + 1):
+            close_old_connections()  # a long-lived thread: drop a connection the database closed
+            try:
+                gpu_record_health(server=self.server, event=event, actor=self.actor)
+                self.events += 1
+                return
+            except (OperationalError, InterfaceError) as exc:
+                if attempt == DB_RETRIES or self._stop.is_set():
+                    log.error("%s: could not record health event %s: %s", self.server.hostname, event, exc)
+                    return
+                self._stop.wait(self.backoff_s * 2**attempt)
+            except Exception:  # one bad event must not end the watch
+                log.exception("%s: could not record health event %s", self.server.hostname, event)
+                return
 
 
 def watch_fleet_health(
