@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from django.db import InterfaceError, OperationalError
+
 from hardware.exceptions import HardwareError
 
 MAX_TRIES = 6
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, HardwareError) and exc.retryable
+    """Worth another try: an agent or cluster that may come back, or a database that was busy
+    (SQLite's lock timeout, a dropped PostgreSQL connection)."""
+    if isinstance(exc, HardwareError):
+        return exc.retryable
+    return isinstance(exc, (OperationalError, InterfaceError))
 
 
 def backoff_seconds(retries: int) -> float:

@@ -115,10 +115,17 @@ def _record_predicted_boot(lease: Lease, gpus: int) -> None:
 
 
 def lease_follow_boot(*, lease_id: int, actor: Actor) -> str:
-    """Record the VM's boot phases from the agent's stream; `running` when the VM is up."""
-    lease = Lease.objects.select_related("server", "tenant").get(pk=lease_id)
-    if lease.state != L.BOOTING:
-        return lease.state
+    """Record the VM's boot phases from the agent's stream; `running` when the VM is up.
+
+    One follower per lease: the reconciler re-enqueues long boots, and a second copy just returns."""
+    with try_lock(f"lease-{lease_id}-boot") as held:
+        lease = Lease.objects.select_related("server", "tenant").get(pk=lease_id)
+        if not held or lease.state != L.BOOTING:
+            return lease.state
+        return _follow_boot(lease, actor)
+
+
+def _follow_boot(lease: Lease, actor: Actor) -> str:
     seq = BootPhase.objects.filter(lease=lease).count()
     vm_id = kube_constants.vm_id_for_pod(kube_constants.tenant_namespace(lease.tenant.name), lease.pod_name)
     origin = None
