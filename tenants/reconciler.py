@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 ACTOR = Actor.system("reconciler", source=Source.RECONCILER)
 L = LeaseState
 STUCK_AFTER = timedelta(seconds=30)
+ORPHAN_POD_WINDOW = timedelta(hours=1)
 # Leases whose partition must be active on the fabric manager.
 PARTITION_NEEDED = (L.PARTITIONING, L.BOOTING, L.RUNNING)
 
@@ -104,6 +105,17 @@ def _pods(stats: Counter) -> None:
         if pod is None or pod.phase in PodPhase.TERMINAL:
             services.lease_release(lease=lease, actor=ACTOR)
             stats["pods_ended"] += 1
+    # A lease that ended without its clean-up (failed, or a crash) may have left its pod and VM behind;
+    # the GPUs cannot be scrubbed under a running VM.
+    recent = timezone.now() - ORPHAN_POD_WINDOW
+    ended = Lease.objects.filter(Q(failed_at__gte=recent) | Q(released_at__gte=recent)).exclude(pod_name="")
+    for lease in ended.filter(state__in=[L.FAILED, L.RELEASED]).select_related("tenant"):
+        try:
+            if cluster.get_lease_pod(lease_id=str(lease.pk), tenant=lease.tenant.name) is not None:
+                cluster.delete_lease_pod(lease_id=str(lease.pk), tenant=lease.tenant.name)
+                stats["orphan_pods_deleted"] += 1
+        except HardwareError as exc:
+            log.warning("cannot clean up the pod of %s: %s", lease, exc)
 
 
 def _stuck_leases(stats: Counter, stuck_after: timedelta) -> None:

@@ -11,14 +11,10 @@ import pytest
 from console.audit import Actor
 from console.models import AuditEvent
 from fleet import cluster as cluster_access
-from fleet.agents import agent_for, forget_agents
-from fleet.inventory import server_register_from_inventory
+from fleet.agents import agent_for
 from fleet.models import Gpu
 from fleet.states import GpuState
-from hardware.agent_client import AgentClient
 from hardware.exceptions import ClusterUnavailable
-from simulator.cluster import SimulatedCluster, sim_admin_nodes
-from simulator.fleet import SimFleet
 from tenants import services
 from tenants.models import BootPhase, Lease, LeaseGpu
 from tenants.reconciler import reconcile_fleet
@@ -27,25 +23,6 @@ from tenants.states import LeaseState, TenantState
 pytestmark = pytest.mark.slow
 IMAGE = "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0-ubi8"
 ACTOR = Actor.system("tenant-api", source="api")
-
-
-@pytest.fixture
-def sim(transactional_db, settings, tasks):
-    """Two simulated HGX H100 servers on loopback, registered from their GetInventory."""
-    settings.AGENT_INSECURE = True
-    forget_agents()
-    fleet = SimFleet(2, platform="hgx-h100-8", variant="supermicro", insecure=True, accel=2000.0).start()
-    for slot, endpoint in enumerate(fleet.endpoints.values(), start=1):
-        with AgentClient(endpoint.address, node=endpoint.node, insecure=True) as client:
-            inventory = client.get_inventory()
-        server_register_from_inventory(inventory=inventory, rack="r1", slot=slot, agent_endpoint=endpoint.address,
-                                       actor=ACTOR, source="simulator")
-    cluster = SimulatedCluster(sim_admin_nodes(fleet.endpoints, insecure=True), workload_seconds=0)
-    cluster_access.set_cluster(cluster)
-    yield fleet
-    cluster_access.set_cluster(None)
-    forget_agents()
-    fleet.stop()
 
 
 def _verbs(lease):
