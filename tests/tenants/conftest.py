@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import pytest
 
 from console.audit import Actor
@@ -80,3 +83,33 @@ def sim(transactional_db, settings, tasks):
     cluster_access.set_cluster(None)
     forget_agents()
     fleet.stop()
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(name: str):
+    """Hold the named lock from another thread (its own database session) while the body runs:
+    PostgreSQL advisory locks are re-entrant within one session, as another worker's are not."""
+    from django.db import connection
+
+    from console.locks import try_lock
+
+    ready, done, held = threading.Event(), threading.Event(), []
+
+    def holder():
+        try:
+            with try_lock(name) as ok:
+                held.append(ok)
+                ready.set()
+                done.wait(30)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    ready.wait(10)
+    try:
+        assert held == [True]
+        yield
+    finally:
+        done.set()
+        thread.join(10)

@@ -219,15 +219,14 @@ def test_drain_cordons_the_node_keeps_the_running_lease_then_drains(sim, tasks):
 
 
 def test_a_second_boot_follower_leaves_the_boot_to_the_first(sim, tasks):
-    from console.locks import try_lock
     from tenants.orchestration import lease_follow_boot
+    from tests.tenants.conftest import lock_held_elsewhere
 
     services.lease_request(tenant_name="acme", image=IMAGE, gpu_count=1, actor=ACTOR)
     tasks.run(skip=("lease_follow_boot",))
     lease = Lease.objects.get()
     assert lease.state == LeaseState.BOOTING
-    with try_lock(f"lease-{lease.pk}-boot") as held:
-        assert held
+    with lock_held_elsewhere(f"lease-{lease.pk}-boot"):
         assert lease_follow_boot(lease_id=lease.pk, actor=ACTOR) == LeaseState.BOOTING
         assert not BootPhase.objects.filter(lease=lease, ended_at__isnull=False).exists()
     assert lease_follow_boot(lease_id=lease.pk, actor=ACTOR) == LeaseState.RUNNING

@@ -7,7 +7,6 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from console.locks import try_lock
 from fleet.models import Gpu, Server
 from fleet.states import GpuState, ServerState
 from tenants import services
@@ -15,6 +14,7 @@ from tenants.models import Lease
 from tenants.reconciler import reconcile_fleet
 from tenants.states import LeaseState
 from tests.tenants.conftest import SIM_ACTOR as ACTOR
+from tests.tenants.conftest import lock_held_elsewhere
 
 pytestmark = pytest.mark.slow
 IMAGE = "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0-ubi8"
@@ -106,8 +106,7 @@ def test_fabric_manager_restart_gets_its_active_list_back(sim, tasks):
 
 
 def test_only_one_reconciler_runs_at_a_time(sim, tasks):
-    with try_lock("reconciler") as held:
-        assert held
+    with lock_held_elsewhere("reconciler"):
         assert reconcile_fleet(stuck_after=NOW) == {"skipped": 1}
 
 
