@@ -42,3 +42,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs PostgreSQL: the PostgreSQL pass runs it"))
         if item.get_closest_marker("redis") and not with_redis:
             item.add_marker(pytest.mark.skip(reason="needs Redis: the PostgreSQL + Redis pass runs it"))
+
+
+@pytest.fixture
+def tasks(monkeypatch, request):
+    """Capture what services enqueue; the test drains it with `tasks.run()`, like a worker would.
+
+    Under `db` (one transaction that never commits) on_commit never fires, so tasks are queued at
+    once; under `transactional_db` the real on_commit runs."""
+    from fleet import dispatch
+    from tests.support.tasks import TaskQueue
+
+    queue = TaskQueue()
+    monkeypatch.setattr(dispatch, "enqueue", queue.enqueue)
+    if "transactional_db" not in request.fixturenames:
+        monkeypatch.setattr(dispatch, "on_commit", queue.enqueue)
+    return queue

@@ -9,7 +9,6 @@ import pytest
 
 from console.audit import Actor
 from fleet import cluster as cluster_access
-from fleet import dispatch
 from fleet.agents import forget_agents
 from fleet.inventory import server_register_from_inventory
 from hardware.agent_client import AgentClient
@@ -17,45 +16,6 @@ from simulator.cluster import SimulatedCluster, sim_admin_nodes
 from simulator.fleet import SimFleet
 from tenants.states import TenantState
 from tests.factories import TenantFactory
-
-
-class TaskQueue:
-    """Collects what services enqueue; `run()` executes it in order, like a worker would."""
-
-    def __init__(self) -> None:
-        self.queued: list[tuple[str, tuple]] = []
-        self.ran: list[tuple[str, tuple]] = []
-
-    def enqueue(self, name: str, *args) -> None:
-        self.queued.append((name, args))
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self.queued]
-
-    def run(self, limit: int = 500, skip: tuple[str, ...] = ()) -> int:
-        done = 0
-        while self.queued and done < limit:
-            name, args = self.queued.pop(0)
-            if name in skip:
-                continue
-            self.ran.append((name, args))
-            # Not throw=True: an eager task's retries only run when apply() is left to catch the Retry.
-            result = dispatch.task(name).apply(args=args)
-            if result.failed():
-                raise result.result
-            done += 1
-        return done
-
-
-@pytest.fixture
-def tasks(monkeypatch, request) -> TaskQueue:
-    """Under `db` (one transaction that never commits) on_commit never fires, so enqueue at once;
-    under `transactional_db` the real on_commit runs."""
-    queue = TaskQueue()
-    monkeypatch.setattr(dispatch, "enqueue", queue.enqueue)
-    if "transactional_db" not in request.fixturenames:
-        monkeypatch.setattr(dispatch, "on_commit", queue.enqueue)
-    return queue
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
-"""Fixtures for fleet tests: a task queue the test drains by hand (as in tests/tenants/conftest.py)."""
+"""A task queue the test drains by hand, standing in for the Celery worker."""
 
 from __future__ import annotations
-
-import pytest
 
 from fleet import dispatch
 
@@ -33,14 +31,3 @@ class TaskQueue:
                 raise result.result
             done += 1
         return done
-
-
-@pytest.fixture
-def tasks(monkeypatch, request) -> TaskQueue:
-    """Under `db` (one transaction that never commits) on_commit never fires, so enqueue at once;
-    under `transactional_db` the real on_commit runs."""
-    queue = TaskQueue()
-    monkeypatch.setattr(dispatch, "enqueue", queue.enqueue)
-    if "transactional_db" not in request.fixturenames:
-        monkeypatch.setattr(dispatch, "on_commit", queue.enqueue)
-    return queue
