@@ -41,9 +41,6 @@ class Machine:
     def allowed(self, current: str, requested: str) -> bool:
         return (current, requested) in self.edges
 
-    def successors(self, current: str) -> set[str]:
-        return {b for a, b in self.edges if a == current}
-
     def transition(
         self,
         obj: models.Model,

@@ -19,5 +19,3 @@ class KernelGeneration(models.TextChoices):
     OLD = "old", "Old (4 KiB BAR mapping)"
     FIXED = "fixed", "Fixed (huge-chunk BAR mapping)"
 
-
-GPU_SLOTS_PER_RACK_DEFAULT = 8

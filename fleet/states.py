@@ -75,7 +75,6 @@ GPU_MACHINE = machine("fleet.gpu", GpuState.values, GPU_EDGES)
 
 GPU_LEASABLE = frozenset({G.FREE})
 GPU_HELD_BY_LEASE = frozenset({G.RESERVED, G.IN_USE, G.DRAINING})
-GPU_HEALTHY = frozenset({G.FREE, G.RESERVED, G.IN_USE, G.SCRUBBING, G.LEVELING, G.DRAINING, G.DRAINED})
 
 S = ServerState
 SERVER_EDGES = {
@@ -100,7 +99,6 @@ SERVER_EDGES = {
     (S.UNREACHABLE, S.MAINTENANCE),
 }
 SERVER_MACHINE = machine("fleet.server", ServerState.values, SERVER_EDGES)
-SERVER_SCHEDULABLE = frozenset({S.ACTIVE})
 
 P = PartitionState
 PARTITION_EDGES = {

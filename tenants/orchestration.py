@@ -32,9 +32,8 @@ from fleet.models import Gpu, Server
 from fleet.states import GpuState
 from hardware import kube_constants
 from hardware.boot_model import estimate_boot
-from hardware.cluster import PodPhase
 from hardware.types import GpuLeaseBinding
-from tenants.models import BootPhase, Lease
+from tenants.models import BootPhase, Lease, LeaseGpu
 from tenants.services import lease_fail, lease_finish, lease_try_place
 from tenants.states import LEASE_MACHINE, LeaseState
 
@@ -211,22 +210,20 @@ _BOOK_PHASE = {
 
 def lease_book_push(*, server: Server) -> None:
     """Send the server's agent the complete set of leases on it now (level-based, idempotent)."""
+    leases = Lease.objects.filter(server=server, state__in=list(_BOOK_PHASE)).select_related("tenant")
+    modules: dict[int, list[int]] = {}
+    for lease_id, module_id in LeaseGpu.objects.filter(lease__in=leases, holds=True).values_list(
+        "lease_id", "gpu__module_id"
+    ):  # one query for the node's book, not one per lease
+        modules.setdefault(lease_id, []).append(module_id)
     bindings = []
-    for lease in Lease.objects.filter(server=server, state__in=list(_BOOK_PHASE)).select_related("tenant"):
-        modules = tuple(sorted(lease.lease_gpus.filter(holds=True).values_list("gpu__module_id", flat=True)))
+    for lease in leases:
         bindings.append(GpuLeaseBinding(
             lease_id=str(lease.pk), pod_namespace=kube_constants.tenant_namespace(lease.tenant.name),
-            pod_name=lease.pod_name or pod_name_for(lease), module_ids=modules, phase=_BOOK_PHASE[lease.state],
+            pod_name=lease.pod_name or pod_name_for(lease), module_ids=tuple(sorted(modules.get(lease.pk, ()))),
+            phase=_BOOK_PHASE[lease.state],
         ))
     agent_for(server).set_gpu_leases(bindings)
-
-
-def lease_pod_ended(*, lease: Lease, actor: Actor, phase: str, detail: str = "") -> None:
-    """The pod finished (or vanished): release the lease's GPUs."""
-    from tenants.services import lease_release
-
-    log.info("%s: pod %s (%s)", lease, phase, detail)
-    lease_release(lease=lease, actor=actor)
 
 
 _STEPS = {
@@ -239,5 +236,3 @@ _STEPS = {
     L.SCRUBBING: _scrubbing,
     L.LEVELING: _leveling,
 }
-
-POD_ENDED = PodPhase.TERMINAL

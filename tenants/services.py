@@ -16,7 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Sum
 
 from console.audit import Actor, audit_record
-from console.errors import Conflict, DomainError
+from console.errors import Conflict
 from fleet import dispatch
 from fleet import services as fleet_services
 from fleet.models import Gpu, Partition
@@ -27,7 +27,15 @@ from fleet.states import GpuState
 from hardware.exceptions import InvalidArgument
 from hardware.oci import parse_image_reference
 from tenants.models import Lease, LeaseGpu, Tenant
-from tenants.states import LEASE_HOLDS_GPUS, LEASE_MACHINE, LEASE_UNFINISHED, TENANT_MACHINE, LeaseState, TenantState
+from tenants.states import (
+    LEASE_HOLDS_GPUS,
+    LEASE_MACHINE,
+    LEASE_TENANT_OWNS,
+    LEASE_UNFINISHED,
+    TENANT_MACHINE,
+    LeaseState,
+    TenantState,
+)
 from tenants.validators import validate_gpu_count, validate_tenant_name
 
 log = logging.getLogger(__name__)
@@ -272,7 +280,7 @@ def lease_release(*, lease: Lease, actor: Actor) -> Lease:
         if lease.state == L.PENDING:
             LEASE_MACHINE.transition(lease, L.RELEASED, actor=actor, message="cancelled before placement")
             return lease
-        if lease.state in (L.PLACED, L.PARTITIONING, L.BOOTING, L.RUNNING):
+        if lease.state in LEASE_TENANT_OWNS:
             LEASE_MACHINE.transition(lease, L.RELEASING, actor=actor, fields={"release_requested": True})
             dispatch.on_commit("lease_advance", lease.pk)
     return lease
@@ -306,8 +314,3 @@ def lease_finish(*, lease: Lease, actor: Actor) -> Lease:
 def _drop_hold(lease: Lease) -> None:
     LeaseGpu.objects.filter(lease=lease, holds=True).update(holds=False)
     fleet_services.gpus_detach(lease=lease)
-
-
-def lease_assert_holds(lease: Lease) -> None:
-    if lease.state not in LEASE_HOLDS_GPUS:
-        raise DomainError(f"{lease} holds no GPUs ({lease.state})")

@@ -55,14 +55,18 @@ def test_nothing_fits_stays_pending_with_reason_then_fifo_on_release(tasks, read
     assert waiting.state == LeaseState.PLACED
 
 
-def test_cordoned_and_drained_servers_get_nothing(tasks, ready_tenant):
-    server = make_server()
-    from fleet.services import server_cordon
+@pytest.mark.parametrize(("action", "state"), [("server_cordon", ServerState.CORDONED),
+                                               ("server_drain", ServerState.DRAINED)])
+def test_cordoned_and_drained_servers_get_nothing(tasks, ready_tenant, action, state):
+    from fleet import services as fleet_services
 
-    server_cordon(server=server, actor=TEST_ACTOR)
+    server = make_server()
+    getattr(fleet_services, action)(server=server, actor=TEST_ACTOR)
+    server.refresh_from_db()
+    assert server.state == state  # an idle server drains at once
     lease = request(ready_tenant, 1)
-    assert lease.state == LeaseState.PENDING and "cordoned" in lease.pending_reason
-    assert server.state == ServerState.CORDONED
+    assert lease.state == LeaseState.PENDING and state in lease.pending_reason
+    assert not Gpu.objects.exclude(state=GpuState.FREE).exists()
 
 
 def test_quarantined_gpu_hides_its_partitions(tasks, ready_tenant):
