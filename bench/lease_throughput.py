@@ -4,22 +4,29 @@ Run: `.venv/bin/python bench/lease_throughput.py` (PostgreSQL at DATABASE_URL, d
 postgres://postgres@127.0.0.1:5432/test). The bench creates a throwaway database (`bench_leases`)
 next to the one DATABASE_URL names, migrates it, seeds a fleet of HGX H100 servers from platform
 data and READY tenants, then times a fixed number of requests (1/2/4/8-GPU mix) with 1, 8 and 32
-concurrent client threads, each thread with its own connection and its own tenant. Between rounds
-every lease is dropped and the GPUs are set free again, so every round starts on the same empty fleet
-and never runs out of capacity. The database is dropped at the end. BENCH_SERVERS (default 128) and
+concurrent clients, each a thread with its own connection and its own tenant, in BENCH_PROCESSES
+forked worker processes (default 1: one worker process serving all clients, as an API worker with
+a thread pool would; each process keeps its own placement index, and with 2 or more they go stale
+against each other and lose claims, which the figures then show). Between rounds every lease is
+dropped and the GPUs are set free again, so every round starts on the same empty fleet and never
+runs out of capacity. The database is dropped at the end. BENCH_SERVERS (default 128) and
 BENCH_REQUESTS (per round, default 200) change the fleet and the round; keep the fleet at least
 twice the GPUs a round asks for (about 2.4 per request), or leases stay pending.
 
-What is measured: validation, quota check, lease row, placement snapshot, placement decision and the
-reservation (row locks, LeaseGpu rows, state machine, audit events) — i.e. `lease_request` up to
-`placed`, including the realtime push after commit (in-memory channel layer unless REDIS_URL is
-set). Celery dispatch is stubbed out (`fleet.dispatch.enqueue` / `on_commit` are no-ops): the
-partitioning, boot and clean-up that tasks would do afterwards are not part of the figure.
+What is measured: validation, quota check, lease row, placement decision (the process's live
+placement index) and the reservation (compare-and-set claim of the GPU rows, LeaseGpu rows, state
+machine, audit events) — i.e. `lease_request` up to `placed`, one transaction, including the
+realtime push after commit (in-memory channel layer unless REDIS_URL is set). Celery dispatch is
+stubbed out (`fleet.dispatch.enqueue` / `on_commit` are no-ops): the partitioning, boot and clean-up
+that tasks would do afterwards are not part of the figure. PostgreSQL runs as this machine has it
+(synchronous_commit on: every lease waits for its WAL flush).
 
 Prints readable figures, then as the last line one JSON object:
 
 * `leases_per_s_c1`, `leases_per_s_c8`, `leases_per_s_c32`: leases granted (state `placed`) per
   second of wall time with that many concurrent clients.
+* `claims_lost_c*`: claims the database refused because another process had taken the partition
+  (retried; 0 with one process).
 * `double_allocations`: GPUs held by more than one LeaseGpu with holds=True, plus leases whose held
   GPUs are not exactly their partition's modules on their server, summed over all rounds (must be 0).
 """
@@ -44,6 +51,8 @@ SERVERS = int(os.environ.get("BENCH_SERVERS", "128"))  # 1,024 GPUs; a round ask
 REQUESTS_PER_ROUND = int(os.environ.get("BENCH_REQUESTS", "200"))
 WARMUP_REQUESTS = 64
 CONCURRENCY = (1, 8, 32)
+# Worker processes the clients are spread over (threads within each), like a web tier's workers.
+PROCESSES = int(os.environ.get("BENCH_PROCESSES", "1"))
 SIZE_MIX = ((1, 0.4), (2, 0.3), (4, 0.2), (8, 0.1))
 IMAGE = "registry.example.com/bench/job:1"
 SEED = 20261122
@@ -182,60 +191,47 @@ def _sizes(n: int, rnd: random.Random) -> list[int]:
 
 
 def run_round(clients: int, requests: int, tenants: list[str], rnd: random.Random) -> dict:
-    """`requests` lease_request calls shared by `clients` threads; returns timing and outcome."""
-    from django.db import connection
+    """`requests` lease_request calls shared by `clients` concurrent clients, spread over up to
+    PROCESSES forked worker processes (threads within each), as a web tier runs several workers;
+    returns timing and outcome."""
+    import multiprocessing as mp
 
-    from console.audit import Actor
-    from console.models import Source
-    from tenants import services
-    from tenants.states import LeaseState
+    from django.db import connections
 
-    actor = Actor.system("bench", source=Source.API)
     work = _sizes(requests, rnd)
-    lock = threading.Lock()
-    next_index = iter(range(requests))
-    placed = Counter()
-    errors: list[BaseException] = []
-    latencies: list[float] = []
-    barrier = threading.Barrier(clients + 1)
-
-    def worker(i: int) -> None:
-        tenant = tenants[i]
-        mine = []
-        try:
-            connection.ensure_connection()
-            barrier.wait()
-            while True:
-                with lock:
-                    k = next(next_index, None)
-                if k is None:
-                    break
-                t0 = time.perf_counter()
-                lease = services.lease_request(tenant_name=tenant, image=IMAGE, gpu_count=work[k], actor=actor)
-                mine.append(time.perf_counter() - t0)
-                with lock:
-                    placed[lease.state] += 1
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-        finally:
-            connection.close()
-            with lock:
-                latencies.extend(mine)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
+    processes = max(1, min(clients, PROCESSES))
+    threads_per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    ctx = mp.get_context("fork")
+    next_index = ctx.Value("i", 0)
+    barrier = ctx.Barrier(processes + 1)
+    results = ctx.Queue()
+    connections.close_all()  # children open their own; a forked socket must not be shared
+    first = 0
+    procs = []
+    for n in threads_per:
+        names = tenants[first:first + n]
+        first += n
+        procs.append(ctx.Process(target=_client_process, args=(names, work, next_index, barrier, results)))
+    for proc in procs:
+        proc.start()
     barrier.wait()
     start = time.perf_counter()
-    for t in threads:
-        t.join()
+    outcomes = [results.get() for _ in procs]
     elapsed = time.perf_counter() - start
+    for proc in procs:
+        proc.join()
+    errors = [o["error"] for o in outcomes if o["error"]]
     if errors:
-        raise errors[0]
-    granted = placed[LeaseState.PLACED]
-    latencies.sort()
+        raise RuntimeError(f"a client failed: {errors[0]}")
+    from tenants.states import LeaseState
+
+    granted = sum(o["placed"].get(LeaseState.PLACED, 0) for o in outcomes)
+    latencies = sorted(x for o in outcomes for x in o["latencies"])
+    # Each process's own clock from its first request to its last, the slowest bounds the round.
+    elapsed = max([o["elapsed"] for o in outcomes] + [0.0]) or elapsed
     return {
         "clients": clients,
+        "processes": processes,
         "requests": requests,
         "granted": granted,
         "not_granted": requests - granted,
@@ -243,7 +239,69 @@ def run_round(clients: int, requests: int, tenants: list[str], rnd: random.Rando
         "leases_per_s": granted / elapsed if elapsed else 0.0,
         "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else 0.0,
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0,
+        "refusals": sum(o["refusals"] for o in outcomes),
+        "loads": sum(o["loads"] for o in outcomes),
     }
+
+
+def _client_process(tenants: list[str], work: list[int], next_index, barrier, results) -> None:
+    """One worker process: warm its placement index and connections, then run one client thread per
+    tenant until the shared work list is used up."""
+    from django.db import connection
+
+    from console.audit import Actor
+    from console.models import Source
+    from fleet.placement_live import live_index
+    from tenants import services
+
+    actor = Actor.system("bench", source=Source.API)
+    lock = threading.Lock()
+    placed: Counter = Counter()
+    latencies: list[float] = []
+    errors: list[str] = []
+    ready = threading.Barrier(len(tenants) + 1)
+    go = threading.Event()
+
+    def take() -> int | None:
+        with next_index.get_lock():
+            k = next_index.value
+            if k >= len(work):
+                return None
+            next_index.value = k + 1
+            return k
+
+    def client(tenant: str) -> None:
+        mine = []
+        try:
+            connection.ensure_connection()
+            ready.wait()
+            go.wait()
+            while (k := take()) is not None:
+                t0 = time.perf_counter()
+                lease = services.lease_request(tenant_name=tenant, image=IMAGE, gpu_count=work[k], actor=actor)
+                mine.append(time.perf_counter() - t0)
+                with lock:
+                    placed[lease.state] += 1
+        except BaseException as exc:  # reported to the parent
+            errors.append(repr(exc))
+        finally:
+            connection.close()
+            with lock:
+                latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(t,)) for t in tenants]
+    for t in threads:
+        t.start()
+    live_index.refresh()
+    ready.wait()
+    barrier.wait()
+    start = time.perf_counter()
+    go.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    results.put({"placed": dict(placed), "latencies": latencies, "elapsed": elapsed,
+                 "error": errors[0] if errors else "", "refusals": live_index.refusals, "loads": live_index.loads})
 
 
 def main() -> int:
@@ -282,14 +340,18 @@ def _bench(url: str) -> int:
         doubles += bad
         _reset_fleet()
         print(f"c={clients:>2}: {r['granted']}/{r['requests']} granted in {r['seconds']:.2f}s = "
-              f"{r['leases_per_s']:.0f} leases/s (p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms), "
+              f"{r['leases_per_s']:.0f} leases/s (p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms) over "
+              f"{r['processes']} processes, {r['refusals']} claims lost to another process, "
+              f"{r['loads']} fleet reads, "
               f"double allocations {bad}")
         result[f"leases_per_s_c{clients}"] = round(r["leases_per_s"], 1)
         result[f"not_granted_c{clients}"] = r["not_granted"]
         result[f"p99_ms_c{clients}"] = round(r["p99_ms"], 1)
+        result[f"claims_lost_c{clients}"] = r["refusals"]
     result["double_allocations"] = doubles
     result["requests_per_round"] = REQUESTS_PER_ROUND
     result["servers"] = SERVERS
+    result["processes"] = PROCESSES
     result["dispatch"] = "stubbed"
     print(json.dumps(result))
     return 0

@@ -6,12 +6,16 @@ inside their transaction; the event is pushed to browsers after commit.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import models
 
 from console import realtime
+from console.db import insert_many
 from console.models import AuditEvent, Source
 
 
@@ -34,6 +38,42 @@ class Actor:
         return cls(name=name, source=source, correlation_id=correlation_id)
 
 
+# The batch open on this thread, if any (see audit_batch).
+_local = threading.local()
+
+
+@contextmanager
+def audit_batch() -> Iterator[None]:
+    """Collect the events recorded inside the block and write them in one INSERT at its end, with
+    one realtime push after commit: a lease reservation writes 4–10 events, so this saves as many
+    round trips and event-loop hops. Use it inside the transaction (`with atomic(), audit_batch():`);
+    an exception leaving the block drops the events with the transaction that rolls back. Nested
+    batches join the outer one."""
+    if getattr(_local, "events", None) is not None:
+        yield
+        return
+    _local.events = []
+    try:
+        yield
+        events = _local.events
+    finally:
+        _local.events = None
+    if events:
+        insert_many(events)
+        realtime.publish_many_on_commit([_message(e) for e in events])
+
+
+def _append(events: list[AuditEvent]) -> list[AuditEvent]:
+    """Into the open batch (returns the events, not yet saved), or saved and pushed now."""
+    batch = getattr(_local, "events", None)
+    if batch is not None:
+        batch.extend(events)
+    else:
+        insert_many(events)
+        realtime.publish_many_on_commit([_message(e) for e in events])
+    return events
+
+
 def target_key(obj: models.Model) -> tuple[str, str]:
     return obj._meta.label_lower, str(obj.pk)
 
@@ -51,7 +91,7 @@ def audit_record(
     """Append one event and schedule its realtime push for after the transaction commits."""
     target_type, target_id = target_key(target)
     parent_type, parent_id = target_key(parent) if parent is not None else ("", "")
-    event = AuditEvent.objects.create(
+    event = AuditEvent(
         actor_id=actor.user_id,
         actor_text=actor.name,
         source=actor.source,
@@ -66,8 +106,7 @@ def audit_record(
         after=after or {},
         message=message,
     )
-    _publish(event)
-    return event
+    return _append([event])[0]
 
 
 def audit_record_many(
@@ -82,7 +121,7 @@ def audit_record_many(
 ) -> list[AuditEvent]:
     """Append one event per target in a single insert (batched state changes)."""
     parent_type, parent_id = target_key(parent) if parent is not None else ("", "")
-    events = AuditEvent.objects.bulk_create(
+    return _append(
         [
             AuditEvent(
                 actor_id=actor.user_id,
@@ -102,13 +141,10 @@ def audit_record_many(
             for target, prior in zip(targets, before, strict=True)
         ]
     )
-    for event in events:
-        _publish(event)
-    return events
 
 
-def _publish(event: AuditEvent) -> None:
-    realtime.publish_on_commit(
+def _message(event: AuditEvent) -> tuple[str, dict]:
+    return (
         event.verb,
         {
             "event_id": event.pk,

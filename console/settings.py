@@ -184,6 +184,9 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 # The reconciler runs as a periodic singleton (console.locks keeps a second copy from running).
 RECONCILE_EVERY_S = env.float("RECONCILE_EVERY_S", default=15.0)
+# How stale a process's in-memory placement index may grow before it reads the fleet again (other
+# processes' releases; its own are seen at once, and a refusal always reads again first).
+PLACEMENT_INDEX_MAX_AGE_S = env.float("PLACEMENT_INDEX_MAX_AGE_S", default=2.0)
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "tenants.tasks.reconcile", "schedule": RECONCILE_EVERY_S},
 }

@@ -8,10 +8,10 @@ schedules the realtime push on commit. Infrastructure: imports no app.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
-from django.db import models, transaction
+from django.db import connections, models, router, transaction
 from django.utils import timezone
 
 from console.audit import Actor, audit_record, audit_record_many
@@ -32,6 +32,8 @@ class Machine:
     verb_prefix: str
     states: tuple[str, ...]
     edges: frozenset[tuple[str, str]]
+    # Called after commit with the new state of every committed change (see `subscribe`).
+    listeners: list[Callable[[str], None]] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self):
         unknown = {s for edge in self.edges for s in edge} - set(self.states)
@@ -40,6 +42,17 @@ class Machine:
 
     def allowed(self, current: str, requested: str) -> bool:
         return (current, requested) in self.edges
+
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(new_state)` at each change and again after it commits (e.g. a cache of free
+        GPUs that must notice capacity coming back: a read inside the transaction sees the change,
+        a read elsewhere only once it commits). Listeners must be cheap and must not raise."""
+        self.listeners.append(listener)
+
+    def _notify_on_commit(self, to: str) -> None:
+        for listener in self.listeners:
+            listener(to)
+            transaction.on_commit(lambda listener=listener: listener(to))
 
     def transition(
         self,
@@ -50,17 +63,20 @@ class Machine:
         message: str = "",
         fields: dict | None = None,
         parent: models.Model | None = None,
+        locked: bool = False,
     ) -> bool:
         """Move `obj` to state `to`. Returns False for a no-op, True for a change.
 
-        `fields` are other attributes saved in the same write (e.g. a failure reason).
+        `fields` are other attributes saved in the same write (e.g. a failure reason). `locked=True`
+        says the caller's transaction already holds `obj`'s row lock (or created the row) and `obj`
+        is current, so it is not read again.
         """
         if to not in self.states:
             raise InvalidTransition(obj, getattr(obj, "state", "?"), to)
         # No savepoint: a refusal is decided before any write and raised after the block, so the
         # caller's transaction stays usable (and a reservation saves two round trips per change).
         with transaction.atomic(savepoint=False):
-            locked = type(obj).objects.select_for_update().get(pk=obj.pk)
+            locked = obj if locked else type(obj).objects.select_for_update().get(pk=obj.pk)
             current = locked.state
             refused = current != to and not self.allowed(current, to)
             if current == to or refused:
@@ -93,8 +109,10 @@ class Machine:
             message=message,
             parent=parent,
         )
-        _refresh(obj, locked)
-
+        if locked is not obj:
+            _refresh(obj, locked)
+        if self.listeners:
+            self._notify_on_commit(to)
 
     def transition_many(
         self,
@@ -150,6 +168,134 @@ class Machine:
             message=message,
             parent=parent,
         )
+        if self.listeners:
+            self._notify_on_commit(to)
+
+    def claim_many(
+        self,
+        model: type[models.Model],
+        pks: Sequence[int],
+        to: str,
+        *,
+        expect: str,
+        actor: Actor,
+        guard: Guard | None = None,
+        fields: dict | None = None,
+        parent: models.Model | None = None,
+        related: dict[str, models.Model] | None = None,
+    ) -> list[models.Model] | None:
+        """Compare-and-set: move the rows `pks` from `expect` to `to` only if every one of them is
+        in `expect` and not locked by another transaction, and the `guard` row (e.g. their server)
+        is in one of the guard's states; otherwise change nothing and return None.
+
+        It never waits on a row another transaction holds (PostgreSQL: one statement with
+        `FOR UPDATE SKIP LOCKED`; the guard's row is locked `FOR SHARE SKIP LOCKED`, so a concurrent
+        state change of it waits for this transaction, or, if it came first, refuses the claim).
+        Elsewhere the rows are read then written inside the caller's transaction, which SQLite
+        serialises. `related` sets foreign-key objects already at hand on the rows (the audit's text
+        of a GPU names its server).
+        """
+        if not self.allowed(expect, to):
+            raise InvalidTransition(model(), expect, to)
+        pks = list(pks)
+        values = dict(fields or {})
+        stamp = f"{to}_at"
+        if any(f.name == stamp for f in model._meta.concrete_fields):
+            values[stamp] = timezone.now()
+        with transaction.atomic(savepoint=False):
+            if connections[router.db_for_write(model)].vendor == "postgresql":
+                rows = _claim_postgresql(model, pks, to, expect, guard, values)
+            else:
+                rows = list(model.objects.filter(pk__in=pks, state=expect).order_by("pk"))
+                ok = len(rows) == len(pks) and (
+                    guard is None or guard.model.objects.filter(pk=guard.pk, state__in=guard.states).exists()
+                )
+                if ok:
+                    model.objects.filter(pk__in=pks).update(state=to, **values)
+                    for row in rows:
+                        row.state = to
+                        for name, value in values.items():
+                            setattr(row, name, value)
+                else:
+                    rows = None
+            if rows is None:
+                return None
+            for row in rows:
+                for name, obj in (related or {}).items():
+                    setattr(row, name, obj)
+            audit_record_many(
+                actor=actor,
+                verb=f"{self.verb_prefix}.{to}",
+                targets=rows,
+                before=[{"state": expect}] * len(rows),
+                after={"state": to, **{k: _jsonable(v) for k, v in (fields or {}).items()}},
+                parent=parent,
+            )
+            if self.listeners:
+                self._notify_on_commit(to)
+        return rows
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A row a claim depends on: `model` row `pk` must be in one of `states` (e.g. the GPUs' server
+    while it is schedulable)."""
+
+    model: type[models.Model]
+    pk: int
+    states: tuple[str, ...]
+
+
+_CLAIM_SQL: dict[tuple, str] = {}
+
+
+def _claim_postgresql(model, pks, to, expect, guard, values) -> list[models.Model] | None:
+    """The compare-and-set as one statement: lock what is free and unlocked, update only if that is
+    all of them. Returns the updated rows, or None."""
+    db = router.db_for_write(model)
+    connection = connections[db]
+    fields_ = model._meta.concrete_fields
+    key = (model, tuple(values), guard.model if guard else None)
+    sql = _CLAIM_SQL.get(key)
+    if sql is None:  # the statement's text depends only on these; built once per process
+        qn = connection.ops.quote_name
+        table, pk = qn(model._meta.db_table), qn(model._meta.pk.column)
+        sets = [f"{qn('state')} = %s"] + [f"{qn(model._meta.get_field(n).column)} = %s" for n in values]
+        guard_sql = ""
+        if guard is not None:
+            gtable, gpk = qn(guard.model._meta.db_table), qn(guard.model._meta.pk.column)
+            # SKIP LOCKED here too: a plain FOR SHARE in this sub-select makes PostgreSQL wait on the
+            # GPU rows as well (the outer SKIP LOCKED is lost). Shared locks of other claims do not
+            # conflict; a server being changed (its row locked FOR UPDATE) refuses the claim.
+            guard_sql = (f" AND EXISTS (SELECT 1 FROM {gtable} WHERE {gpk} = %s AND state = ANY(%s)"
+                         f" FOR SHARE SKIP LOCKED)")
+        sql = _CLAIM_SQL[key] = (
+            f"WITH picked AS (SELECT {pk} FROM {table} WHERE {pk} = ANY(%s) AND {qn('state')} = %s"
+            f"{guard_sql} FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {table} SET {', '.join(sets)} FROM picked "
+            f"WHERE {table}.{pk} = picked.{pk} AND (SELECT count(*) FROM picked) = %s "
+            f"RETURNING {', '.join(f'{table}.{qn(f.column)}' for f in fields_)}"
+        )
+    params = [to]
+    for name, value in values.items():
+        f = model._meta.get_field(name)
+        if isinstance(value, models.Model):
+            value = value.pk
+        params.append(None if value is None else f.get_db_prep_save(value, connection))
+    guard_params = [guard.pk, list(guard.states)] if guard is not None else []
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [pks, expect, *guard_params, *params, len(pks)])
+        fetched = cursor.fetchall()
+    if len(fetched) != len(pks):
+        return None
+    converters = [getattr(f, "from_db_value", None) for f in fields_]
+    rows = [
+        model.from_db(db, [f.attname for f in fields_],
+                      [c(v, None, connection) if c is not None and v is not None else v
+                       for c, v in zip(converters, row, strict=True)])
+        for row in fetched
+    ]
+    return sorted(rows, key=lambda r: r.pk)
 
 
 def machine(verb_prefix: str, states: Iterable[str], edges: Iterable[tuple[str, str]]) -> Machine:

@@ -14,20 +14,39 @@ What may be offered
   partition inside it, which is returned in `Placement.deactivate_first`; any other overlapping
   active partition would make the fabric manager answer "in use".
 
-Best fit (the default policy), like a buddy allocator
------------------------------------------------------
-Candidates are ranked by this key, smallest first:
+Best fit (the default policy): least damage to larger blocks, like a buddy allocator
+------------------------------------------------------------------------------------
+Partition tables nest like a buddy allocator's blocks (on HGX H100: server > halves > NVLink pairs >
+single GPUs), and a request can only use a free block of exactly its size. Candidates are ranked by
+this key, smallest first:
 
-1. the *enclosing free block*: the largest offerable partition that contains the candidate. A free
-   pair whose sibling pair is busy scores 2; a pair carved from a fully free 4-block scores 4, from
-   a fully free server 8. Taking the smallest block keeps big aligned blocks whole.
-2. the server's free GPU count: fill the server already most used, so whole servers stay free for
-   8-GPU requests.
-3. GPUs not at the platform's pinned firmware (fewer first): they would need a re-flash anyway.
-4. the hottest GPU of the partition (cooler first; unknown temperature counts as hottest).
-5. rack spread: the requesting tenant's GPUs already in the server's rack (fewer first), so one
+1. *damage*: what taking the candidate costs the larger blocks that contain it. Each enclosing
+   block counts 1 if it is wholly free now, 1/2 if one occupant lives in it, 1/4 for two, and so on
+   (occupants: running leases, and unavailable GPUs outside them). A block with many leases in it
+   will be whole again only when the last of them ends, so one more lease there costs little; a
+   block with none or one is the next to become whole and costs the most. Consequences: a fully
+   free server is broken only when no other server can take the request (there every enclosing
+   block is free, the highest score; elsewhere one is occupied), so whole servers stay free for
+   8-GPU requests; a lone pair or single whose sibling is busy is usually taken before a fresh block
+   is split, and small leases gather in blocks that already hold leases, while a lone pair on an
+   almost empty server may lose to splitting a pair on a crowded one, whose blocks will not be free
+   soon anyway.
+2. the server's occupants (more first): the same reasoning at server level, for candidates whose
+   blocks score the same.
+3. the server's free GPU count: fill the server already most used.
+4. GPUs not at the platform's pinned firmware (fewer first): they would need a re-flash anyway.
+5. the hottest GPU of the partition (cooler first; unknown temperature counts as hottest).
+6. rack spread: the requesting tenant's GPUs already in the server's rack (fewer first), so one
    tenant's leases do not share a rack's power and network failure domain needlessly.
-6. stable id order: server id, then partition id.
+7. stable id order: server id, then partition id.
+
+Placement never knows how long a lease will run, and never moves one, so it cannot tell which block
+will be free first; it assumes every running lease is as likely as any other to end soon. Then a
+block is whole again only once each of its n occupants has ended, which gets less likely with every
+occupant: halving per occupant is that idea, not a fitted model. On bench/placement.py's churn
+replay this ranking refuses fewer requests to fragmentation than the rule it replaced ("smallest
+enclosing free block, then the most used server"), averaged over workload seeds; it is not better
+on every seed.
 
 First fit (`policy="firstfit"`) takes the first offerable partition in (server id, partition id)
 order; it exists only as the benchmark's baseline.
@@ -35,14 +54,15 @@ order; it exists only as the benchmark's baseline.
 Fleet scale
 -----------
 `FreeBlockIndex` keeps, for each request size, the offerable (server, partition) candidates in heaps
-bucketed by (enclosing block, server free count), the static part of the key. A decision looks at
-the few non-empty buckets in order and the top of one heap; updates recompute one server (its
-table has a handful of rows) and push fresh heap entries, stale ones being dropped lazily by a
-version check. Which partitions of a server are offerable depends only on (platform, free-GPU mask,
-active partitions), so that part is cached across servers. The rack-spread tie-break depends on the
-requesting tenant, so it is applied only among the entries tied on everything before it, popped from
-the top of the winning bucket. `place_bruteforce` is the reference the index is tested against
-(tests/fleet/test_placement.py, with hypothesis over random fleets and update sequences).
+bucketed by (damage, server occupants, server free count), the static part of the key. A decision
+looks at the few non-empty buckets in order and the top of one heap; updates recompute one server
+(its table has a handful of rows) and push fresh heap entries, stale ones being dropped lazily by a
+version check. Which partitions of a server are offerable, their damage and the server's occupants
+depend only on (platform, free-GPU mask, active partitions), so that part is cached across servers.
+The rack-spread tie-break depends on the requesting tenant, so it is applied only among the entries
+tied on everything before it, popped from the top of the winning bucket. `place_bruteforce` is the
+reference the index is tested against (tests/fleet/test_placement.py, with hypothesis over random
+fleets and update sequences).
 
 Platforms are looked up with `hardware.platforms.get_platform(server.platform_key)`.
 """
@@ -100,6 +120,7 @@ class _Table:
     row_of: Mapping[int, int]
     size_set: frozenset[int]
     pinned_firmware: str
+    all_gpus: int  # mask of every GPU in the table
 
 
 @cache
@@ -117,6 +138,7 @@ def _table(platform_key: str) -> _Table:
         row_of={p.id: i for i, p in enumerate(rows)},
         size_set=frozenset(p.size for p in rows),
         pinned_firmware=platform.pinned_firmware,
+        all_gpus=sum(1 << g for g in {g for p in rows for g in p.gpus}),
     )
 
 
@@ -129,7 +151,7 @@ class _Candidate:
     partition_id: int
     gpus: tuple[int, ...]
     deactivate_first: tuple[int, ...]
-    block: int  # size of the largest offerable partition containing this one
+    damage: float  # what taking it costs the larger blocks around it (module docstring)
     fw_mismatch: int  # GPUs not at the pinned firmware
     temp: float  # hottest GPU; unknown = +inf
 
@@ -141,14 +163,25 @@ class _ServerView:
     snapshot: ServerSnapshot
     sizes: frozenset[int]
     free: int  # free and healthy GPUs
+    occupants: int  # running leases and unavailable GPUs outside them
     candidates: tuple[_Candidate, ...]  # in partition id order; empty unless schedulable
     tenant_gpus: Mapping[str, int]  # GPUs each tenant holds here (for rack spread)
 
 
-@lru_cache(maxsize=1 << 16)
-def _layout(platform_key: str, avail: int, active: frozenset[int]) -> tuple[tuple[int, tuple[int, ...], int], ...]:
-    """(row, deactivate_first, enclosing block) of each offerable partition, in id order.
+# Damage weights (see the module docstring): a larger block holding n occupants counts
+# _BLOCK_WEIGHT * _OCCUPIED_DISCOUNT ** n. Powers of two keep the sums exact floats.
+_BLOCK_WEIGHT = 1.0
+_OCCUPIED_DISCOUNT = 0.5
 
+
+@lru_cache(maxsize=1 << 16)
+def _layout(
+    platform_key: str, avail: int, active: frozenset[int]
+) -> tuple[int, tuple[tuple[int, tuple[int, ...], float], ...]]:
+    """(occupants, ((row, deactivate_first, damage) of each offerable partition, in id order)).
+
+    An *occupant* is a running lease (an active partition with a GPU that is not available) or a
+    GPU that is not available outside such a partition (quarantined, scrubbing, unhealthy, ...).
     A pure function of the platform, the mask of available GPUs and the active partitions, so it is
     cached: a fleet shows few distinct layouts, and this keeps an index update cheap.
     """
@@ -158,9 +191,13 @@ def _layout(platform_key: str, avail: int, active: frozenset[int]) -> tuple[tupl
         if pid not in table.row_of:
             raise ValueError(f"active partition {pid} is not in {platform_key}'s partition table")
         active_rows.append(table.row_of[pid])
-    n = len(table.ids)
-    offerable = [False] * n
-    deactivate: list[tuple[int, ...]] = [()] * n
+    occupants = [table.masks[a] for a in active_rows if table.masks[a] & ~avail]
+    covered = 0
+    for o in occupants:
+        covered |= o
+    loose = table.all_gpus & ~avail & ~covered
+    occupants.extend(1 << g for g in range(loose.bit_length()) if loose >> g & 1)
+    rows = []
     for i, mask in enumerate(table.masks):
         if mask & ~avail:
             continue  # a GPU of it is busy, unhealthy or missing
@@ -175,14 +212,16 @@ def _layout(platform_key: str, avail: int, active: frozenset[int]) -> tuple[tupl
                 else:
                     legal = False
                     break
-        if legal:
-            offerable[i] = True
-            deactivate[i] = tuple(sorted(idle_singles))
-    return tuple(
-        (i, deactivate[i], max(table.sizes[j] for j in table.enclosing[i] if offerable[j]))
-        for i in range(n)
-        if offerable[i]
-    )
+        if not legal:
+            continue
+        damage = 0.0
+        for j in table.enclosing[i]:
+            if j != i:
+                outer = table.masks[j]
+                n = sum(1 for o in occupants if o & ~outer == 0)
+                damage += _BLOCK_WEIGHT * _OCCUPIED_DISCOUNT**n
+        rows.append((i, tuple(sorted(idle_singles)), damage))
+    return len(occupants), tuple(rows)
 
 
 def _view(server: ServerSnapshot) -> _ServerView:
@@ -195,12 +234,13 @@ def _view(server: ServerSnapshot) -> _ServerView:
         if gpu.tenant is not None:
             tenant_gpus[gpu.tenant] = tenant_gpus.get(gpu.tenant, 0) + 1
     free = avail.bit_count()
+    occupants, rows = _layout(server.platform_key, avail, server.active_partition_ids)
     if not server.schedulable:
-        return _ServerView(server, table.size_set, free, (), tenant_gpus)
+        return _ServerView(server, table.size_set, free, occupants, (), tenant_gpus)
 
     candidates = []
     pinned = table.pinned_firmware
-    for i, deactivate, block in _layout(server.platform_key, avail, server.active_partition_ids):
+    for i, deactivate, damage in rows:
         gpus = table.gpus[i]
         fw_mismatch = 0
         temp = -math.inf
@@ -213,8 +253,8 @@ def _view(server: ServerSnapshot) -> _ServerView:
                 t = math.inf
             if t > temp:
                 temp = t
-        candidates.append(_Candidate(table.sizes[i], table.ids[i], gpus, deactivate, block, fw_mismatch, temp))
-    return _ServerView(server, table.size_set, free, tuple(candidates), tenant_gpus)
+        candidates.append(_Candidate(table.sizes[i], table.ids[i], gpus, deactivate, damage, fw_mismatch, temp))
+    return _ServerView(server, table.size_set, free, occupants, tuple(candidates), tenant_gpus)
 
 
 def _placement(server_id: int, c: _Candidate) -> Placement:
@@ -284,7 +324,7 @@ def place_bruteforce(servers: Iterable[ServerSnapshot], request: Request, policy
                 key = (sid, c.partition_id)
             else:
                 spread = rack_load[v.snapshot.rack]
-                key = (c.block, v.free, c.fw_mismatch, c.temp, spread, sid, c.partition_id)
+                key = (c.damage, -v.occupants, v.free, c.fw_mismatch, c.temp, spread, sid, c.partition_id)
             if best_key is None or key < best_key:
                 best_key, best = key, (sid, c)
     if best is not None:
@@ -320,9 +360,9 @@ class FreeBlockIndex:
         self._views: dict[int, _ServerView] = {}
         self._version: dict[int, int] = {}
         self._clock = 0
-        # size -> (block, server free) -> heap
-        self._best: dict[int, dict[tuple[int, int], list]] = {}
-        self._best_order: dict[int, list[tuple[int, int]] | None] = {}  # sorted bucket keys, None = stale
+        # size -> (damage, -server occupants, server free) -> heap
+        self._best: dict[int, dict[tuple[float, int, int], list]] = {}
+        self._best_order: dict[int, list[tuple[float, int, int]] | None] = {}  # sorted bucket keys, None = stale
         self._first: dict[int, list] = {}
         # For NoFit reasons without a scan: size -> Counter(free GPUs -> schedulable servers).
         self._free_hist: dict[int, dict[int, int]] = {}
@@ -364,7 +404,7 @@ class FreeBlockIndex:
         self._account(view, +1)
         for c in view.candidates:
             buckets = self._best.setdefault(c.size, {})
-            key = (c.block, view.free)
+            key = (c.damage, -view.occupants, view.free)
             bucket = buckets.get(key)
             if bucket is None:
                 bucket = buckets[key] = []

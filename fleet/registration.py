@@ -11,6 +11,7 @@ from django.db import transaction
 
 from console.audit import Actor, audit_record
 from fleet.models import Gpu, NvSwitch, Partition, Server
+from fleet.placement_live import fleet_changed
 from fleet.states import PartitionState
 from hardware.platforms import get_platform
 
@@ -135,4 +136,5 @@ def server_register_from_platform(*, spec: ServerSpec, actor: Actor) -> tuple[Se
         after={"platform": spec.platform, "variant": spec.variant, "gpus": len(gpus)},
         message=f"registered {platform.name} ({variant.vendor}) from platform data",
     )
+    fleet_changed()
     return server, True

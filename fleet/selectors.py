@@ -1,5 +1,7 @@
 """Reads of the fleet, shaped for the pages and APIs that show them."""
 
+from dataclasses import dataclass
+
 from django.db.models import Count, Prefetch, Q, QuerySet
 
 from fleet.models import Gpu, Partition, Server
@@ -70,3 +72,60 @@ def placement_snapshot(
         )
         for pk, (hostname, platform, rack, state) in servers.items()
     ]
+
+
+@dataclass(frozen=True)
+class PlacementFleet:
+    """Every server as placement sees it, with the row ids a reservation needs."""
+
+    servers: list[ServerSnapshot]
+    gpu_ids: dict[tuple[int, int], int]  # (server id, module id) -> Gpu pk
+    partition_ids: dict[tuple[int, int], int]  # (server id, partition id) -> Partition pk
+
+
+def placement_fleet(server_ids: list[int] | None = None) -> PlacementFleet:
+    """The whole fleet (or these servers) for the live placement index, in three queries."""
+    only = {} if server_ids is None else {"pk__in": server_ids}
+    only_children = {} if server_ids is None else {"server_id__in": server_ids}
+    servers = {
+        pk: (hostname, platform, rack, state)
+        for pk, hostname, platform, rack, state in Server.objects.filter(**only).values_list(
+            "pk", "hostname", "platform", "rack", "state"
+        )
+    }
+    gpus: dict[int, dict[int, GpuSnapshot]] = {pk: {} for pk in servers}
+    gpu_ids: dict[tuple[int, int], int] = {}
+    rows = Gpu.objects.filter(**only_children).values_list(
+        "pk", "server_id", "module_id", "state", "firmware_version", "temperature_c", "current_lease__tenant__name"
+    )
+    for pk, server_id, module_id, state, firmware, temperature, tenant in rows:
+        gpu_ids[server_id, module_id] = pk
+        gpus[server_id][module_id] = GpuSnapshot(
+            module_id=module_id,
+            state=state,
+            healthy=state not in (GpuState.QUARANTINED, GpuState.OFFLINE),
+            firmware_version=firmware,
+            temperature_c=temperature,
+            tenant=tenant,
+        )
+    active: dict[int, set[int]] = {pk: set() for pk in servers}
+    partition_ids: dict[tuple[int, int], int] = {}
+    for pk, server_id, partition_id, state in Partition.objects.filter(**only_children).values_list(
+        "pk", "server_id", "partition_id", "state"
+    ):
+        partition_ids[server_id, partition_id] = pk
+        if state in PARTITION_OCCUPYING:
+            active[server_id].add(partition_id)
+    snapshots = [
+        ServerSnapshot(
+            server_id=pk,
+            hostname=hostname,
+            platform_key=platform,
+            rack=rack,
+            state=state,
+            gpus=gpus[pk],
+            active_partition_ids=frozenset(active[pk]),
+        )
+        for pk, (hostname, platform, rack, state) in servers.items()
+    ]
+    return PlacementFleet(snapshots, gpu_ids, partition_ids)

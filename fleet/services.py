@@ -17,9 +17,11 @@ from console.audit import Actor, audit_record
 from console.errors import Conflict
 from console.models import Operation
 from console.operations import operation_finish, operation_log, operation_start
+from console.statemachine import Guard
 from fleet import dispatch
 from fleet.agents import agent_for
 from fleet.models import Gpu, Partition, Server
+from fleet.snapshot import SCHEDULABLE_SERVER_STATES
 from fleet.states import (
     GPU_HELD_BY_LEASE,
     GPU_MACHINE,
@@ -160,6 +162,17 @@ def gpus_reserve(*, gpus: Iterable[Gpu], lease, actor: Actor) -> None:
     ids = [g.pk for g in gpus]
     GPU_MACHINE.transition_many(Gpu.objects.filter(pk__in=ids), G.RESERVED, actor=actor,
                                 fields={"current_lease": lease}, parent=lease)
+
+
+def gpus_claim(*, server, gpu_ids: Iterable[int], lease, actor: Actor) -> list[Gpu] | None:
+    """free → reserved for `lease`, all or none, without waiting: None when any of them is not free,
+    is being reserved by another transaction, or the server is not schedulable (invariants 1, 6).
+    `server` is the Server (or a stand-in with its pk and hostname) the GPUs belong to."""
+    return GPU_MACHINE.claim_many(
+        Gpu, list(gpu_ids), G.RESERVED, expect=G.FREE, actor=actor,
+        guard=Guard(Server, server.pk, tuple(SCHEDULABLE_SERVER_STATES)),
+        fields={"current_lease": lease}, parent=lease, related={"server": server},
+    )
 
 
 def gpus_mark_in_use(*, lease, actor: Actor) -> None:

@@ -12,18 +12,16 @@ import random
 import time
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db import IntegrityError, connection, transaction
 
-from console.audit import Actor, audit_record
+from console.audit import Actor, audit_batch, audit_record
+from console.db import insert_many
 from console.errors import Conflict
 from fleet import dispatch
 from fleet import services as fleet_services
-from fleet.models import Gpu, Partition
-from fleet.placement import FreeBlockIndex
-from fleet.selectors import placement_snapshot
+from fleet.models import Partition, Server
+from fleet.placement_live import live_index
 from fleet.snapshot import NoFit, Request
-from fleet.states import GpuState
 from hardware.exceptions import InvalidArgument
 from hardware.oci import parse_image_reference
 from tenants.models import Lease, LeaseGpu, Tenant
@@ -41,14 +39,17 @@ from tenants.validators import validate_gpu_count, validate_tenant_name
 log = logging.getLogger(__name__)
 L, T = LeaseState, TenantState
 PLACEMENT_ATTEMPTS = 25
-# Servers a placement decision reads: the fullest that can take the request (see placement_snapshot).
-SNAPSHOT_SERVERS = 16
-CHOICES_PER_SNAPSHOT = 8  # lock attempts on one snapshot before reading the fleet again
 DEFAULT_GPU_QUOTA = 8
 
 
 class QuotaExceeded(Conflict):
     """The tenant would hold more GPUs than its quota."""
+
+
+class ClaimLost(Exception):
+    """Another transaction holds or took the chosen partition's GPUs. The claim may have locked some
+    of them before finding the rest taken, and only ending the transaction releases those locks, so
+    the whole attempt is rolled back and made again (the index now knows; it chooses elsewhere)."""
 
 
 # ----------------------------------------------------------------------------- tenants
@@ -99,67 +100,100 @@ def tenancy_failed(*, tenant_id: int, actor: Actor, reason: str) -> None:
 def lease_request(
     *, tenant_name: str, image: str, gpu_count: int, actor: Actor, workload_seconds: int | None = None
 ) -> Lease:
-    """Validate, check quota, record the lease (pending) and try to place it at once.
+    """Validate, check quota, record the lease and place it, in one transaction: the lease is saved
+    `placed` with its GPUs reserved, or `pending` with the reason (it is placed when capacity frees).
 
     An unknown tenant is onboarded first; its lease waits in `pending` until the tenancy is ready.
     """
-    _validate_request(tenant_name=tenant_name, image=image, gpu_count=gpu_count)
-    recorded = _lease_record(tenant_name=tenant_name, image=image, gpu_count=gpu_count, actor=actor,
-                             workload_seconds=workload_seconds)
-    if recorded is None:  # an unknown tenant: onboard it, then record the lease
-        tenant_ensure(name=tenant_name, actor=actor)
-        recorded = _lease_record(tenant_name=tenant_name, image=image, gpu_count=gpu_count, actor=actor,
-                                 workload_seconds=workload_seconds)
-        if recorded is None:
-            raise Conflict(f"tenant {tenant_name} was removed while the request was recorded")
-    lease, tenant, older_pending = recorded
-    # FIFO: `older_pending` was read under the tenant's lock, so False stays False (no older lease can
-    # appear); True is re-checked now, as those leases may have been placed meanwhile.
-    if tenant.state == T.READY and not (older_pending and _older_pending(lease)):
+    _validate_request(tenant_name=tenant_name, image=image, gpu_count=gpu_count, workload_seconds=workload_seconds)
+    for attempt in range(PLACEMENT_ATTEMPTS):
+        try:
+            with transaction.atomic(), audit_batch():
+                lease = _lease_record(tenant_name=tenant_name, image=image, gpu_count=gpu_count, actor=actor,
+                                      workload_seconds=workload_seconds)
+                if lease is None:  # an unknown tenant: onboard it (own transaction), then record the lease
+                    break
+                if lease.tenant.state == T.READY and not lease.tenant.waiting:
+                    if attempt < PLACEMENT_ATTEMPTS - 1:
+                        _place(lease, actor)
+                    else:  # lost every race: record it pending, a worker places it
+                        dispatch.on_commit("leases_place_pending", lease.tenant_id)
+            return lease
+        except (ClaimLost, IntegrityError):
+            # Another request took the chosen partition (or the database refused a GPU already held, the
+            # last line of invariant 1): the whole request rolled back; record and place it again.
+            continue
+    else:
+        raise Conflict("the request kept conflicting with concurrent reservations; try again")
+    tenant_ensure(name=tenant_name, actor=actor)
+    with transaction.atomic(), audit_batch():
+        lease = _lease_record(tenant_name=tenant_name, image=image, gpu_count=gpu_count, actor=actor,
+                              workload_seconds=workload_seconds)
+    if lease is None:
+        raise Conflict(f"tenant {tenant_name} was removed while the request was recorded")
+    if lease.tenant.state == T.READY:  # provisioned meanwhile
         lease_try_place(lease_id=lease.pk, actor=actor)
-    lease.refresh_from_db()
+        lease.refresh_from_db()
     return lease
 
 
 def _lease_record(
     *, tenant_name: str, image: str, gpu_count: int, actor: Actor, workload_seconds: int | None
-) -> tuple[Lease, Tenant, bool] | None:
-    """Lock the tenant, check quota, save the pending lease and its audit event in one transaction.
-    Returns (lease, tenant, whether the tenant had older pending leases), or None for an unknown tenant."""
-    with transaction.atomic():
-        tenant = Tenant.objects.select_for_update().filter(name=tenant_name).first()
-        if tenant is None:
-            return None
-        if tenant.state == T.DELETING:
-            raise Conflict(f"tenant {tenant.name} is being deleted")
-        held = 0
-        older_pending = False
-        for state, count in Lease.objects.filter(tenant=tenant, state__in=LEASE_UNFINISHED).values_list(
-            "state"
-        ).annotate(n=Sum("gpu_count")).order_by():
-            held += count
-            older_pending |= state == L.PENDING
-        lease = Lease(tenant=tenant, image=image, gpu_count=gpu_count, workload_seconds=workload_seconds)
-        # The tenant row is locked above, so its existence needs no query; the model's constraints are
-        # the DB-enforced partition uniqueness (no partition yet) and gpu_count ≥ 1, which
-        # validate_gpu_count already checks.
-        lease.full_clean(exclude=["tenant"], validate_constraints=False)
-        if held + gpu_count > tenant.gpu_quota:
-            raise QuotaExceeded(
-                f"tenant {tenant.name} holds or waits for {held} GPUs; {gpu_count} more exceeds its quota "
-                f"of {tenant.gpu_quota}"
-            )
-        if tenant.state != T.READY:
-            lease.pending_reason = "waiting for the tenancy to be ready"
-        lease.save()
-        audit_record(actor=actor, verb="tenants.lease.requested", target=lease, parent=tenant,
-                     after={"gpu_count": gpu_count, "image": image})
-    return lease, tenant, older_pending
+) -> Lease | None:
+    """Lock the tenant, check quota, save the pending lease and its audit event (in the caller's
+    transaction). `lease.tenant.waiting` says whether the tenant had older pending leases (per-tenant
+    FIFO: read under the tenant's lock, so no older one can appear). None for an unknown tenant."""
+    tenant = _tenant_for_request(tenant_name)
+    if tenant is None:
+        return None
+    if tenant.state == T.DELETING:
+        raise Conflict(f"tenant {tenant.name} is being deleted")
+    # Every field was checked by _validate_request; the rest are defaults (no full_clean on this path).
+    lease = Lease(tenant=tenant, image=image, gpu_count=gpu_count, workload_seconds=workload_seconds)
+    if tenant.held + gpu_count > tenant.gpu_quota:
+        raise QuotaExceeded(
+            f"tenant {tenant.name} holds or waits for {tenant.held} GPUs; {gpu_count} more exceeds its quota "
+            f"of {tenant.gpu_quota}"
+        )
+    if tenant.state != T.READY:
+        lease.pending_reason = "waiting for the tenancy to be ready"
+    elif tenant.waiting:
+        lease.pending_reason = "waiting behind the tenant's older pending leases"
+    insert_many([lease])
+    audit_record(actor=actor, verb="tenants.lease.requested", target=lease, parent=tenant,
+                 after={"gpu_count": gpu_count, "image": image})
+    return lease
 
 
-def _validate_request(*, tenant_name: str, image: str, gpu_count: int) -> None:
-    """Refuse bad input before anything is written (an unknown tenant is created only for a valid request)."""
+def _tenant_for_request(name: str) -> Tenant | None:
+    """The tenant, row-locked, with `held` (GPUs its unfinished leases hold or wait for) and `waiting`
+    (whether it has pending leases). One statement written out, not built by the ORM: it runs on every
+    request, and building it cost more than running it."""
+    sql = _TENANT_FOR_REQUEST
+    if connection.features.has_select_for_update_of:  # SQLite has no row locks: its writers take turns
+        sql += " FOR UPDATE OF t"
+    return next(iter(Tenant.objects.raw(sql, [*LEASE_UNFINISHED, L.PENDING, name])), None)
+
+
+_TENANT_FOR_REQUEST = f"""
+    SELECT t.*,
+           COALESCE((SELECT SUM(l.gpu_count) FROM {Lease._meta.db_table} l
+                     WHERE l.tenant_id = t.id AND l.state IN ({", ".join(["%s"] * len(LEASE_UNFINISHED))})), 0) AS held,
+           EXISTS (SELECT 1 FROM {Lease._meta.db_table} l WHERE l.tenant_id = t.id AND l.state = %s) AS waiting
+    FROM {Tenant._meta.db_table} t WHERE t.name = %s"""
+
+
+def _validate_request(
+    *, tenant_name: str, image: str, gpu_count: int, workload_seconds: int | None = None
+) -> None:
+    """Refuse bad input before anything is written (an unknown tenant is created only for a valid
+    request). This is the lease's only validation: the record is saved without full_clean."""
     errors: dict[str, list[str]] = {}
+    image_max = Lease._meta.get_field("image").max_length
+    if isinstance(image, str) and len(image) > image_max:
+        errors["image"] = [f"image reference longer than {image_max} characters"]
+    if workload_seconds is not None and (not isinstance(workload_seconds, int) or workload_seconds < 1):
+        errors["workload_seconds"] = ["must be a positive number of seconds"]
     for field, check in (("tenant", lambda: validate_tenant_name(tenant_name)),
                          ("gpu_count", lambda: validate_gpu_count(gpu_count))):
         try:
@@ -169,89 +203,63 @@ def _validate_request(*, tenant_name: str, image: str, gpu_count: int) -> None:
     try:
         parse_image_reference(image)
     except InvalidArgument as exc:
-        errors["image"] = [str(exc)]
+        errors.setdefault("image", [str(exc)])
     if errors:
         raise ValidationError(errors)
-
-
-def _older_pending(lease: Lease) -> bool:
-    """Per-tenant FIFO: a lease waits behind its tenant's older pending leases."""
-    return Lease.objects.filter(tenant_id=lease.tenant_id, state=L.PENDING, pk__lt=lease.pk).exists()
 
 
 def lease_try_place(*, lease_id: int, actor: Actor) -> bool:
     """Place a pending lease and reserve its partition's GPUs. False (with the reason recorded) when
     nothing fits now; the lease then waits and is retried when capacity frees."""
-    excluded: set[int] = set()
     for attempt in range(PLACEMENT_ATTEMPTS):
-        outcome = _place_once(lease_id, actor, excluded)
-        if outcome is True:
-            return True
-        if outcome is False:
-            if not excluded:
-                return False
-            # Servers skipped as locked were only busy with another reservation: look again.
-            excluded.clear()
-        time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        try:
+            with transaction.atomic(), audit_batch():
+                lease = Lease.objects.select_for_update(of=("self",)).select_related("tenant").get(pk=lease_id)
+                if lease.state != L.PENDING:
+                    return lease.state in LEASE_HOLDS_GPUS
+                if lease.tenant.state != T.READY:
+                    return False
+                return _place(lease, actor)
+        except ClaimLost:
+            continue  # the index now knows; try the next best partition at once
+        except IntegrityError:
+            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+    dispatch.on_commit("leases_place_pending", None)  # still contended: a worker tries again
     return False
 
 
-def _place_once(lease_id: int, actor: Actor, excluded: set[int]) -> bool | None:
-    """One attempt; None means "lost a race on that server, try again without it"."""
+def _place(lease: Lease, actor: Actor) -> bool:
+    """Choose a partition (the live placement index) and claim its GPUs, in the caller's transaction,
+    which holds the lease's row. True: placed. False: nothing fits (reason recorded). Raises
+    ClaimLost when another transaction holds or took the chosen GPUs."""
+    decision = live_index.choose(Request(gpu_count=lease.gpu_count, tenant=lease.tenant.name))
+    if isinstance(decision, NoFit):
+        if lease.pending_reason != decision.reason:
+            lease.pending_reason = decision.reason
+            Lease.objects.filter(pk=lease.pk).update(pending_reason=decision.reason)
+        return False
+    choice = decision.placement
+    # A stand-in for the server row: its pk and hostname are all the claim (guard, audit text) reads.
+    server = Server(pk=choice.server_id, hostname=decision.hostname)
     try:
-        with transaction.atomic():
-            lease = Lease.objects.select_for_update().select_related("tenant").get(pk=lease_id)
-            if lease.state != L.PENDING:
-                return lease.state in LEASE_HOLDS_GPUS
-            if lease.tenant.state != T.READY:
-                return False
-            request = Request(gpu_count=lease.gpu_count, tenant=lease.tenant.name,
-                              exclude_servers=frozenset(excluded))
-            snapshot = placement_snapshot(gpu_count=lease.gpu_count, exclude=excluded, limit=SNAPSHOT_SERVERS)
-            index = FreeBlockIndex(snapshot) if snapshot else None
-            choice = (
-                index.place(request)
-                if index is not None
-                else NoFit(f"no {lease.gpu_count}-GPU partition free: no server has {lease.gpu_count} free GPUs")
-            )
-            if isinstance(choice, NoFit):
-                if lease.pending_reason != choice.reason:
-                    Lease.objects.filter(pk=lease.pk).update(pending_reason=choice.reason)
-                return False
-            for _ in range(CHOICES_PER_SNAPSHOT):
-                gpus = list(
-                    Gpu.objects.select_for_update(skip_locked=True).filter(
-                        server_id=choice.server_id, module_id__in=choice.gpu_module_ids, state=GpuState.FREE
-                    )
-                )
-                if len(gpus) == len(choice.gpu_module_ids):
-                    break
-                excluded.add(choice.server_id)
-                if gpus:  # some are locked by us now: give them back with the transaction
-                    return None
-                # Nothing was locked: another request took (or is taking) that partition. Under
-                # contention every request makes the same best-fit choice, so take the next one from
-                # the same snapshot rather than reading the fleet again; the lock query re-checks it.
-                choice = index.place(
-                    Request(gpu_count=lease.gpu_count, tenant=lease.tenant.name, exclude_servers=frozenset(excluded))
-                )
-                if isinstance(choice, NoFit):
-                    return None
-            else:
-                return None
-            partition = Partition.objects.get(server_id=choice.server_id, partition_id=choice.partition_id)
-            fleet_services.gpus_reserve(gpus=gpus, lease=lease, actor=actor)
-            LeaseGpu.objects.bulk_create([LeaseGpu(lease=lease, gpu=g, holds=True) for g in gpus])
-            LEASE_MACHINE.transition(
-                lease, L.PLACED, actor=actor,
-                fields={"server_id": choice.server_id, "partition": partition, "pending_reason": ""},
-                message=f"partition {choice.partition_id} ({','.join(map(str, choice.gpu_module_ids))})",
-            )
-            dispatch.on_commit("lease_advance", lease.pk)
-            return True
-    except IntegrityError:
-        # The database refused a GPU or partition already held: someone else won. Try elsewhere.
-        return None
+        gpus = fleet_services.gpus_claim(server=server, gpu_ids=decision.gpu_ids, lease=lease, actor=actor)
+    except BaseException:
+        live_index.abandon(decision)
+        raise
+    if gpus is None:
+        live_index.refused(decision)
+        raise ClaimLost(f"partition {choice.partition_id} of server {choice.server_id} was taken")
+    live_index.done(decision)
+    insert_many([LeaseGpu(lease=lease, gpu=g, holds=True) for g in gpus])
+    partition = decision.partition_pk or Partition.objects.get(
+        server_id=choice.server_id, partition_id=choice.partition_id).pk
+    LEASE_MACHINE.transition(
+        lease, L.PLACED, actor=actor, locked=True,
+        fields={"server_id": choice.server_id, "partition_id": partition, "pending_reason": ""},
+        message=f"partition {choice.partition_id} ({','.join(map(str, choice.gpu_module_ids))})",
+    )
+    dispatch.on_commit("lease_advance", lease.pk)
+    return True
 
 
 def leases_place_pending(*, actor: Actor, tenant_id: int | None = None) -> int:

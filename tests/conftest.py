@@ -44,6 +44,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs Redis: the PostgreSQL + Redis pass runs it"))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_placement_index(monkeypatch, request):
+    """Each test starts on its own database state: the process's placement index must not carry
+    servers over from the last one. Tests also set up states with direct row updates, which the
+    index cannot notice: a refusal always reads the fleet again (in production, not within 50 ms)."""
+    from fleet import placement_live
+    from fleet.placement_live import live_index
+
+    monkeypatch.setattr(placement_live, "NOFIT_RELOAD_AFTER_S", 0.0)
+    monkeypatch.setattr(live_index, "salt", 0)  # equal servers in id order, as tests expect
+    if "transactional_db" not in request.fixturenames:
+        # Under `db` the test's transaction never commits, so a claim would stay "in flight" (shown
+        # taken after every read of the fleet) for good: end it at once, as its commit would.
+        monkeypatch.setattr(live_index, "done", lambda decision: live_index._finish(decision.token))
+    live_index.reset()
+    yield
+    live_index.reset()
+
+
 @pytest.fixture
 def tasks(monkeypatch, request):
     """Capture what services enqueue; the test drains it with `tasks.run()`, like a worker would.

@@ -126,6 +126,51 @@ def test_fill_keeps_whole_servers_free_for_eight_gpu_requests(sizes):
     assert isinstance(index.place(Request(8)), Placement)
 
 
+def test_small_lease_joins_the_blocks_that_already_hold_more_leases():
+    # Same free GPUs (1, 3, 5..8) on both servers; server 1's half {1..4} runs one pair lease (2, 4),
+    # server 2's runs two single leases (GPUs 2 and 4). Server 2's half will be whole again later,
+    # so a single lands there; the plain "smallest block, most used server" rule could not tell.
+    pair_lease = server(1, busy={2, 4}, active={4})
+    two_singles = server(2, busy={2, 4}, active={8, 10})
+    p = both([pair_lease, two_singles], Request(1))
+    assert p.server_id == 2 and p.gpu_module_ids in {(1,), (3,)}
+    p = both([pair_lease, two_singles], Request(2))
+    assert (p.server_id, p.gpu_module_ids) == (2, (1, 3))
+
+
+def test_unavailable_gpus_count_as_occupants():
+    # GPU 2 quarantined on server 1, GPU 2 leased alone on server 2: a 1-GPU lease takes GPU 4 on
+    # either (lone single, same block scores), then the server with more occupants: server 3 holds
+    # GPU 6 too.
+    fleet = [
+        server(1, states={2: "quarantined"}),
+        server(2, busy={2}, active={8}),
+        server(3, busy={2, 6}, active={8, 12}),
+    ]
+    assert both(fleet, Request(1)) == Placement(3, 10, (4,), ())
+    assert both(fleet[:2], Request(1)).gpu_module_ids == (4,)
+
+
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 6), k=st.sampled_from([1, 2, 4]))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_a_whole_free_server_is_split_only_when_nothing_else_fits(seed, n, k):
+    rnd = random.Random(seed)
+    fleet = [random_server(rnd, sid) for sid in range(1, n + 1)]
+    got = both(fleet, Request(k))
+
+    def whole_free(s):  # could take an 8-GPU lease (idle 1-GPU partitions may be switched off)
+        return isinstance(place_bruteforce([s], Request(8)), Placement)
+
+    elsewhere = [
+        s
+        for s in fleet
+        if s.schedulable and not whole_free(s) and isinstance(place_bruteforce([s], Request(k)), Placement)
+    ]
+    if elsewhere:
+        assert isinstance(got, Placement)
+        assert not whole_free(next(s for s in fleet if s.server_id == got.server_id))
+
+
 def test_first_fit_takes_the_first_partition_in_id_order():
     fleet = [server(1), server(2, busy={1, 2, 3, 4, 6, 8})]
     assert both(fleet, Request(2), FIRSTFIT) == Placement(1, 3, (1, 3), ())

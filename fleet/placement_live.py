@@ -1,0 +1,238 @@
+"""The process's live placement index: a `FreeBlockIndex` over the whole fleet, kept in memory.
+
+Reading the fleet for every request costs more than deciding; so each process keeps one index and
+treats it as a hint that the database arbitrates. A decision is reserved with a compare-and-set on
+the GPU rows (`GPU_MACHINE.claim_many`: all free and unlocked, the server schedulable, or nothing),
+so a stale index can cost a retry but never a double allocation (invariant 1). How it stays close
+to the truth:
+
+* its own reservations are applied at once, and decisions still in flight survive a reload, so the
+  threads of one process do not race each other for the same partition;
+* a claim that fails marks that partition taken here (someone else holds it, or it is no longer
+  free), that server is read again, and for a moment (`CONTENDED_S`) this process places elsewhere
+  when it can, so processes fill different servers instead of racing for one;
+* changes committed by this process that give capacity back (a GPU becomes free, a server or
+  partition changes state) mark it dirty, and the next decision reads the fleet again;
+* other processes' releases are seen after at most `PLACEMENT_INDEX_MAX_AGE_S`, and at once when
+  a decision finds nothing (a refusal is never made on an old view).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import random
+import threading
+import time
+import zlib
+from dataclasses import dataclass, replace
+
+from django.conf import settings
+from django.db import transaction
+
+from fleet.placement import FreeBlockIndex
+from fleet.selectors import placement_fleet
+from fleet.snapshot import NoFit, Placement, Request
+from fleet.states import GPU_MACHINE, PARTITION_MACHINE, SERVER_MACHINE, GpuState, PartitionState
+
+# A refusal right after a reload is trusted; older than this, the fleet is read again first.
+NOFIT_RELOAD_AFTER_S = 0.05
+# After losing a claim on a server to another process, place elsewhere for this long if anything
+# else fits: that process is filling it (best fit sends every process to the same fullest server),
+# and chasing it costs a lost claim and a read per attempt.
+CONTENDED_S = 2.0
+_SID_MASK = (1 << 32) - 1
+# A decision whose transaction never reported its commit (it rolled back) stops being applied after this.
+INFLIGHT_EXPIRY_S = 10.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A placement taken in the index for one reservation attempt; `done()` it when the attempt ends."""
+
+    token: int
+    placement: Placement
+    hostname: str
+    gpu_ids: tuple[int, ...]
+    partition_pk: int | None
+
+
+class LivePlacementIndex:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._index: FreeBlockIndex | None = None
+        self._gpu_ids: dict[tuple[int, int], int] = {}
+        self._partition_ids: dict[tuple[int, int], int] = {}
+        self._loaded_at = 0.0
+        self._dirty = True
+        # Decisions whose transaction has not ended: (placement, tenant, started). A read of the
+        # database does not show them yet, so they are applied again after every read.
+        self._inflight: dict[int, tuple[Placement, str | None, float]] = {}
+        self._contended: dict[int, float] = {}  # server id -> until (monotonic)
+        # Reads of the database are numbered when they start; a server's last change here (a read
+        # applied, a commit of ours) is numbered too, and a read older than that is not applied:
+        # threads read concurrently and must not put an older view over a newer one.
+        self._seq = itertools.count(1)
+        self._server_seq: dict[int, int] = {}  # index server id -> number of its last change here
+        self._tokens = itertools.count(1)
+        # Servers the policy ranks equal are taken in an order of this process's own (the index sees
+        # server ids with a salted rank in front), so processes starting on an empty rack spread
+        # over different servers instead of all claiming the lowest id. 0: plain id order (tests).
+        self.salt = random.SystemRandom().getrandbits(31) or 1
+        self.loads = 0  # reads of the whole fleet, for tests and benchmarks
+        self.refusals = 0  # claims the database refused (another process won the partition)
+
+    def invalidate(self) -> None:
+        """Read the fleet again before the next decision."""
+        self._dirty = True
+
+    def refresh(self) -> None:
+        """Read the fleet now (a process warming up before it takes requests)."""
+        with self._lock:
+            self._load()
+
+    def reset(self) -> None:
+        """Forget everything (tests: each starts on another database state)."""
+        with self._lock:
+            self._index = None
+            self._inflight.clear()
+            self._contended.clear()
+            self._server_seq.clear()
+            self._dirty = True
+            self.loads = self.refusals = 0
+
+    def _vid(self, sid: int) -> int:
+        """The id the index knows server `sid` by: this process's rank for it, then the id."""
+        rank = zlib.crc32(b"%d:%d" % (self.salt, sid)) & 0xFFFFF if self.salt else 0
+        return rank << 32 | sid
+
+    def choose(self, request: Request) -> Decision | NoFit:
+        """The best placement for `request` as this process knows the fleet, taken here at once."""
+        if request.exclude_servers:
+            request = replace(request, exclude_servers=frozenset(map(self._vid, request.exclude_servers)))
+        with self._lock:
+            max_age = settings.PLACEMENT_INDEX_MAX_AGE_S
+            if self._dirty or self._index is None or time.monotonic() - self._loaded_at > max_age:
+                self._load()
+            choice = self._place_avoiding_contended(request)
+            if isinstance(choice, NoFit) and time.monotonic() - self._loaded_at > NOFIT_RELOAD_AFTER_S:
+                self._load()
+                choice = self._index.place(request)
+            if isinstance(choice, NoFit):
+                return choice
+            self._index.reserve(choice, request.tenant)
+            token = next(self._tokens)
+            self._inflight[token] = (choice, request.tenant, time.monotonic())
+            vid = choice.server_id
+            sid = vid & _SID_MASK
+            return Decision(
+                token=token,
+                placement=replace(choice, server_id=sid),
+                hostname=self._index.server(vid).hostname,
+                gpu_ids=tuple(self._gpu_ids[sid, m] for m in choice.gpu_module_ids),
+                partition_pk=self._partition_ids.get((sid, choice.partition_id)),
+            )
+
+    def _place_avoiding_contended(self, request: Request) -> Placement | NoFit:
+        if self._contended:
+            now = time.monotonic()
+            self._contended = {sid: until for sid, until in self._contended.items() if until > now}
+            if self._contended:
+                avoid = request.exclude_servers | frozenset(self._contended)
+                choice = self._index.place(replace(request, exclude_servers=avoid))
+                if not isinstance(choice, NoFit):
+                    return choice
+        return self._index.place(request)
+
+    def done(self, decision: Decision) -> None:
+        """The claim succeeded: the index already shows it; once the transaction commits, reads of
+        the database show it too. (After a rollback the entry expires: INFLIGHT_EXPIRY_S.)"""
+        transaction.on_commit(lambda: self._finish(decision.token))
+
+    def abandon(self, decision: Decision) -> None:
+        """The claim failed with an error (its transaction rolls back): the next read of the fleet
+        shows the truth for that partition."""
+        self._finish(decision.token)
+
+    def _finish(self, token: int) -> None:
+        with self._lock:
+            entry = self._inflight.pop(token, None)
+            if entry is not None:  # committed: a read started before now does not show it
+                self._server_seq[entry[0].server_id] = next(self._seq)
+
+    def refused(self, decision: Decision) -> None:
+        """The database refused the claim: another process reserved on that server (or the server
+        changed). Read that server again; the refused partition stays taken here, as its holder may
+        not have committed yet."""
+        sid = decision.placement.server_id
+        vid = self._vid(sid)
+        seq = next(self._seq)
+        fresh = placement_fleet([sid])
+        with self._lock:
+            self.refusals += 1
+            self._inflight.pop(decision.token, None)
+            self._contended[vid] = time.monotonic() + CONTENDED_S
+            if self._index is None or vid not in self._index or self._server_seq.get(vid, 0) > seq:
+                return  # gone, or something newer is known here: keep the refused partition taken
+            self._server_seq[vid] = seq
+            if not fresh.servers:
+                self._index.remove(vid)
+                return
+            self._index.update(replace(fresh.servers[0], server_id=vid))
+            keep = [(replace(decision.placement, server_id=vid), None)] + [
+                (p, t) for p, t, _ in self._live_inflight() if p.server_id == vid
+            ]
+            for placement, tenant in keep:
+                with contextlib.suppress(ValueError):  # already shown taken
+                    self._index.reserve(placement, tenant)
+
+    def _live_inflight(self) -> list[tuple[Placement, str | None, float]]:
+        """In-flight decisions, dropping those whose transaction rolled back long ago."""
+        now = time.monotonic()
+        expired = [t for t, (_, _, started) in self._inflight.items() if now - started > INFLIGHT_EXPIRY_S]
+        for token in expired:
+            del self._inflight[token]
+        return list(self._inflight.values())
+
+    def _load(self) -> None:
+        fleet = placement_fleet()
+        index = FreeBlockIndex(replace(s, server_id=self._vid(s.server_id)) for s in fleet.servers)
+        self._server_seq = {}
+        for placement, tenant, _ in self._live_inflight():  # still being reserved by our threads
+            if placement.server_id in index:
+                with contextlib.suppress(ValueError):  # already taken in the database: nothing to keep
+                    index.reserve(placement, tenant)
+        self._index, self._gpu_ids, self._partition_ids = index, fleet.gpu_ids, fleet.partition_ids
+        self._loaded_at = time.monotonic()
+        self._dirty = False
+        self.loads += 1
+
+
+live_index = LivePlacementIndex()
+
+
+def fleet_changed() -> None:
+    """Servers were added or removed: read the fleet again now and once the change commits."""
+    live_index.invalidate()
+    transaction.on_commit(live_index.invalidate)
+
+
+def _on_gpu_change(to: str) -> None:
+    if to == GpuState.FREE:  # capacity came back; reservations (→ reserved) are already applied
+        live_index.invalidate()
+
+
+def _on_server_change(to: str) -> None:
+    live_index.invalidate()
+
+
+def _on_partition_change(to: str) -> None:
+    # Activations are applied with the reservation; a partition becoming inactive or failed (clean-up,
+    # the reconciler) changes what may be activated next.
+    if to in (PartitionState.INACTIVE, PartitionState.FAILED):
+        live_index.invalidate()
+
+
+GPU_MACHINE.subscribe(_on_gpu_change)
+SERVER_MACHINE.subscribe(_on_server_change)
+PARTITION_MACHINE.subscribe(_on_partition_change)

@@ -1,0 +1,206 @@
+"""The process's live placement index is a hint the database arbitrates: a stale view costs a retry,
+never a double allocation; capacity freed here is seen at once; a request is one short transaction."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection, transaction
+
+from console.audit import audit_batch
+from console.models import AuditEvent
+from fleet import placement_live
+from fleet.models import Gpu, Server
+from fleet.placement_live import LivePlacementIndex, live_index
+from fleet.services import gpus_claim
+from fleet.states import GPU_MACHINE, SERVER_MACHINE, GpuState, ServerState
+from tenants import services
+from tenants.models import Lease
+from tenants.states import LeaseState
+from tests.factories import make_server
+from tests.factories.fleet import TEST_ACTOR
+
+IMAGE = "registry.example.com/team/job:1"
+
+
+def _request(tenant, n):
+    return services.lease_request(tenant_name=tenant.name, image=IMAGE, gpu_count=n, actor=TEST_ACTOR)
+
+
+@pytest.mark.django_db
+def test_a_stale_index_loses_the_claim_and_places_elsewhere(tasks, ready_tenant):
+    a, b = make_server(), make_server()
+    live_index.refresh()
+    # Another process takes all of server a; this process's index has not seen it.
+    Gpu.objects.filter(server=a).update(state=GpuState.RESERVED)
+    lease = _request(ready_tenant, 8)
+    assert lease.state == LeaseState.PLACED and lease.server_id == b.pk
+    assert live_index.refusals == 1
+    assert Lease.objects.count() == 1  # the lost attempt was rolled back whole
+    assert not AuditEvent.objects.filter(target_type="tenants.lease").exclude(target_id=str(lease.pk)).exists()
+
+
+@pytest.mark.django_db
+def test_capacity_freed_in_this_process_is_seen_without_rereading_on_refusal(tasks, ready_tenant, monkeypatch):
+    monkeypatch.setattr(placement_live, "NOFIT_RELOAD_AFTER_S", 3600.0)  # only the change itself can tell
+    server = make_server()
+    GPU_MACHINE.transition_many(Gpu.objects.filter(server=server), GpuState.DRAINED, actor=TEST_ACTOR)
+    assert _request(ready_tenant, 8).state == LeaseState.PENDING
+    GPU_MACHINE.transition_many(Gpu.objects.filter(server=server), GpuState.FREE, actor=TEST_ACTOR)
+    assert services.leases_place_pending(actor=TEST_ACTOR) == 1
+
+
+@pytest.mark.django_db
+def test_a_cordon_in_this_process_is_seen_at_once(tasks, ready_tenant):
+    a, b = make_server(), make_server()
+    live_index.refresh()
+    SERVER_MACHINE.transition(a, ServerState.CORDONED, actor=TEST_ACTOR)
+    assert _request(ready_tenant, 8).server_id == b.pk
+    assert live_index.refusals == 0
+
+
+@pytest.mark.django_db
+def test_claim_is_all_or_nothing(ready_tenant):
+    server = make_server()
+    lease = Lease.objects.create(tenant=ready_tenant, image=IMAGE, gpu_count=2)
+    gpus = list(Gpu.objects.filter(server=server, module_id__in=(1, 3)).order_by("module_id"))
+    GPU_MACHINE.transition(gpus[1], GpuState.QUARANTINED, actor=TEST_ACTOR)
+    before = AuditEvent.objects.count()
+    assert gpus_claim(server=server, gpu_ids=[g.pk for g in gpus], lease=lease, actor=TEST_ACTOR) is None
+    assert Gpu.objects.get(pk=gpus[0].pk).state == GpuState.FREE
+    assert AuditEvent.objects.count() == before
+
+
+@pytest.mark.django_db
+def test_claim_refuses_an_unschedulable_server(ready_tenant):
+    server = make_server()
+    lease = Lease.objects.create(tenant=ready_tenant, image=IMAGE, gpu_count=1)
+    SERVER_MACHINE.transition(server, ServerState.CORDONED, actor=TEST_ACTOR)
+    gpu = Gpu.objects.get(server=server, module_id=1)
+    assert gpus_claim(server=server, gpu_ids=[gpu.pk], lease=lease, actor=TEST_ACTOR) is None
+    SERVER_MACHINE.transition(server, ServerState.ACTIVE, actor=TEST_ACTOR)
+    claimed = gpus_claim(server=server, gpu_ids=[gpu.pk], lease=lease, actor=TEST_ACTOR)
+    assert [(g.pk, g.state, g.current_lease_id) for g in claimed] == [(gpu.pk, GpuState.RESERVED, lease.pk)]
+    assert AuditEvent.objects.filter(verb="fleet.gpu.reserved", target_id=str(gpu.pk)).count() == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("held", ["a GPU (another reservation)", "the server (a cordon in progress)"])
+def test_claim_never_waits_on_another_transaction(ready_tenant, held):
+    server = make_server()
+    lease = Lease.objects.create(tenant=ready_tenant, image=IMAGE, gpu_count=2)
+    ids = list(Gpu.objects.filter(server=server, module_id__in=(1, 3)).values_list("pk", flat=True))
+    locked, release = threading.Event(), threading.Event()
+
+    def other_reservation():
+        with transaction.atomic():
+            if held.startswith("a GPU"):
+                list(Gpu.objects.select_for_update().filter(pk=ids[1]))
+            else:
+                list(Server.objects.select_for_update().filter(pk=server.pk))
+            locked.set()
+            release.wait(10)  # a claim that waited for this lock would get it only then, and fail below
+        connection.close()
+
+    holder = threading.Thread(target=other_reservation)
+    holder.start()
+    assert locked.wait(10)
+    with transaction.atomic():  # does not wait for the other transaction: refused at once
+        refused = gpus_claim(server=server, gpu_ids=ids, lease=lease, actor=TEST_ACTOR)
+    release.set()
+    assert refused is None
+    holder.join()
+    assert set(Gpu.objects.filter(pk__in=ids).values_list("state", flat=True)) == {GpuState.FREE}
+    with transaction.atomic():
+        assert len(gpus_claim(server=server, gpu_ids=ids, lease=lease, actor=TEST_ACTOR)) == 2
+
+
+@pytest.mark.django_db
+def test_a_placed_request_is_one_short_transaction(tasks, ready_tenant, django_assert_max_num_queries):
+    make_server()
+    live_index.refresh()
+    # Tenant and quota, lease, claim, GPU holds, lease placed, audit events, and the test's savepoint
+    # pair; on SQLite the claim is three statements (no row locks to take in one).
+    with django_assert_max_num_queries(8 if connection.vendor == "postgresql" else 10):
+        lease = _request(ready_tenant, 2)
+    assert lease.state == LeaseState.PLACED
+    verbs = list(AuditEvent.objects.order_by("pk").values_list("verb", flat=True))
+    assert verbs[-4:] == ["tenants.lease.requested", "fleet.gpu.reserved", "fleet.gpu.reserved",
+                          "tenants.lease.placed"]
+
+
+@pytest.mark.django_db
+def test_audit_batch_writes_at_the_end_and_drops_on_error(ready_tenant):
+    from console.audit import audit_record
+
+    before = AuditEvent.objects.count()
+    with pytest.raises(RuntimeError), transaction.atomic(), audit_batch():
+        audit_record(actor=TEST_ACTOR, verb="tenants.tenant.touched", target=ready_tenant)
+        raise RuntimeError("boom")
+    assert AuditEvent.objects.count() == before
+    with transaction.atomic(), audit_batch():
+        with audit_batch():  # nested: joins the outer batch
+            audit_record(actor=TEST_ACTOR, verb="tenants.tenant.touched", target=ready_tenant)
+        assert AuditEvent.objects.count() == before  # not yet written
+        audit_record(actor=TEST_ACTOR, verb="tenants.tenant.touched", target=ready_tenant)
+    assert AuditEvent.objects.count() == before + 2
+
+
+@pytest.mark.django_db
+def test_one_push_per_group_per_transaction(tasks, ready_tenant, settings, django_capture_on_commit_callbacks):
+    from asgiref.sync import async_to_sync
+    from channels.layers import channel_layers, get_channel_layer
+
+    from tests.console.test_realtime import _receive_all
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    channel_layers.backends.clear()
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)("tenants.leases", channel)
+    make_server()
+    with django_capture_on_commit_callbacks(execute=True):
+        lease = _request(ready_tenant, 1)
+    messages = _receive_all(layer, channel)
+    channel_layers.backends.clear()
+    assert len(messages) == 1
+    assert [e["topic"] for e in messages[0]["events"]] == ["tenants.lease.requested", "tenants.lease.placed"]
+    assert {e["payload"]["target_id"] for e in messages[0]["events"]} == {str(lease.pk)}
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_two_processes_indexes_never_double_allocate(transactional_db, tasks, monkeypatch):
+    """32 clients over two placement indexes (as two worker processes would have): the indexes go
+    stale against each other, claims are lost and retried, and still every GPU is in one lease."""
+    from tenants.states import TenantState
+    from tests.factories import TenantFactory
+    from tests.tenants.test_concurrency import _assert_invariants, _run_clients
+
+    for _ in range(4):
+        make_server()
+    indexes = [LivePlacementIndex(), LivePlacementIndex()]
+    for index in indexes:
+        index.salt = 0  # the same order on both: the worst case for conflicts
+        index.refresh()
+    mine = threading.local()
+
+    class PerProcess:
+        def __getattr__(self, name):
+            return getattr(indexes[mine.process], name)
+
+    monkeypatch.setattr(services, "live_index", PerProcess())
+    tenants = [TenantFactory(state=TenantState.READY, gpu_quota=64) for _ in range(32)]
+    sizes = [1, 2, 4, 1, 2, 1, 8, 1] * 4
+
+    def client(i):
+        mine.process = i % 2
+        services.lease_request(tenant_name=tenants[i].name, image=IMAGE, gpu_count=sizes[i], actor=TEST_ACTOR)
+
+    _run_clients(client)
+    _assert_invariants()
+    assert sum(index.refusals for index in indexes) > 0  # the stale path was taken
+    held = sum(Lease.objects.filter(state=LeaseState.PLACED).values_list("gpu_count", flat=True))
+    assert held == 32 - Gpu.objects.filter(state=GpuState.FREE).count()
