@@ -46,11 +46,6 @@ def groups_for(payload: dict) -> list[str]:
     return groups
 
 
-def publish(topic: str, payload: dict) -> None:
-    """One event to every group it concerns (see `publish_many`)."""
-    publish_many([(topic, payload)])
-
-
 def publish_many(messages: list[tuple[str, dict]]) -> None:
     """One transaction's events: each group they concern gets one `events.push` message listing its
     events in order (a lease reservation touches five to ten objects; a message per event and group
@@ -76,8 +71,7 @@ def publish_many(messages: list[tuple[str, dict]]) -> None:
             if any(layer.groups.get(g) for g in by_group):
                 async_to_sync(_send)(layer, by_group)
         else:
-            future = asyncio.run_coroutine_threadsafe(_send(layer, by_group), _publisher_loop())
-            future.add_done_callback(_log_failure)
+            _publisher().submit(layer, by_group)
     except Exception:
         log.exception("realtime publish of %d events failed", len(messages))
 
@@ -93,35 +87,70 @@ async def _send(layer, by_group: dict[str, list[dict]]) -> None:
             log.error("realtime publish to %s failed: %s", group, result)
 
 
-def _log_failure(future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.error("realtime publish failed: %s", future.exception())
+class _Publisher:
+    """One long-lived event loop per process that sends, one transaction's messages at a time, in
+    submission order: the caller does not wait, and the channel layer's connection pool is never
+    asked for more than one batch's sends at once (fire-and-forget sends would exhaust it)."""
+
+    MAX_QUEUED = 10_000  # beyond this the layer is not keeping up: drop, loudly (pushes are best-effort)
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.queue: asyncio.Queue | None = None
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.queue = asyncio.Queue()
+            self.loop.create_task(self._drain())
+            started.set()
+            self.loop.run_forever()
+
+        threading.Thread(target=run, name="realtime-publisher", daemon=True).start()
+        started.wait()
+
+    async def _drain(self) -> None:
+        while True:
+            layer, by_group, flushed = await self.queue.get()
+            if layer is not None:
+                try:
+                    await _send(layer, by_group)
+                except Exception:
+                    log.exception("realtime publish failed")
+            if flushed is not None:
+                flushed.set()
+
+    def submit(self, layer, by_group: dict[str, list[dict]]) -> None:
+        if self.queue.qsize() >= self.MAX_QUEUED:
+            log.error("realtime publisher is %d batches behind: dropping a push", self.MAX_QUEUED)
+            return
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (layer, by_group, None))
+
+    def flush(self, timeout: float) -> None:
+        flushed = threading.Event()
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (None, None, flushed))
+        flushed.wait(timeout)
 
 
-_publisher: tuple[int, asyncio.AbstractEventLoop] | None = None
+_publisher_instance: _Publisher | None = None
 _publisher_lock = threading.Lock()
 
 
-def _publisher_loop() -> asyncio.AbstractEventLoop:
-    """This process's publisher loop, started on first use (and again in a forked child, where the
-    parent's thread does not exist). Sends run in submission order."""
-    global _publisher
+def _publisher() -> _Publisher:
+    """This process's publisher, started on first use (and again in a forked child, where the
+    parent's thread does not exist)."""
+    global _publisher_instance
     with _publisher_lock:
-        if _publisher is None or _publisher[0] != os.getpid():
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="realtime-publisher", daemon=True).start()
-            _publisher = (os.getpid(), loop)
-        return _publisher[1]
+        if _publisher_instance is None or _publisher_instance.pid != os.getpid():
+            _publisher_instance = _Publisher()
+        return _publisher_instance
 
 
 def flush(timeout: float = 5.0) -> None:
-    """Wait until the publisher loop has sent what was submitted before (tests, shutdown)."""
-    if _publisher is not None and _publisher[0] == os.getpid():
-        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), _publisher[1]).result(timeout)
-
-
-def publish_on_commit(topic: str, payload: dict) -> None:
-    transaction.on_commit(lambda: publish(topic, payload))
+    """Wait until what this process submitted before has been sent (tests, shutdown)."""
+    if _publisher_instance is not None and _publisher_instance.pid == os.getpid():
+        _publisher_instance.flush(timeout)
 
 
 def publish_many_on_commit(messages: list[tuple[str, dict]]) -> None:

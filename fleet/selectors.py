@@ -22,58 +22,6 @@ def server_overview() -> QuerySet[Server]:
     )
 
 
-def placement_snapshot(
-    *, gpu_count: int, exclude: set[int] | frozenset[int] = frozenset(), limit: int | None = None
-) -> list[ServerSnapshot]:
-    """The servers that could take `gpu_count` GPUs (at least that many free), as plain data for
-    `fleet.placement`, in three queries whatever the fleet size. Unschedulable servers are included
-    so a refusal can say why; placement itself skips them."""
-    candidates = (
-        Server.objects.annotate(free=Count("gpus", filter=Q(gpus__state=GpuState.FREE)))
-        .filter(free__gte=gpu_count)
-        .exclude(pk__in=exclude)
-        .order_by("free", "pk")
-        .values_list("pk", "hostname", "platform", "rack", "state")
-    )
-    if limit is not None:
-        # Best fit fills the fullest servers first, so the fullest that can still take the request
-        # hold its answer in practice; reading only those keeps a request's cost flat in fleet size.
-        candidates = candidates[:limit]
-    servers = {pk: (hostname, platform, rack, state) for pk, hostname, platform, rack, state in candidates}
-    if not servers:
-        return []
-    gpus: dict[int, dict[int, GpuSnapshot]] = {pk: {} for pk in servers}
-    for server_id, module_id, state, firmware, temperature, tenant in Gpu.objects.filter(
-        server_id__in=servers
-    ).values_list("server_id", "module_id", "state", "firmware_version", "temperature_c",
-                  "current_lease__tenant__name"):
-        gpus[server_id][module_id] = GpuSnapshot(
-            module_id=module_id,
-            state=state,
-            healthy=state not in (GpuState.QUARANTINED, GpuState.OFFLINE),
-            firmware_version=firmware,
-            temperature_c=temperature,
-            tenant=tenant,
-        )
-    active: dict[int, set[int]] = {pk: set() for pk in servers}
-    for server_id, partition_id in Partition.objects.filter(
-        server_id__in=servers, state__in=PARTITION_OCCUPYING
-    ).values_list("server_id", "partition_id"):
-        active[server_id].add(partition_id)
-    return [
-        ServerSnapshot(
-            server_id=pk,
-            hostname=hostname,
-            platform_key=platform,
-            rack=rack,
-            state=state,
-            gpus=gpus[pk],
-            active_partition_ids=frozenset(active[pk]),
-        )
-        for pk, (hostname, platform, rack, state) in servers.items()
-    ]
-
-
 @dataclass(frozen=True)
 class PlacementFleet:
     """Every server as placement sees it, with the row ids a reservation needs."""
