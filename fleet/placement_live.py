@@ -31,7 +31,7 @@ from django.conf import settings
 from django.db import transaction
 
 from fleet.placement import FreeBlockIndex
-from fleet.selectors import placement_fleet
+from fleet.selectors import partition_pks, placement_fleet
 from fleet.snapshot import NoFit, Placement, Request
 from fleet.states import GPU_MACHINE, PARTITION_MACHINE, SERVER_MACHINE, GpuState, PartitionState
 
@@ -62,7 +62,7 @@ class LivePlacementIndex:
         self._lock = threading.Lock()
         self._index: FreeBlockIndex | None = None
         self._gpu_ids: dict[tuple[int, int], int] = {}
-        self._partition_ids: dict[tuple[int, int], int] = {}
+        self._partition_pks: dict[int, dict[int, int]] = {}  # server id -> partition id -> pk (static)
         self._loaded_at = 0.0
         self._dirty = True
         # Decisions whose transaction has not ended: (placement, tenant, started). A read of the
@@ -97,6 +97,7 @@ class LivePlacementIndex:
             self._index = None
             self._inflight.clear()
             self._contended.clear()
+            self._partition_pks.clear()
             self._server_seq.clear()
             self._dirty = True
             self.loads = self.refusals = 0
@@ -130,8 +131,14 @@ class LivePlacementIndex:
                 placement=replace(choice, server_id=sid),
                 hostname=self._index.server(vid).hostname,
                 gpu_ids=tuple(self._gpu_ids[sid, m] for m in choice.gpu_module_ids),
-                partition_pk=self._partition_ids.get((sid, choice.partition_id)),
+                partition_pk=self._partition_pk(sid, choice.partition_id),
             )
+
+    def _partition_pk(self, sid: int, partition_id: int) -> int | None:
+        pks = self._partition_pks.get(sid)
+        if pks is None or partition_id not in pks:
+            pks = self._partition_pks[sid] = partition_pks(sid)
+        return pks.get(partition_id)
 
     def _place_avoiding_contended(self, request: Request) -> Placement | NoFit:
         if self._contended:
@@ -202,7 +209,7 @@ class LivePlacementIndex:
             if placement.server_id in index:
                 with contextlib.suppress(ValueError):  # already taken in the database: nothing to keep
                     index.reserve(placement, tenant)
-        self._index, self._gpu_ids, self._partition_ids = index, fleet.gpu_ids, fleet.partition_ids
+        self._index, self._gpu_ids = index, fleet.gpu_ids
         self._loaded_at = time.monotonic()
         self._dirty = False
         self.loads += 1

@@ -28,7 +28,6 @@ class PlacementFleet:
 
     servers: list[ServerSnapshot]
     gpu_ids: dict[tuple[int, int], int]  # (server id, module id) -> Gpu pk
-    partition_ids: dict[tuple[int, int], int]  # (server id, partition id) -> Partition pk
 
 
 def placement_fleet(server_ids: list[int] | None = None) -> PlacementFleet:
@@ -57,13 +56,11 @@ def placement_fleet(server_ids: list[int] | None = None) -> PlacementFleet:
             tenant=tenant,
         )
     active: dict[int, set[int]] = {pk: set() for pk in servers}
-    partition_ids: dict[tuple[int, int], int] = {}
-    for pk, server_id, partition_id, state in Partition.objects.filter(**only_children).values_list(
-        "pk", "server_id", "partition_id", "state"
-    ):
-        partition_ids[server_id, partition_id] = pk
-        if state in PARTITION_OCCUPYING:
-            active[server_id].add(partition_id)
+    # Only the occupying ones: a fleet has some 26 partition rows per server, most of them inactive.
+    for server_id, partition_id in Partition.objects.filter(
+        state__in=PARTITION_OCCUPYING, **only_children
+    ).values_list("server_id", "partition_id"):
+        active[server_id].add(partition_id)
     snapshots = [
         ServerSnapshot(
             server_id=pk,
@@ -76,4 +73,9 @@ def placement_fleet(server_ids: list[int] | None = None) -> PlacementFleet:
         )
         for pk, (hostname, platform, rack, state) in servers.items()
     ]
-    return PlacementFleet(snapshots, gpu_ids, partition_ids)
+    return PlacementFleet(snapshots, gpu_ids)
+
+
+def partition_pks(server_id: int) -> dict[int, int]:
+    """A server's partition rows by fabric-manager partition id (they never change once created)."""
+    return dict(Partition.objects.filter(server_id=server_id).values_list("partition_id", "pk"))
