@@ -71,3 +71,21 @@ def test_debug_on_starts_with_development_defaults():
     out = probe(DEBUG="1", SECRET_KEY=None, ALLOWED_HOSTS=None)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["debug"] is True
+
+
+TASK_APP_PROBE = """
+import json, django
+django.setup()
+from tenants.tasks import lease_advance
+print(json.dumps({"app": lease_advance.app.main, "broker": lease_advance.app.conf.broker_url}))
+"""
+
+
+def test_tasks_sent_from_any_django_process_use_the_configured_broker():
+    """A management command or the web server (not only the worker) enqueues through the console's
+    Celery app: with Celery's default app the message would go to amqp://localhost and be lost."""
+    env = {**BASE_ENV, "SECRET_KEY": "x", "ALLOWED_HOSTS": "localhost", "DJANGO_SETTINGS_MODULE": "console.settings"}
+    out = subprocess.run([sys.executable, "-c", TASK_APP_PROBE], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"app": "console", "broker": "filesystem://localhost//"}
