@@ -21,7 +21,8 @@ print(json.dumps({
 }))
 """
 
-BASE_ENV = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DEBUG", "SIMULATED_FLEET"}}
+BASE_ENV = {k: v for k, v in os.environ.items()
+            if k not in {"DATABASE_URL", "REDIS_URL", "DEBUG", "SIMULATED_FLEET", "CELERY_BROKER_URL"}}
 
 
 def probe(**env):
