@@ -14,7 +14,12 @@ to the truth:
 * changes committed by this process that give capacity back (a GPU becomes free, a server or
   partition changes state) mark it dirty, and the next decision reads the fleet again;
 * other processes' releases are seen after at most `PLACEMENT_INDEX_MAX_AGE_S`, and at once when
-  a decision finds nothing (a refusal is never made on an old view).
+  a decision finds nothing (a refusal is never made on a view older than `NOFIT_RELOAD_AFTER_S`);
+* servers the policy ranks equal are taken in a per-process order (a salted rank), so processes
+  starting on an empty fleet do not all claim the lowest id.
+
+Several processes placing at once still lose claims to each other (bench/lease_throughput.py with
+BENCH_PROCESSES=2 counts them); each loss is a rolled-back attempt, never a double allocation.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ NOFIT_RELOAD_AFTER_S = 0.05
 # After losing a claim on a server to another process, place elsewhere for this long if anything
 # else fits: that process is filling it (best fit sends every process to the same fullest server),
 # and chasing it costs a lost claim and a read per attempt.
-CONTENDED_S = 2.0
+CONTENDED_S = 0.5
 _SID_MASK = (1 << 32) - 1
 # A decision whose transaction never reported its commit (it rolled back) stops being applied after this.
 INFLIGHT_EXPIRY_S = 10.0
@@ -48,7 +53,8 @@ INFLIGHT_EXPIRY_S = 10.0
 
 @dataclass(frozen=True)
 class Decision:
-    """A placement taken in the index for one reservation attempt; `done()` it when the attempt ends."""
+    """A placement taken in the index for one reservation attempt. The attempt ends with `done()`
+    (claimed), `refused()` (the database said no) or `abandon()` (an error)."""
 
     token: int
     placement: Placement
