@@ -25,6 +25,8 @@ Prints readable figures, then as the last line one JSON object:
 
 * `leases_per_s_c1`, `leases_per_s_c8`, `leases_per_s_c32`: leases granted (state `placed`) per
   second of wall time with that many concurrent clients.
+* `gc_frozen`: whether the client processes froze their start-up heap first, as the web and worker
+  processes do (console/startup.py); BENCH_GC_FREEZE=0 measures without.
 * `claims_lost_c*`: claims the database refused because another process had taken the partition
   (retried; 0 with one process).
 * `double_allocations`: GPUs held by more than one LeaseGpu with holds=True, plus leases whose held
@@ -53,6 +55,8 @@ WARMUP_REQUESTS = 64
 CONCURRENCY = (1, 8, 32)
 # Worker processes the clients are spread over (threads within each), like a web tier's workers.
 PROCESSES = int(os.environ.get("BENCH_PROCESSES", "1"))
+# Worker processes freeze their start-up heap (console/startup.py); BENCH_GC_FREEZE=0 measures without.
+GC_FREEZE = os.environ.get("BENCH_GC_FREEZE", "1") != "0"
 SIZE_MIX = ((1, 0.4), (2, 0.3), (4, 0.2), (8, 0.1))
 IMAGE = "registry.example.com/bench/job:1"
 SEED = 20261122
@@ -251,6 +255,7 @@ def _client_process(tenants: list[str], work: list[int], next_index, barrier, re
 
     from console.audit import Actor
     from console.models import Source
+    from console.startup import freeze_startup_heap
     from fleet.placement_live import live_index
     from tenants import services
 
@@ -293,6 +298,8 @@ def _client_process(tenants: list[str], work: list[int], next_index, barrier, re
     for t in threads:
         t.start()
     live_index.refresh()
+    if GC_FREEZE:
+        freeze_startup_heap()  # as the web and Celery worker processes do once started
     ready.wait()
     barrier.wait()
     start = time.perf_counter()
@@ -352,6 +359,7 @@ def _bench(url: str) -> int:
     result["requests_per_round"] = REQUESTS_PER_ROUND
     result["servers"] = SERVERS
     result["processes"] = PROCESSES
+    result["gc_frozen"] = GC_FREEZE
     result["dispatch"] = "stubbed"
     print(json.dumps(result))
     return 0

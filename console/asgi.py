@@ -19,3 +19,7 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+from console.startup import freeze_startup_heap  # noqa: E402
+
+freeze_startup_heap()
