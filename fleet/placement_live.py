@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import random
 import threading
 import time
@@ -84,7 +85,9 @@ class LivePlacementIndex:
         # Servers the policy ranks equal are taken in an order of this process's own (the index sees
         # server ids with a salted rank in front), so processes starting on an empty rack spread
         # over different servers instead of all claiming the lowest id. 0: plain id order (tests).
-        self.salt = random.SystemRandom().getrandbits(31) or 1
+        self.salt: int | None = None  # None: drawn per process (forked workers must differ); 0: id order
+        self._drawn_salt = 0
+        self._pid = os.getpid()
         self.loads = 0  # reads of the whole fleet, for tests and benchmarks
         self.refusals = 0  # claims the database refused (another process won the partition)
 
@@ -94,6 +97,7 @@ class LivePlacementIndex:
 
     def refresh(self) -> None:
         """Read the fleet now (a process warming up before it takes requests)."""
+        self._forked()
         with self._lock:
             self._load()
 
@@ -110,11 +114,24 @@ class LivePlacementIndex:
 
     def _vid(self, sid: int) -> int:
         """The id the index knows server `sid` by: this process's rank for it, then the id."""
-        rank = zlib.crc32(b"%d:%d" % (self.salt, sid)) & 0xFFFFF if self.salt else 0
+        salt = self._drawn_salt if self.salt is None else self.salt
+        rank = zlib.crc32(b"%d:%d" % (salt, sid)) & 0xFFFFF if salt else 0
         return rank << 32 | sid
+
+    def _forked(self) -> None:
+        """A forked child starts its own index: new lock, new order, nothing inherited."""
+        if self._pid != os.getpid() or not self._drawn_salt:
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            self._drawn_salt = random.SystemRandom().getrandbits(31) or 1
+            self._index = None
+            self._inflight.clear()
+            self._contended.clear()
+            self._server_seq.clear()
 
     def choose(self, request: Request) -> Decision | NoFit:
         """The best placement for `request` as this process knows the fleet, taken here at once."""
+        self._forked()
         if request.exclude_servers:
             request = replace(request, exclude_servers=frozenset(map(self._vid, request.exclude_servers)))
         with self._lock:

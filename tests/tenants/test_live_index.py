@@ -205,3 +205,4 @@ def test_two_processes_indexes_never_double_allocate(transactional_db, tasks, mo
     assert sum(index.refusals for index in indexes) > 0  # the stale path was taken
     held = sum(Lease.objects.filter(state=LeaseState.PLACED).values_list("gpu_count", flat=True))
     assert held == 32 - Gpu.objects.filter(state=GpuState.FREE).count()
+
