@@ -16,6 +16,7 @@ import contextlib
 import os
 from collections import Counter
 from datetime import timedelta
+from unittest import mock
 
 import pytest
 from django.db import transaction
@@ -32,6 +33,7 @@ from fleet import services as fleet_services
 from fleet.agents import agent_for, forget_agents
 from fleet.inventory import server_register_from_inventory
 from fleet.models import Gpu, Partition, Server
+from fleet.placement_live import LivePlacementIndex, live_index
 from fleet.states import GPU_HELD_BY_LEASE, GpuState, PartitionState, ServerState
 from hardware.agent_client import AgentClient
 from hardware.exceptions import AgentUnavailable
@@ -78,6 +80,12 @@ def test_invariants_hold_under_random_operations(fleet, tasks):
         def __init__(self):
             super().__init__()
             # Every example starts from a fresh database state and fresh simulated hosts.
+            live_index.reset()
+            # Another worker process's placement index: stale against this one and the reverse.
+            self.other_index = LivePlacementIndex()
+            self.other_index.salt = 0
+            # This transaction never commits: end each claim at once, as its commit would.
+            self.other_index.done = lambda decision: self.other_index._finish(decision.token)
             self._atomic = transaction.atomic()
             self._atomic.__enter__()
             for host in fleet.hosts.values():
@@ -114,6 +122,14 @@ def test_invariants_hold_under_random_operations(fleet, tasks):
         def request(self, n, tenant):
             self._step_start()
             services.lease_request(tenant_name=tenant, image=IMAGE, gpu_count=n, actor=ACTOR)
+            self._settle()
+
+        @rule(n=st.sampled_from([1, 2, 4, 8]), tenant=st.sampled_from(TENANTS))
+        def request_from_another_process(self, n, tenant):
+            """Another API worker, deciding on its own index, which has not seen this one's leases."""
+            self._step_start()
+            with mock.patch.object(services, "live_index", self.other_index):
+                services.lease_request(tenant_name=tenant, image=IMAGE, gpu_count=n, actor=ACTOR)
             self._settle()
 
         @rule(pick=st.integers(0, 63))
