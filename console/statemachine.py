@@ -76,43 +76,26 @@ class Machine:
         # No savepoint: a refusal is decided before any write and raised after the block, so the
         # caller's transaction stays usable (and a reservation saves two round trips per change).
         with transaction.atomic(savepoint=False):
-            locked = obj if locked else type(obj).objects.select_for_update().get(pk=obj.pk)
-            current = locked.state
+            row = obj if locked else type(obj).objects.select_for_update().get(pk=obj.pk)
+            current = row.state
             refused = current != to and not self.allowed(current, to)
-            if current == to or refused:
-                _refresh(obj, locked)
-                locked = None
-            else:
-                self._write(obj, locked, current, to, actor=actor, message=message, fields=fields, parent=parent)
+            changed = current != to and not refused
+            if changed:
+                self._write(row, current, to, actor=actor, message=message, fields=fields, parent=parent)
+            if row is not obj:
+                _refresh(obj, row)
         if refused:
             raise InvalidTransition(obj, current, to)
-        return locked is not None
+        return changed
 
-    def _write(self, obj, locked, current, to, *, actor, message, fields, parent) -> None:
+    def _write(self, row, current, to, *, actor, message, fields, parent) -> None:
         """Save the new state (and `<state>_at`, `fields`) and audit it, inside the caller's block."""
-        changed = ["state"]
-        locked.state = to
-        stamp = f"{to}_at"
-        if any(f.name == stamp for f in locked._meta.concrete_fields):
-            setattr(locked, stamp, timezone.now())
-            changed.append(stamp)
-        for name, value in (fields or {}).items():
-            setattr(locked, name, value)
-            changed.append(name)
-        locked.save(update_fields=changed)
-        audit_record(
-            actor=actor,
-            verb=f"{self.verb_prefix}.{to}",
-            target=locked,
-            before={"state": current},
-            after={"state": to, **{k: _jsonable(v) for k, v in (fields or {}).items()}},
-            message=message,
-            parent=parent,
-        )
-        if locked is not obj:
-            _refresh(obj, locked)
-        if self.listeners:
-            self._notify_on_commit(to)
+        values = _values(type(row), to, fields)
+        row.state = to
+        for name, value in values.items():
+            setattr(row, name, value)
+        row.save(update_fields=["state", *values])
+        self._audit([row], [current], to, actor=actor, message=message, fields=fields, parent=parent)
 
     def transition_many(
         self,
@@ -149,25 +132,20 @@ class Machine:
 
     def _write_many(self, queryset, changed, to, *, actor, message, fields, parent) -> None:
         """One UPDATE for the batch and one INSERT of its audit events."""
-        values = dict(fields or {})
-        stamp = f"{to}_at"
-        if any(f.name == stamp for f in queryset.model._meta.concrete_fields):
-            values[stamp] = timezone.now()
-        before = {row.pk: row.state for row in changed}
-        queryset.model.objects.filter(pk__in=before).update(state=to, **values)
-        for row in changed:
-            row.state = to
-            for name, value in values.items():
-                setattr(row, name, value)
-        audit_record_many(
-            actor=actor,
-            verb=f"{self.verb_prefix}.{to}",
-            targets=changed,
-            before=[{"state": before[row.pk]} for row in changed],
-            after={"state": to, **{k: _jsonable(v) for k, v in (fields or {}).items()}},
-            message=message,
-            parent=parent,
-        )
+        before = [row.state for row in changed]
+        _update(queryset.model, changed, to, _values(queryset.model, to, fields))
+        self._audit(changed, before, to, actor=actor, message=message, fields=fields, parent=parent)
+
+    def _audit(self, rows, before, to, *, actor, message, fields, parent) -> None:
+        """The audit events of a change (one per row, one INSERT), and the listeners."""
+        after = {"state": to, **{k: _jsonable(v) for k, v in (fields or {}).items()}}
+        verb = f"{self.verb_prefix}.{to}"
+        if len(rows) == 1:
+            audit_record(actor=actor, verb=verb, target=rows[0], before={"state": before[0]}, after=after,
+                         message=message, parent=parent)
+        else:
+            audit_record_many(actor=actor, verb=verb, targets=rows, before=[{"state": b} for b in before],
+                              after=after, message=message, parent=parent)
         if self.listeners:
             self._notify_on_commit(to)
 
@@ -198,24 +176,16 @@ class Machine:
         if not self.allowed(expect, to):
             raise InvalidTransition(model(), expect, to)
         pks = list(pks)
-        values = dict(fields or {})
-        stamp = f"{to}_at"
-        if any(f.name == stamp for f in model._meta.concrete_fields):
-            values[stamp] = timezone.now()
+        values = _values(model, to, fields)
         with transaction.atomic(savepoint=False):
             if connections[router.db_for_write(model)].vendor == "postgresql":
                 rows = _claim_postgresql(model, pks, to, expect, guard, values)
             else:
                 rows = list(model.objects.filter(pk__in=pks, state=expect).order_by("pk"))
-                ok = len(rows) == len(pks) and (
+                if len(rows) == len(pks) and (
                     guard is None or guard.model.objects.filter(pk=guard.pk, state__in=guard.states).exists()
-                )
-                if ok:
-                    model.objects.filter(pk__in=pks).update(state=to, **values)
-                    for row in rows:
-                        row.state = to
-                        for name, value in values.items():
-                            setattr(row, name, value)
+                ):
+                    _update(model, rows, to, values)
                 else:
                     rows = None
             if rows is None:
@@ -223,16 +193,7 @@ class Machine:
             for row in rows:
                 for name, obj in (related or {}).items():
                     setattr(row, name, obj)
-            audit_record_many(
-                actor=actor,
-                verb=f"{self.verb_prefix}.{to}",
-                targets=rows,
-                before=[{"state": expect}] * len(rows),
-                after={"state": to, **{k: _jsonable(v) for k, v in (fields or {}).items()}},
-                parent=parent,
-            )
-            if self.listeners:
-                self._notify_on_commit(to)
+            self._audit(rows, [expect] * len(rows), to, actor=actor, message="", fields=fields, parent=parent)
         return rows
 
 
@@ -296,6 +257,24 @@ def _claim_postgresql(model, pks, to, expect, guard, values) -> list[models.Mode
         for row in fetched
     ]
     return sorted(rows, key=lambda r: r.pk)
+
+
+def _values(model: type[models.Model], to: str, fields: dict | None) -> dict:
+    """What a change to `to` writes besides `state`: `fields`, and `<to>_at` where the model has it."""
+    values = dict(fields or {})
+    stamp = f"{to}_at"
+    if any(f.name == stamp for f in model._meta.concrete_fields):
+        values[stamp] = timezone.now()
+    return values
+
+
+def _update(model: type[models.Model], rows: list[models.Model], to: str, values: dict) -> None:
+    """One UPDATE of these rows, and the same values on the instances."""
+    model.objects.filter(pk__in=[row.pk for row in rows]).update(state=to, **values)
+    for row in rows:
+        row.state = to
+        for name, value in values.items():
+            setattr(row, name, value)
 
 
 def machine(verb_prefix: str, states: Iterable[str], edges: Iterable[tuple[str, str]]) -> Machine:

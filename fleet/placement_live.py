@@ -104,13 +104,16 @@ class LivePlacementIndex:
     def reset(self) -> None:
         """Forget everything (tests: each starts on another database state)."""
         with self._lock:
-            self._index = None
-            self._inflight.clear()
-            self._contended.clear()
-            self._partition_pks.clear()
-            self._server_seq.clear()
-            self._dirty = True
+            self._forget()
             self.loads = self.refusals = 0
+
+    def _forget(self) -> None:
+        self._index = None
+        self._inflight.clear()
+        self._contended.clear()
+        self._partition_pks.clear()
+        self._server_seq.clear()
+        self._dirty = True
 
     def _vid(self, sid: int) -> int:
         """The id the index knows server `sid` by: this process's rank for it, then the id."""
@@ -124,10 +127,7 @@ class LivePlacementIndex:
             self._pid = os.getpid()
             self._lock = threading.Lock()
             self._drawn_salt = random.SystemRandom().getrandbits(31) or 1
-            self._index = None
-            self._inflight.clear()
-            self._contended.clear()
-            self._server_seq.clear()
+            self._forget()
 
     def choose(self, request: Request) -> Decision | NoFit:
         """The best placement for `request` as this process knows the fleet, taken here at once."""

@@ -7,6 +7,7 @@ with the partial unique constraint on LeaseGpu as the last line of defence (inva
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -106,11 +107,12 @@ def lease_request(
     An unknown tenant is onboarded first; its lease waits in `pending` until the tenancy is ready.
     """
     _validate_request(tenant_name=tenant_name, image=image, gpu_count=gpu_count, workload_seconds=workload_seconds)
+    record = functools.partial(_lease_record, tenant_name=tenant_name, image=image, gpu_count=gpu_count,
+                               actor=actor, workload_seconds=workload_seconds)
     for attempt in range(PLACEMENT_ATTEMPTS):
         try:
             with transaction.atomic(), audit_batch():
-                lease = _lease_record(tenant_name=tenant_name, image=image, gpu_count=gpu_count, actor=actor,
-                                      workload_seconds=workload_seconds)
+                lease = record()
                 if lease is None:  # an unknown tenant: onboard it (own transaction), then record the lease
                     break
                 if lease.tenant.state == T.READY and not lease.tenant.waiting:
@@ -127,8 +129,7 @@ def lease_request(
         raise Conflict("the request kept conflicting with concurrent reservations; try again")
     tenant_ensure(name=tenant_name, actor=actor)
     with transaction.atomic(), audit_batch():
-        lease = _lease_record(tenant_name=tenant_name, image=image, gpu_count=gpu_count, actor=actor,
-                              workload_seconds=workload_seconds)
+        lease = record()
     if lease is None:
         raise Conflict(f"tenant {tenant_name} was removed while the request was recorded")
     if lease.tenant.state == T.READY:  # provisioned meanwhile

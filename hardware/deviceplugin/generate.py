@@ -7,15 +7,11 @@ folder and compares byte for byte, so the committed stubs never drift from the .
 
 from __future__ import annotations
 
-import argparse
 import re
-import shutil
 import sys
-import tempfile
-from importlib import resources
 from pathlib import Path
 
-from grpc_tools import protoc
+from hardware import protogen
 
 HERE = Path(__file__).resolve().parent
 PROTO_ROOT = HERE / "proto"
@@ -27,27 +23,12 @@ _IMPORT_RE = re.compile(r"^import api_pb2 as", re.MULTILINE)
 
 def generate(out: Path) -> list[Path]:
     """Write the generated package into `out` (emptied first); return the files written."""
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    include = str(resources.files("grpc_tools") / "_proto")
-    with tempfile.TemporaryDirectory() as tmp:
-        args = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={tmp}", f"--grpc_python_out={tmp}"]
-        if protoc.main([*args, "api.proto"]) != 0:
-            raise RuntimeError("protoc failed")
-        for produced in sorted(Path(tmp).glob("*.py")):
-            text = _IMPORT_RE.sub(f"from {PACKAGE} import api_pb2 as", produced.read_text())
-            (out / produced.name).write_text(text)
-    (out / "__init__.py").write_text(INIT_TEXT)
-    return sorted(out.glob("*.py"))
+    return protogen.generate(out=out, proto_root=PROTO_ROOT, sources=["api.proto"],
+                             rewrite=(_IMPORT_RE, f"from {PACKAGE} import api_pb2 as"), init_text=INIT_TEXT)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=GEN_ROOT, help="target folder (default: the package's gen/)")
-    for path in generate(parser.parse_args(argv).out):
-        print(path)
-    return 0
+    return protogen.main(argv, description=__doc__.splitlines()[0], default_out=GEN_ROOT, generate_into=generate)
 
 
 if __name__ == "__main__":

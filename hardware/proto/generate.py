@@ -7,15 +7,11 @@ an ordinary package. A test regenerates into a temporary folder and compares byt
 
 from __future__ import annotations
 
-import argparse
 import re
-import shutil
 import sys
-import tempfile
-from importlib import resources
 from pathlib import Path
 
-from grpc_tools import protoc
+from hardware import protogen
 
 PROTO_ROOT = Path(__file__).resolve().parent
 GEN_ROOT = PROTO_ROOT / "gen"
@@ -30,39 +26,13 @@ def proto_files() -> list[Path]:
 
 def generate(out: Path) -> list[Path]:
     """Write the generated package into `out` (emptied first); return the files written."""
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    include = str(resources.files("grpc_tools") / "_proto")
-    with tempfile.TemporaryDirectory() as tmp:
-        sources = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
-        args = [
-            "protoc",
-            f"-I{PROTO_ROOT}",
-            f"-I{include}",
-            f"--python_out={tmp}",
-            f"--grpc_python_out={tmp}",
-        ]
-        if protoc.main([*args, *sources]) != 0:
-            raise RuntimeError("protoc failed")
-        for produced in sorted(Path(tmp).rglob("*.py")):
-            target = out / produced.relative_to(tmp)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(_IMPORT_RE.sub(f"from {PACKAGE}.gpuconsole.", produced.read_text()))
-    for folder in [out, *sorted(p for p in out.rglob("*") if p.is_dir())]:
-        (folder / "__init__.py").write_text(INIT_TEXT)
-    return sorted(p for p in out.rglob("*.py"))
+    return protogen.generate(out=out, proto_root=PROTO_ROOT,
+                             sources=[str(p.relative_to(PROTO_ROOT)) for p in proto_files()],
+                             rewrite=(_IMPORT_RE, f"from {PACKAGE}.gpuconsole."), init_text=INIT_TEXT)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out", type=Path, default=GEN_ROOT, help="target folder (default: hardware/proto/gen)"
-    )
-    args = parser.parse_args(argv)
-    for path in generate(args.out):
-        print(path)
-    return 0
+    return protogen.main(argv, description=__doc__.splitlines()[0], default_out=GEN_ROOT, generate_into=generate)
 
 
 if __name__ == "__main__":
