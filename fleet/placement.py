@@ -44,9 +44,9 @@ Placement never knows how long a lease will run, and never moves one, so it cann
 will be free first; it assumes every running lease is as likely as any other to end soon. Then a
 block is whole again only once each of its n occupants has ended, which gets less likely with every
 occupant: halving per occupant is that idea, not a fitted model. On bench/placement.py's churn
-replay this ranking refuses fewer requests to fragmentation than the rule it replaced ("smallest
-enclosing free block, then the most used server"), averaged over workload seeds; it is not better
-on every seed.
+replay (on 16 servers, when this was measured) this ranking refuses fewer requests to
+fragmentation than the rule it replaced ("smallest enclosing free block, then the most used
+server"), averaged over workload seeds; it is not better on every seed.
 
 First fit (`policy="firstfit"`) takes the first offerable partition in (server id, partition id)
 order; it exists only as the benchmark's baseline.
@@ -387,6 +387,13 @@ class FreeBlockIndex:
 
     def servers(self) -> list[ServerSnapshot]:
         return [v.snapshot for v in self._views.values()]
+
+    def server_ids(self) -> Iterable[int]:
+        return self._views.keys()
+
+    def free(self, server_id: int) -> int:
+        """The server's free and healthy GPUs."""
+        return self._views[server_id].free
 
     # updating
 

@@ -9,8 +9,10 @@ to the truth:
 * its own reservations are applied at once, and decisions still in flight survive a reload, so the
   threads of one process do not race each other for the same partition;
 * a claim that fails marks that partition taken here (someone else holds it, or it is no longer
-  free), that server is read again, and for a moment (`CONTENDED_S`) this process places elsewhere
-  when it can, so processes fill different servers instead of racing for one;
+  free) and reads the fleet again (only that server if the fleet was read under 50 ms ago). Servers
+  that lost free GPUs to someone else since the last read, and the one refused, are avoided for a
+  moment (`CONTENDED_S`) when anything else fits: another process is filling them, and best fit
+  would otherwise send this one after the same blocks;
 * changes committed by this process that give capacity back (a GPU becomes free, a server or
   partition changes state) mark it dirty, and the next decision reads the fleet again;
 * other processes' releases are seen after at most `PLACEMENT_INDEX_MAX_AGE_S`, and at once when
@@ -18,8 +20,8 @@ to the truth:
 * servers the policy ranks equal are taken in a per-process order (a salted rank), so processes
   starting on an empty fleet do not all claim the lowest id.
 
-Several processes placing at once still lose claims to each other (bench/lease_throughput.py with
-BENCH_PROCESSES=2 counts them); each loss is a rolled-back attempt, never a double allocation.
+Several processes placing at once still lose some claims to each other (bench/lease_throughput.py
+with BENCH_PROCESSES=2 counts them); each loss is a rolled-back attempt, never a double allocation.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ NOFIT_RELOAD_AFTER_S = 0.05
 # else fits: that process is filling it (best fit sends every process to the same fullest server),
 # and chasing it costs a lost claim and a read per attempt.
 CONTENDED_S = 0.5
+# A lost claim reads the whole fleet again unless it was read this recently (then only that server).
+REFUSED_RELOAD_AFTER_S = 0.05
 _SID_MASK = (1 << 32) - 1
 # A decision whose transaction never reported its commit (it rolled back) stops being applied after this.
 INFLIGHT_EXPIRY_S = 10.0
@@ -192,16 +196,25 @@ class LivePlacementIndex:
 
     def refused(self, decision: Decision) -> None:
         """The database refused the claim: another process reserved on that server (or the server
-        changed). Read that server again; the refused partition stays taken here, as its holder may
-        not have committed yet."""
+        changed). Read the fleet again (or only that server, if the whole was read a moment ago): what
+        else the other processes took is then known too, and the servers they are filling are avoided
+        for a moment. The refused partition stays taken here, as its holder may not have committed yet."""
         sid = decision.placement.server_id
         vid = self._vid(sid)
-        seq = next(self._seq)
-        fresh = placement_fleet([sid])
+        refused = replace(decision.placement, server_id=vid)
         with self._lock:
             self.refusals += 1
             self._inflight.pop(decision.token, None)
             self._contended[vid] = time.monotonic() + CONTENDED_S
+            if self._index is not None and time.monotonic() - self._loaded_at > REFUSED_RELOAD_AFTER_S:
+                self._load()
+                if vid in self._index:
+                    with contextlib.suppress(ValueError):  # already shown taken
+                        self._index.reserve(refused, None)
+                return
+        seq = next(self._seq)
+        fresh = placement_fleet([sid])
+        with self._lock:
             if self._index is None or vid not in self._index or self._server_seq.get(vid, 0) > seq:
                 return  # gone, or something newer is known here: keep the refused partition taken
             self._server_seq[vid] = seq
@@ -209,9 +222,7 @@ class LivePlacementIndex:
                 self._index.remove(vid)
                 return
             self._index.update(replace(fresh.servers[0], server_id=vid))
-            keep = [(replace(decision.placement, server_id=vid), None)] + [
-                (p, t) for p, t, _ in self._live_inflight() if p.server_id == vid
-            ]
+            keep = [(refused, None)] + [(p, t) for p, t, _ in self._live_inflight() if p.server_id == vid]
             for placement, tenant in keep:
                 with contextlib.suppress(ValueError):  # already shown taken
                     self._index.reserve(placement, tenant)
@@ -232,10 +243,21 @@ class LivePlacementIndex:
             if placement.server_id in index:
                 with contextlib.suppress(ValueError):  # already taken in the database: nothing to keep
                     index.reserve(placement, tenant)
+        if self._index is not None:
+            self._avoid_filled_elsewhere(self._index, index)
         self._index, self._gpu_ids = index, fleet.gpu_ids
         self._loaded_at = time.monotonic()
         self._dirty = False
         self.loads += 1
+
+    def _avoid_filled_elsewhere(self, old: FreeBlockIndex, new: FreeBlockIndex) -> None:
+        """Servers with fewer free GPUs than this process knew, though its own claims were in the old
+        view, are being filled by another process: best fit would send this one there too, to race it
+        for the same blocks. Avoid them for a moment."""
+        until = time.monotonic() + CONTENDED_S
+        for vid in new.server_ids():
+            if vid in old and new.free(vid) < old.free(vid):
+                self._contended[vid] = until
 
 
 live_index = LivePlacementIndex()

@@ -42,6 +42,21 @@ def test_a_stale_index_loses_the_claim_and_places_elsewhere(tasks, ready_tenant)
 
 
 @pytest.mark.django_db
+def test_a_lost_claim_shows_what_another_process_took_and_its_servers_are_avoided(tasks, ready_tenant, monkeypatch):
+    monkeypatch.setattr(placement_live, "REFUSED_RELOAD_AFTER_S", 0.0)
+    a, b, c = make_server(), make_server(), make_server()
+    live_index.refresh()
+    # Another process is filling a and b; this process's index has seen neither.
+    Gpu.objects.filter(server__in=[a, b], module_id=1).update(state=GpuState.RESERVED)
+    lease = _request(ready_tenant, 1)
+    # One loss (on a) read the whole fleet: b was not tried, and best fit's pull towards the fuller
+    # servers did not send this process back into a or b while the other one is filling them.
+    assert lease.state == LeaseState.PLACED and lease.server_id == c.pk
+    assert live_index.refusals == 1
+    assert live_index.loads == 2
+
+
+@pytest.mark.django_db
 def test_capacity_freed_in_this_process_is_seen_without_rereading_on_refusal(tasks, ready_tenant, monkeypatch):
     monkeypatch.setattr(placement_live, "NOFIT_RELOAD_AFTER_S", 3600.0)  # only the change itself can tell
     server = make_server()
