@@ -49,7 +49,8 @@ NOFIT_RELOAD_AFTER_S = 0.05
 # else fits: that process is filling it (best fit sends every process to the same fullest server),
 # and chasing it costs a lost claim and a read per attempt.
 CONTENDED_S = 0.5
-# A lost claim reads the whole fleet again unless it was read this recently (then only that server).
+# A lost claim reads the whole fleet again unless it was read this recently, or within ten times as
+# long as that read took (then only that server).
 REFUSED_RELOAD_AFTER_S = 0.05
 _SID_MASK = (1 << 32) - 1
 # A decision whose transaction never reported its commit (it rolled back) stops being applied after this.
@@ -75,6 +76,7 @@ class LivePlacementIndex:
         self._gpu_ids: dict[tuple[int, int], int] = {}
         self._partition_pks: dict[int, dict[int, int]] = {}  # server id -> partition id -> pk (static)
         self._loaded_at = 0.0
+        self._load_s = 0.0  # how long the last read of the fleet took
         self._dirty = True
         # Decisions whose transaction has not ended: (placement, tenant, started). A read of the
         # database does not show them yet, so they are applied again after every read.
@@ -206,7 +208,9 @@ class LivePlacementIndex:
             self.refusals += 1
             self._inflight.pop(decision.token, None)
             self._contended[vid] = time.monotonic() + CONTENDED_S
-            if self._index is not None and time.monotonic() - self._loaded_at > REFUSED_RELOAD_AFTER_S:
+            # At most a tenth of the time spent reading the fleet, however large it is.
+            reload_after = max(REFUSED_RELOAD_AFTER_S, 10 * self._load_s)
+            if self._index is not None and time.monotonic() - self._loaded_at > reload_after:
                 self._load()
                 if vid in self._index:
                     with contextlib.suppress(ValueError):  # already shown taken
@@ -236,6 +240,7 @@ class LivePlacementIndex:
         return list(self._inflight.values())
 
     def _load(self) -> None:
+        started = time.monotonic()
         fleet = placement_fleet()
         index = FreeBlockIndex(replace(s, server_id=self._vid(s.server_id)) for s in fleet.servers)
         self._server_seq = {}
@@ -247,6 +252,7 @@ class LivePlacementIndex:
             self._avoid_filled_elsewhere(self._index, index)
         self._index, self._gpu_ids = index, fleet.gpu_ids
         self._loaded_at = time.monotonic()
+        self._load_s = self._loaded_at - started
         self._dirty = False
         self.loads += 1
 

@@ -42,18 +42,30 @@ def test_a_stale_index_loses_the_claim_and_places_elsewhere(tasks, ready_tenant)
 
 
 @pytest.mark.django_db
-def test_a_lost_claim_shows_what_another_process_took_and_its_servers_are_avoided(tasks, ready_tenant, monkeypatch):
-    monkeypatch.setattr(placement_live, "REFUSED_RELOAD_AFTER_S", 0.0)
+@pytest.mark.parametrize(
+    ("read_took_s", "loads", "refusals"),
+    [
+        # One loss (on a) reads the whole fleet: b is not tried, and best fit's pull towards the fuller
+        # servers does not send this process back into a or b while the other one is filling them.
+        (0.01, 2, 1),
+        # A read of the fleet that took 10 s is not repeated a minute later: only a is read again, so
+        # b is tried and lost too.
+        (10.0, 1, 2),
+    ],
+)
+def test_a_lost_claim_shows_what_another_process_took_and_its_servers_are_avoided(
+    tasks, ready_tenant, settings, read_took_s, loads, refusals
+):
+    settings.PLACEMENT_INDEX_MAX_AGE_S = 3600
     a, b, c = make_server(), make_server(), make_server()
     live_index.refresh()
+    live_index._loaded_at -= 60  # the fleet was read a minute ago,
+    live_index._load_s = read_took_s  # and reading it took this long
     # Another process is filling a and b; this process's index has seen neither.
     Gpu.objects.filter(server__in=[a, b], module_id=1).update(state=GpuState.RESERVED)
     lease = _request(ready_tenant, 1)
-    # One loss (on a) read the whole fleet: b was not tried, and best fit's pull towards the fuller
-    # servers did not send this process back into a or b while the other one is filling them.
     assert lease.state == LeaseState.PLACED and lease.server_id == c.pk
-    assert live_index.refusals == 1
-    assert live_index.loads == 2
+    assert (live_index.loads, live_index.refusals) == (loads, refusals)
 
 
 @pytest.mark.django_db
