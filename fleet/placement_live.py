@@ -87,6 +87,7 @@ class LivePlacementIndex:
         # threads read concurrently and must not put an older view over a newer one.
         self._seq = itertools.count(1)
         self._server_seq: dict[int, int] = {}  # index server id -> number of its last change here
+        self._fleet_seq = 0  # number of the last read of the whole fleet (a change to every server)
         self._tokens = itertools.count(1)
         # Servers the policy ranks equal are taken in an order of this process's own (the index sees
         # server ids with a salted rank in front), so processes starting on an empty rack spread
@@ -219,7 +220,8 @@ class LivePlacementIndex:
         seq = next(self._seq)
         fresh = placement_fleet([sid])
         with self._lock:
-            if self._index is None or vid not in self._index or self._server_seq.get(vid, 0) > seq:
+            known = max(self._server_seq.get(vid, 0), self._fleet_seq)
+            if self._index is None or vid not in self._index or known > seq:
                 return  # gone, or something newer is known here: keep the refused partition taken
             self._server_seq[vid] = seq
             if not fresh.servers:
@@ -241,9 +243,10 @@ class LivePlacementIndex:
 
     def _load(self) -> None:
         started = time.monotonic()
+        seq = next(self._seq)
         fleet = placement_fleet()
         index = FreeBlockIndex(replace(s, server_id=self._vid(s.server_id)) for s in fleet.servers)
-        self._server_seq = {}
+        self._server_seq, self._fleet_seq = {}, seq
         for placement, tenant, _ in self._live_inflight():  # still being reserved by our threads
             if placement.server_id in index:
                 with contextlib.suppress(ValueError):  # already taken in the database: nothing to keep

@@ -69,6 +69,30 @@ def test_a_lost_claim_shows_what_another_process_took_and_its_servers_are_avoide
 
 
 @pytest.mark.django_db
+def test_a_read_of_one_server_never_overwrites_a_newer_read_of_the_fleet(tasks, ready_tenant, monkeypatch):
+    a, b = make_server(), make_server()
+    live_index.refresh()
+    live_index._load_s = 10.0  # the fleet is slow to read: a lost claim reads only its server
+    Gpu.objects.filter(server=a, module_id=1).update(state=GpuState.RESERVED)  # another process
+    read_server = placement_live.placement_fleet
+
+    def slow_read(server_ids=None):
+        older = read_server(server_ids)
+        if server_ids is not None:
+            # While this thread read server a, more of it was taken and another thread read the
+            # whole fleet: the older read of a must not be applied over that.
+            Gpu.objects.filter(server=a, module_id__in=[2, 4]).update(state=GpuState.RESERVED)
+            live_index.invalidate()
+            live_index.refresh()
+        return older
+
+    monkeypatch.setattr(placement_live, "placement_fleet", slow_read)
+    assert _request(ready_tenant, 1).server_id == b.pk
+    assert live_index.refusals == 1
+    assert live_index._index.free(live_index._vid(a.pk)) == 5
+
+
+@pytest.mark.django_db
 def test_capacity_freed_in_this_process_is_seen_without_rereading_on_refusal(tasks, ready_tenant, monkeypatch):
     monkeypatch.setattr(placement_live, "NOFIT_RELOAD_AFTER_S", 3600.0)  # only the change itself can tell
     server = make_server()
