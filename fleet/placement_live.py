@@ -9,7 +9,8 @@ to the truth:
 * its own reservations are applied at once, and decisions still in flight survive a reload, so the
   threads of one process do not race each other for the same partition;
 * a claim that fails marks that partition taken here (someone else holds it, or it is no longer
-  free) and reads the fleet again (only that server if the fleet was read under 50 ms ago). Servers
+  free) and reads the fleet again (only that server if the fleet was read a moment ago: within
+  `REFUSED_RELOAD_AFTER_S`, or ten times as long as reading it takes, for large fleets). Servers
   that lost free GPUs to someone else since the last read, and the one refused, are avoided for a
   moment (`CONTENDED_S`) when anything else fits: another process is filling them, and best fit
   would otherwise send this one after the same blocks;
