@@ -58,9 +58,7 @@ def audit_batch() -> Iterator[None]:
         events = _local.events
     finally:
         _local.events = None
-    if events:
-        insert_many(events)
-        realtime.publish_many_on_commit([_message(e) for e in events])
+    _write(events)
 
 
 def _append(events: list[AuditEvent]) -> list[AuditEvent]:
@@ -69,9 +67,15 @@ def _append(events: list[AuditEvent]) -> list[AuditEvent]:
     if batch is not None:
         batch.extend(events)
     else:
+        _write(events)
+    return events
+
+
+def _write(events: list[AuditEvent]) -> None:
+    """One INSERT, and one realtime push once the transaction commits."""
+    if events:
         insert_many(events)
         realtime.publish_many_on_commit([_message(e) for e in events])
-    return events
 
 
 def target_key(obj: models.Model) -> tuple[str, str]:
@@ -89,24 +93,8 @@ def audit_record(
     parent: models.Model | None = None,
 ) -> AuditEvent:
     """Append one event and schedule its realtime push for after the transaction commits."""
-    target_type, target_id = target_key(target)
-    parent_type, parent_id = target_key(parent) if parent is not None else ("", "")
-    event = AuditEvent(
-        actor_id=actor.user_id,
-        actor_text=actor.name,
-        source=actor.source,
-        correlation_id=actor.correlation_id,
-        verb=verb,
-        target_type=target_type,
-        target_id=target_id,
-        target_repr=str(target)[:200],
-        parent_type=parent_type,
-        parent_id=parent_id,
-        before=before or {},
-        after=after or {},
-        message=message,
-    )
-    return _append([event])[0]
+    return audit_record_many(actor=actor, verb=verb, targets=[target], before=[before or {}], after=after or {},
+                             message=message, parent=parent)[0]
 
 
 def audit_record_many(
@@ -121,26 +109,25 @@ def audit_record_many(
 ) -> list[AuditEvent]:
     """Append one event per target in a single insert (batched state changes)."""
     parent_type, parent_id = target_key(parent) if parent is not None else ("", "")
-    return _append(
-        [
-            AuditEvent(
-                actor_id=actor.user_id,
-                actor_text=actor.name,
-                source=actor.source,
-                correlation_id=actor.correlation_id,
-                verb=verb,
-                target_type=target_key(target)[0],
-                target_id=target_key(target)[1],
-                target_repr=str(target)[:200],
-                parent_type=parent_type,
-                parent_id=parent_id,
-                before=prior,
-                after=after,
-                message=message,
-            )
-            for target, prior in zip(targets, before, strict=True)
-        ]
-    )
+    events = []
+    for target, prior in zip(targets, before, strict=True):
+        target_type, target_id = target_key(target)
+        events.append(AuditEvent(
+            actor_id=actor.user_id,
+            actor_text=actor.name,
+            source=actor.source,
+            correlation_id=actor.correlation_id,
+            verb=verb,
+            target_type=target_type,
+            target_id=target_id,
+            target_repr=str(target)[:200],
+            parent_type=parent_type,
+            parent_id=parent_id,
+            before=prior,
+            after=after,
+            message=message,
+        ))
+    return _append(events)
 
 
 def _message(event: AuditEvent) -> tuple[str, dict]:

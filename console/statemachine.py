@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from django.db import connections, models, router, transaction
 from django.utils import timezone
 
-from console.audit import Actor, audit_record, audit_record_many
+from console.audit import Actor, audit_record_many
 
 
 class InvalidTransition(Exception):
@@ -81,21 +81,12 @@ class Machine:
             refused = current != to and not self.allowed(current, to)
             changed = current != to and not refused
             if changed:
-                self._write(row, current, to, actor=actor, message=message, fields=fields, parent=parent)
+                self._write(type(row), [row], to, actor=actor, message=message, fields=fields, parent=parent)
             if row is not obj:
                 _refresh(obj, row)
         if refused:
             raise InvalidTransition(obj, current, to)
         return changed
-
-    def _write(self, row, current, to, *, actor, message, fields, parent) -> None:
-        """Save the new state (and `<state>_at`, `fields`) and audit it, inside the caller's block."""
-        values = _values(type(row), to, fields)
-        row.state = to
-        for name, value in values.items():
-            setattr(row, name, value)
-        row.save(update_fields=["state", *values])
-        self._audit([row], [current], to, actor=actor, message=message, fields=fields, parent=parent)
 
     def transition_many(
         self,
@@ -125,27 +116,23 @@ class Machine:
             refused = next((r for r in rows if r.state != to and not self.allowed(r.state, to)), None)
             changed = [] if refused else [row for row in rows if row.state != to]
             if changed:
-                self._write_many(queryset, changed, to, actor=actor, message=message, fields=fields, parent=parent)
+                self._write(queryset.model, changed, to, actor=actor, message=message, fields=fields, parent=parent)
         if refused is not None:
             raise InvalidTransition(refused, refused.state, to)
         return changed
 
-    def _write_many(self, queryset, changed, to, *, actor, message, fields, parent) -> None:
-        """One UPDATE for the batch and one INSERT of its audit events."""
-        before = [row.state for row in changed]
-        _update(queryset.model, changed, to, _values(queryset.model, to, fields))
-        self._audit(changed, before, to, actor=actor, message=message, fields=fields, parent=parent)
+    def _write(self, model, rows, to, *, actor, message, fields, parent) -> None:
+        """One UPDATE of the rows (state, `<state>_at`, `fields`) and one INSERT of their audit
+        events, inside the caller's block."""
+        before = [row.state for row in rows]
+        _update(model, rows, to, _values(model, to, fields))
+        self._audit(rows, before, to, actor=actor, message=message, fields=fields, parent=parent)
 
     def _audit(self, rows, before, to, *, actor, message, fields, parent) -> None:
         """The audit events of a change (one per row, one INSERT), and the listeners."""
         after = {"state": to, **{k: _jsonable(v) for k, v in (fields or {}).items()}}
-        verb = f"{self.verb_prefix}.{to}"
-        if len(rows) == 1:
-            audit_record(actor=actor, verb=verb, target=rows[0], before={"state": before[0]}, after=after,
-                         message=message, parent=parent)
-        else:
-            audit_record_many(actor=actor, verb=verb, targets=rows, before=[{"state": b} for b in before],
-                              after=after, message=message, parent=parent)
+        audit_record_many(actor=actor, verb=f"{self.verb_prefix}.{to}", targets=rows,
+                          before=[{"state": b} for b in before], after=after, message=message, parent=parent)
         if self.listeners:
             self._notify_on_commit(to)
 

@@ -25,6 +25,8 @@ where it is, and a server already draining or drained is not drained again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from django.db import transaction
 from django.utils import timezone
@@ -149,39 +151,41 @@ def _act(gpu: Gpu, event: HealthEvent, entry: XidEntry | None, actor: Actor, *, 
     return False
 
 
+@contextmanager
+def _unless_moot(subject, what: str) -> Iterator[None]:
+    """Run a state change that another change may have made pointless meanwhile (refused as illegal):
+    that is logged, not raised, since the health event itself was recorded."""
+    try:
+        yield
+    except InvalidTransition:
+        log.info("%s: %s is moot", subject, what)
+
+
 def _drain(gpu: Gpu, actor: Actor) -> bool:
     if gpu.state in _NO_DRAIN or (gpu.state in (G.SCRUBBING, G.LEVELING) and gpu.drain_requested):
         return False
-    try:
+    with _unless_moot(gpu, "drain after Xid"):  # e.g. quarantined meanwhile: nothing left to drain
         gpu_drain(gpu=gpu, actor=actor)
-    except InvalidTransition:  # changed under us (e.g. quarantined meanwhile): nothing left to drain
-        log.info("%s: drain after Xid is moot", gpu)
     return True
 
 
 def _quarantine(gpu: Gpu, actor: Actor, reason: str) -> bool:
     if gpu.state == G.QUARANTINED:
         return False
-    try:
+    with _unless_moot(gpu, f"quarantine ({reason})"):
         gpu_quarantine(gpu=gpu, actor=actor, reason=reason)
-    except InvalidTransition:
-        log.info("%s: quarantine (%s) is moot", gpu, reason)
     return True
 
 
 def _gpu_offline(gpu: Gpu, actor: Actor, reason: str) -> None:
     """The GPU is gone from the host's bus until a reboot: offline, reason kept with it."""
-    try:
+    with _unless_moot(gpu, "offline"):
         GPU_MACHINE.transition(gpu, G.OFFLINE, actor=actor, fields={"quarantine_reason": reason}, message=reason)
-    except InvalidTransition:
-        log.info("%s: offline is moot", gpu)
 
 
 def _server_drain(server: Server, actor: Actor) -> None:
     server.refresh_from_db(fields=["state"])
     if not SERVER_MACHINE.allowed(server.state, S.DRAINING):
         return  # already draining or drained, or in maintenance / unreachable
-    try:
+    with _unless_moot(server, "drain after a lost GPU"):
         server_drain(server=server, actor=actor)
-    except InvalidTransition:
-        log.info("%s: drain after a lost GPU is moot", server)

@@ -21,10 +21,11 @@ import threading
 import time
 from collections.abc import Iterable
 
-from django.db import InterfaceError, OperationalError, close_old_connections, connection
+from django.db import close_old_connections, connection
 
 from console.audit import Actor
 from console.models import Source
+from console.tasks_base import DATABASE_TRANSIENT
 from fleet.agents import agent_for
 from fleet.health import gpu_record_health
 from fleet.models import Server
@@ -122,7 +123,7 @@ class ServerHealthWatch:
                 gpu_record_health(server=self.server, event=event, actor=self.actor)
                 self.events += 1
                 return
-            except (OperationalError, InterfaceError) as exc:
+            except DATABASE_TRANSIENT as exc:
                 if attempt == DB_RETRIES or self._stop.is_set():
                     log.error("%s: could not record health event %s: %s", self.server.hostname, event, exc)
                     return

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from console.audit import Actor, audit_record
 from fleet.models import Gpu, NvSwitch, Server
+from fleet.placement_live import fleet_changed
 from fleet.registration import partitions_ensure
 from hardware.boot_model import kernel_generation
 from hardware.types import Inventory
@@ -151,6 +152,7 @@ def server_sync_inventory(
     partitions_ensure(server)
     missing = tuple(sorted(set(existing) - reported))
     if changes:
+        fleet_changed()  # GPU rows (their ids, firmware) the placement index reads
         audit_record(
             actor=actor,
             verb="fleet.server.inventory_synced",

@@ -39,6 +39,7 @@ from dataclasses import dataclass, replace
 from django.conf import settings
 from django.db import transaction
 
+from fleet.models import Partition
 from fleet.placement import FreeBlockIndex
 from fleet.selectors import partition_pks, placement_fleet
 from fleet.snapshot import NoFit, Placement, Request
@@ -46,9 +47,9 @@ from fleet.states import GPU_MACHINE, PARTITION_MACHINE, SERVER_MACHINE, GpuStat
 
 # A refusal right after a reload is trusted; older than this, the fleet is read again first.
 NOFIT_RELOAD_AFTER_S = 0.05
-# After losing a claim on a server to another process, place elsewhere for this long if anything
-# else fits: that process is filling it (best fit sends every process to the same fullest server),
-# and chasing it costs a lost claim and a read per attempt.
+# After losing a claim on a server, or seeing it lose free GPUs to another process, place elsewhere for
+# this long if anything else fits: that process is filling it (best fit sends every process to the
+# same fullest server), and chasing it costs a lost claim and a read per attempt.
 CONTENDED_S = 0.5
 # A lost claim reads the whole fleet again unless it was read this recently, or within ten times as
 # long as that read took (then only that server).
@@ -67,7 +68,7 @@ class Decision:
     placement: Placement
     hostname: str
     gpu_ids: tuple[int, ...]
-    partition_pk: int | None
+    partition_pk: int
 
 
 class LivePlacementIndex:
@@ -152,24 +153,28 @@ class LivePlacementIndex:
                 choice = self._index.place(request)
             if isinstance(choice, NoFit):
                 return choice
+            vid = choice.server_id
+            sid = vid & _SID_MASK
+            partition_pk = self._partition_pk(sid, choice.partition_id)  # before anything is taken here
             self._index.reserve(choice, request.tenant)
             token = next(self._tokens)
             self._inflight[token] = (choice, request.tenant, time.monotonic())
-            vid = choice.server_id
-            sid = vid & _SID_MASK
             return Decision(
                 token=token,
                 placement=replace(choice, server_id=sid),
                 hostname=self._index.server(vid).hostname,
                 gpu_ids=tuple(self._gpu_ids[sid, m] for m in choice.gpu_module_ids),
-                partition_pk=self._partition_pk(sid, choice.partition_id),
+                partition_pk=partition_pk,
             )
 
-    def _partition_pk(self, sid: int, partition_id: int) -> int | None:
+    def _partition_pk(self, sid: int, partition_id: int) -> int:
+        """The Partition row's pk (read once per server: the rows never change once created)."""
         pks = self._partition_pks.get(sid)
         if pks is None or partition_id not in pks:
             pks = self._partition_pks[sid] = partition_pks(sid)
-        return pks.get(partition_id)
+        if partition_id not in pks:  # registration creates every row of the platform's table
+            raise Partition.DoesNotExist(f"server {sid} has no row for partition {partition_id}")
+        return pks[partition_id]
 
     def _place_avoiding_contended(self, request: Request) -> Placement | NoFit:
         if self._contended:

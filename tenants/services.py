@@ -20,7 +20,7 @@ from console.db import insert_many
 from console.errors import Conflict
 from fleet import dispatch
 from fleet import services as fleet_services
-from fleet.models import Partition, Server
+from fleet.models import Server
 from fleet.placement_live import live_index
 from fleet.snapshot import NoFit, Request
 from hardware.exceptions import InvalidArgument
@@ -252,11 +252,9 @@ def _place(lease: Lease, actor: Actor) -> bool:
         raise ClaimLost(f"partition {choice.partition_id} of server {choice.server_id} was taken")
     live_index.done(decision)
     insert_many([LeaseGpu(lease=lease, gpu=g, holds=True) for g in gpus])
-    partition = decision.partition_pk or Partition.objects.get(
-        server_id=choice.server_id, partition_id=choice.partition_id).pk
     LEASE_MACHINE.transition(
         lease, L.PLACED, actor=actor, locked=True,
-        fields={"server_id": choice.server_id, "partition_id": partition, "pending_reason": ""},
+        fields={"server_id": choice.server_id, "partition_id": decision.partition_pk, "pending_reason": ""},
         message=f"partition {choice.partition_id} ({','.join(map(str, choice.gpu_module_ids))})",
     )
     dispatch.on_commit("lease_advance", lease.pk)

@@ -16,17 +16,14 @@ from django.db import OperationalError
 
 from console.audit import Actor
 from console.models import AuditEvent, Operation
-from fleet import cluster as cluster_access
 from fleet.agents import agent_for, forget_agents
 from fleet.health import ROW_REMAP_LIMIT, gpu_record_health
 from fleet.health_watch import ServerHealthWatch, watch_fleet_health
-from fleet.inventory import server_register_from_inventory
 from fleet.models import Gpu, Server
 from fleet.states import GpuState, ServerState
-from hardware.agent_client import AgentClient
 from hardware.types import HealthEvent, HealthKind
-from simulator.cluster import SimulatedCluster, sim_admin_nodes
 from simulator.fleet import SimFleet
+from tests.support.simfleet import register, sim_fleet_with_cluster
 
 G, S = GpuState, ServerState
 ACTOR = Actor.system("health-test", source="agent")
@@ -46,16 +43,7 @@ def sim_fleet():
 
 
 def _register(fleet: SimFleet, names=None) -> list[Server]:
-    servers = []
-    for slot, (name, endpoint) in enumerate(fleet.endpoints.items(), start=1):
-        if names is not None and name not in names:
-            continue
-        with AgentClient(endpoint.address, node=endpoint.node, insecure=True) as client:
-            inventory = client.get_inventory()
-        server_register_from_inventory(inventory=inventory, rack="r1", slot=slot, agent_endpoint=endpoint.address,
-                                       actor=ACTOR, source="simulator")
-        servers.append(Server.objects.get(hostname=name))
-    return servers
+    return register(fleet, actor=ACTOR, names=names)
 
 
 @pytest.fixture
@@ -73,14 +61,8 @@ def fleet_servers(db, settings, tasks, sim_fleet):
 @pytest.fixture
 def own_fleet(transactional_db, settings, tasks):
     """A fresh simulated fleet (leases, threads) with a simulated cluster; stopped afterwards."""
-    settings.AGENT_INSECURE = True
-    forget_agents()
-    fleet = SimFleet(2, platform="hgx-h100-8", variant="supermicro", insecure=True, accel=2000.0).start()
-    cluster_access.set_cluster(SimulatedCluster(sim_admin_nodes(fleet.endpoints, insecure=True), workload_seconds=0))
-    yield fleet
-    cluster_access.set_cluster(None)
-    forget_agents()
-    fleet.stop()
+    with sim_fleet_with_cluster(settings) as fleet:
+        yield fleet
 
 
 def _deliver(server: Server, inject) -> list[HealthEvent]:

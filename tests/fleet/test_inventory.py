@@ -138,3 +138,18 @@ def test_every_platform_registers_with_its_board_map(db, platform, variant):
         f"0000:{bdf}" for bdf in board.switch_bdfs
     )
     assert set(server.partitions.values_list("partition_id", flat=True)) == {p.id for p in spec.partitions}
+
+
+def test_a_server_registered_from_its_inventory_is_placeable_at_once(db, agent, settings, monkeypatch):
+    from fleet import placement_live
+    from fleet.placement_live import live_index
+    from fleet.snapshot import Placement, Request
+
+    # Neither age nor a refusal makes the index read the fleet again: only the registration can tell it.
+    settings.PLACEMENT_INDEX_MAX_AGE_S = 3600
+    monkeypatch.setattr(placement_live, "NOFIT_RELOAD_AFTER_S", 3600.0)
+    live_index.refresh()
+    assert not isinstance(live_index.choose(Request(gpu_count=8)), Placement)
+    server = _register(agent).server
+    decision = live_index.choose(Request(gpu_count=8))
+    assert decision.placement.server_id == server.pk

@@ -1,4 +1,4 @@
-"""Fixtures for lease tests: a task queue the test drains by hand, a ready tenant."""
+"""Fixtures for lease tests: a ready tenant, a registered simulated fleet, a lock held elsewhere."""
 
 from __future__ import annotations
 
@@ -8,14 +8,9 @@ import threading
 import pytest
 
 from console.audit import Actor
-from fleet import cluster as cluster_access
-from fleet.agents import forget_agents
-from fleet.inventory import server_register_from_inventory
-from hardware.agent_client import AgentClient
-from simulator.cluster import SimulatedCluster, sim_admin_nodes
-from simulator.fleet import SimFleet
 from tenants.states import TenantState
 from tests.factories import TenantFactory
+from tests.support.simfleet import register, sim_fleet_with_cluster
 
 
 @pytest.fixture
@@ -29,20 +24,9 @@ SIM_ACTOR = Actor.system("tenant-api", source="api")
 @pytest.fixture
 def sim(transactional_db, settings, tasks):
     """Two simulated HGX H100 servers on loopback, registered from their GetInventory."""
-    settings.AGENT_INSECURE = True
-    forget_agents()
-    fleet = SimFleet(2, platform="hgx-h100-8", variant="supermicro", insecure=True, accel=2000.0).start()
-    for slot, endpoint in enumerate(fleet.endpoints.values(), start=1):
-        with AgentClient(endpoint.address, node=endpoint.node, insecure=True) as client:
-            inventory = client.get_inventory()
-        server_register_from_inventory(inventory=inventory, rack="r1", slot=slot, agent_endpoint=endpoint.address,
-                                       actor=SIM_ACTOR, source="simulator")
-    cluster = SimulatedCluster(sim_admin_nodes(fleet.endpoints, insecure=True), workload_seconds=0)
-    cluster_access.set_cluster(cluster)
-    yield fleet
-    cluster_access.set_cluster(None)
-    forget_agents()
-    fleet.stop()
+    with sim_fleet_with_cluster(settings) as fleet:
+        register(fleet, actor=SIM_ACTOR)
+        yield fleet
 
 
 @contextlib.contextmanager
