@@ -219,8 +219,9 @@ def repack_ilp(fleet: list[ServerSnapshot], sizes: list[int], time_limit: float 
     since the leases themselves are being repacked); for each size, exactly as many chosen as there are
     leases of that size; every GPU covered at most once. Leases of one size are interchangeable, so one
     count per size replaces a variable per lease: the same answers with far fewer columns (the
-    per-lease form is `repack_ilp_per_lease`, kept for tests), so a fleet of 128 servers solves in
-    milliseconds. None when the solver hit its time limit.
+    per-lease form is `repack_ilp_per_lease`, kept for tests). On 128 servers a solve takes about
+    20 ms (the seed-42 best-fit replay without the certificate: 802 solves in 14.9 s). None when the
+    solver hit its time limit.
     """
     wanted = Counter(sizes)
     return _solve(fleet, [(k, wanted[k]) for k in sorted(wanted)], time_limit)

@@ -109,24 +109,10 @@ def lease_request(
     _validate_request(tenant_name=tenant_name, image=image, gpu_count=gpu_count, workload_seconds=workload_seconds)
     record = functools.partial(_lease_record, tenant_name=tenant_name, image=image, gpu_count=gpu_count,
                                actor=actor, workload_seconds=workload_seconds)
-    for attempt in range(PLACEMENT_ATTEMPTS):
-        try:
-            with transaction.atomic(), audit_batch():
-                lease = record()
-                if lease is None:  # an unknown tenant: onboard it (own transaction), then record the lease
-                    break
-                if lease.tenant.state == T.READY and not lease.tenant.waiting:
-                    if attempt < PLACEMENT_ATTEMPTS - 1:
-                        _place(lease, actor)
-                    else:  # lost every race: record it pending, a worker places it
-                        dispatch.on_commit("leases_place_pending", lease.tenant_id)
-            return lease
-        except (ClaimLost, IntegrityError):
-            # Another request took the chosen partition (or the database refused a GPU already held, the
-            # last line of invariant 1): the whole request rolled back; record and place it again.
-            continue
-    else:
-        raise Conflict("the request kept conflicting with concurrent reservations; try again")
+    lease = _record_and_place(record, actor)
+    if lease is not None:
+        return lease
+    # An unknown tenant: onboard it (its own transaction), then record the lease, which waits for the tenancy.
     tenant_ensure(name=tenant_name, actor=actor)
     with transaction.atomic(), audit_batch():
         lease = record()
@@ -136,6 +122,25 @@ def lease_request(
         lease_try_place(lease_id=lease.pk, actor=actor)
         lease.refresh_from_db()
     return lease
+
+
+def _record_and_place(record, actor: Actor) -> Lease | None:
+    """`record()` the lease and place it, in one transaction; made again from the start when another
+    request took the chosen partition (or the database refused a GPU already held, the last line of
+    invariant 1), since the attempt rolled back whole. None for an unknown tenant."""
+    for attempt in range(PLACEMENT_ATTEMPTS):
+        try:
+            with transaction.atomic(), audit_batch():
+                lease = record()
+                if lease is not None and lease.tenant.state == T.READY and not lease.tenant.waiting:
+                    if attempt < PLACEMENT_ATTEMPTS - 1:
+                        _place(lease, actor)
+                    else:  # lost every race: record it pending, a worker places it
+                        dispatch.on_commit("leases_place_pending", lease.tenant_id)
+                return lease
+        except (ClaimLost, IntegrityError):
+            continue
+    raise Conflict("the request kept conflicting with concurrent reservations; try again")
 
 
 def _lease_record(
