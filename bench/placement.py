@@ -428,8 +428,8 @@ def main() -> None:
         print("--verify: the ILP agreed with every packing the greedy certificate found")
     print(f"\ntotal bench time {time.perf_counter() - t_start:.1f} s")
 
-    def shares(runs: dict, policy: str) -> dict[str, float]:
-        return {str(key): frag_share(r[policy]) for key, r in sorted(runs.items())}
+    def shares(runs: dict, policy: str, name=str) -> dict[str, float]:
+        return {name(key): frag_share(r[policy]) for key, r in sorted(runs.items())}
 
     def mean(values: dict[str, float]) -> float:
         return round(sum(values.values()) / len(values), 4)
@@ -452,8 +452,8 @@ def main() -> None:
         "frag_refusals_firstfit_mean": mean(shares(by_seed, FIRSTFIT)),
         "frag_refusals_bestfit_by_fleet": shares(by_fleet, BESTFIT),
         "frag_refusals_firstfit_by_fleet": shares(by_fleet, FIRSTFIT),
-        "frag_refusals_bestfit_by_load": {f"{k:.2f}": frag_share(r[BESTFIT]) for k, r in sorted(by_load.items())},
-        "frag_refusals_firstfit_by_load": {f"{k:.2f}": frag_share(r[FIRSTFIT]) for k, r in sorted(by_load.items())},
+        "frag_refusals_bestfit_by_load": shares(by_load, BESTFIT, "{:.2f}".format),
+        "frag_refusals_firstfit_by_load": shares(by_load, FIRSTFIT, "{:.2f}".format),
         "ilp_solves": sum(r.ilp_solves for r in everything),
         "ilp_undecided": sum(r.undecided for r in everything),
     }
