@@ -135,7 +135,7 @@ def _seed(servers: int, tenants: int):
 
 
 def _stub_dispatch() -> None:
-    from fleet import dispatch
+    from console import dispatch
 
     def nothing(name: str, *args) -> None:
         return None

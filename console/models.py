@@ -73,6 +73,8 @@ class Operation(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
 
+    UNFINISHED = (Status.PENDING, Status.RUNNING)
+
     kind = models.CharField(max_length=50)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     actor = models.ForeignKey(

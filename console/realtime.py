@@ -20,16 +20,14 @@ from django.db import transaction
 
 log = logging.getLogger(__name__)
 
-# Which collection group an object's events also go to, by model label.
-COLLECTION_GROUPS = {
-    "fleet.server": "fleet.servers",
-    "fleet.gpu": "fleet.servers",
-    "fleet.partition": "fleet.servers",
-    "tenants.lease": "tenants.leases",
-    "tenants.tenant": "tenants.tenants",
-    "tenants.bootphase": "tenants.leases",
-    "console.operation": "console.operations",
-}
+# Which collection group an object's events also go to, by model label. Each app registers its
+# own models (`register_collections` in its AppConfig's ready()), so this module names none.
+COLLECTION_GROUPS: dict[str, str] = {"console.operation": "console.operations"}
+
+
+def register_collections(groups: dict[str, str]) -> None:
+    """Model label → the collection group its events also go to (e.g. a GPU's → its app's servers)."""
+    COLLECTION_GROUPS.update(groups)
 
 
 def object_group(model_label: str, pk: Any) -> str:

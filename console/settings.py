@@ -190,5 +190,6 @@ RECONCILE_EVERY_S = env.float("RECONCILE_EVERY_S", default=15.0)
 # processes' releases; its own are seen at once, and a refusal always reads again first).
 PLACEMENT_INDEX_MAX_AGE_S = env.float("PLACEMENT_INDEX_MAX_AGE_S", default=2.0)
 CELERY_BEAT_SCHEDULE = {
-    "reconcile": {"task": "tenants.tasks.reconcile", "schedule": RECONCILE_EVERY_S},
+    "reconcile-fleet": {"task": "fleet.tasks.reconcile", "schedule": RECONCILE_EVERY_S},
+    "reconcile-leases": {"task": "tenants.tasks.reconcile", "schedule": RECONCILE_EVERY_S},
 }

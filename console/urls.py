@@ -1,13 +1,10 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from console import views
-
 urlpatterns = [
-    path("", views.fleet_overview, name="fleet-overview"),
-    path("healthz", views.healthz, name="healthz"),
+    path("", include("console.ui.urls")),
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -3,7 +3,7 @@
 from django.contrib import admin
 
 from console.admin import ServiceManagedAdmin
-from fleet.models import Gpu, NvSwitch, Partition, Server
+from fleet.models import Allocation, AllocationGpu, Gpu, NvSwitch, Partition, Server
 
 
 class GpuInline(admin.TabularInline):
@@ -34,7 +34,7 @@ class GpuAdmin(ServiceManagedAdmin):
     search_fields = ("server__hostname", "serial", "uuid", "pci_address")
     list_select_related = ("server",)
     readonly_fields = (
-        "state", "drain_requested", "current_lease", "scrubbed_at", "leveled_at", "quarantine_reason",
+        "state", "drain_requested", "scrubbed_at", "leveled_at", "quarantine_reason",
         "last_xid", "last_xid_at",
     )
 
@@ -54,3 +54,27 @@ class PartitionAdmin(ServiceManagedAdmin):
     search_fields = ("server__hostname",)
     list_select_related = ("server",)
     readonly_fields = ("state", "failure_reason")
+
+
+class AllocationGpuInline(admin.TabularInline):
+    model = AllocationGpu
+    extra = 0
+    readonly_fields = ("gpu", "held")
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Allocation)
+class AllocationAdmin(ServiceManagedAdmin):
+    list_display = ("__str__", "holder", "owner", "server", "partition", "state", "created_at")
+    list_filter = ("state", "server__platform")
+    search_fields = ("holder", "owner", "consumer_name", "server__hostname")
+    list_select_related = ("server", "partition")
+    readonly_fields = (
+        "server", "partition", "holder", "owner", "claim_name", "consumer_namespace", "consumer_name", "state",
+        "fault_reason", "fault_fatal", "created_at", "activating_at", "active_at", "releasing_at", "cleaning_at",
+        "returned_at", "faulted_at",
+    )
+    inlines = [AllocationGpuInline]

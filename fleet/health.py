@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from django.db import transaction
 from django.utils import timezone
@@ -34,6 +35,7 @@ from django.utils import timezone
 from console.audit import Actor, audit_record
 from console.models import AuditEvent
 from console.statemachine import InvalidTransition
+from fleet.allocations import allocation_fault, open_allocation_of
 from fleet.models import Gpu, Server
 from fleet.services import gpu_drain, gpu_quarantine, server_drain
 from fleet.states import GPU_MACHINE, SERVER_MACHINE, GpuState, ServerState
@@ -76,8 +78,9 @@ def gpu_record_health(*, server: Server, event: HealthEvent, actor: Actor) -> Gp
                 setattr(gpu, name, value)
         if event.kind == HealthKind.XID and event.xid:
             _audit_xid(gpu, event, entry, actor)
-        acted = _act(gpu, event, entry, actor, repeated_64=repeated_64)
-    if acted:
+        verdict = _act(gpu, event, entry, actor, repeated_64=repeated_64)
+        _tell_holder(gpu, verdict, actor)
+    if verdict.acted:
         gpu.refresh_from_db()
     return gpu
 
@@ -96,7 +99,9 @@ def _counters(event: HealthEvent) -> dict:
         values["row_remaps"] = max(event.row_remaps, 0)
     if event.kind == HealthKind.XID and event.xid:
         values["last_xid"] = event.xid
-        values["last_xid_at"] = event.at or timezone.now()
+        # The console's clock, not the agent's (a simulated agent's runs accelerated): it is compared
+        # with scrubbed_at, which the console stamps (a GPU is free only after a scrub since its fault).
+        values["last_xid_at"] = timezone.now()
     return values
 
 
@@ -124,8 +129,18 @@ def _had_xid(gpu: Gpu, xid: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- acting
-def _act(gpu: Gpu, event: HealthEvent, entry: XidEntry | None, actor: Actor, *, repeated_64: bool) -> bool:
-    """Apply what the event calls for; True when a service was asked to change something."""
+@dataclass(frozen=True)
+class _Verdict:
+    """What an event did: whether a service changed the GPU, and the fault its holder is told of
+    (`fatal`: the workload cannot go on on this GPU, as the Xid catalog says)."""
+
+    acted: bool = False
+    fault: str = ""
+    fatal: bool = False
+
+
+def _act(gpu: Gpu, event: HealthEvent, entry: XidEntry | None, actor: Actor, *, repeated_64: bool) -> _Verdict:
+    """Apply what the event calls for."""
     platform = gpu.server.platform_spec
     lost = event.kind == HealthKind.GPU_LOST or (
         event.kind == HealthKind.XID and entry is not None and (entry.gpu_lost or entry.action in _LOST_ACTIONS)
@@ -134,7 +149,7 @@ def _act(gpu: Gpu, event: HealthEvent, entry: XidEntry | None, actor: Actor, *, 
         reason = f"Xid {event.xid}: fell off the bus" if event.xid else (event.message or "GPU lost")
         _gpu_offline(gpu, actor, reason)
         _server_drain(gpu.server, actor)
-        return True
+        return _Verdict(True, reason, fatal=True)
     if gpu.row_remaps > ROW_REMAP_LIMIT:
         return _quarantine(gpu, actor, f"{RMA_CANDIDATE}: {gpu.row_remaps} row remaps (limit {ROW_REMAP_LIMIT})")
     if repeated_64:
@@ -145,10 +160,23 @@ def _act(gpu: Gpu, event: HealthEvent, entry: XidEntry | None, actor: Actor, *, 
                                            f"(shutdown {platform.shutdown_temp_c} °C)")
         if event.temperature_c >= platform.slowdown_temp_c:
             log.warning("%s: thermal slowdown at %.0f °C", gpu, event.temperature_c)
-        return False
-    if event.kind == HealthKind.XID and entry is not None and entry.action in _DRAIN_ACTIONS:
-        return _drain(gpu, actor)
-    return False
+        return _Verdict()
+    if event.kind == HealthKind.XID and entry is not None:
+        what = f"Xid {event.xid} ({entry.meaning}): {entry.action.value}"
+        if entry.action in _DRAIN_ACTIONS:
+            return _Verdict(_drain(gpu, actor), what, fatal=True)
+        if entry.action == XidAction.RESTART_APP:
+            return _Verdict(False, what, fatal=False)
+    return _Verdict()
+
+
+def _tell_holder(gpu: Gpu, verdict: _Verdict, actor: Actor) -> None:
+    """A fault on a GPU an allocation holds is recorded on the allocation and told to its holder."""
+    if not verdict.fault:
+        return
+    allocation = open_allocation_of(gpu)
+    if allocation is not None:
+        allocation_fault(allocation=allocation, actor=actor, reason=f"{gpu}: {verdict.fault}", fatal=verdict.fatal)
 
 
 @contextmanager
@@ -165,16 +193,16 @@ def _drain(gpu: Gpu, actor: Actor) -> bool:
     if gpu.state in _NO_DRAIN or (gpu.state in (G.SCRUBBING, G.LEVELING) and gpu.drain_requested):
         return False
     with _unless_moot(gpu, "drain after Xid"):  # e.g. quarantined meanwhile: nothing left to drain
-        gpu_drain(gpu=gpu, actor=actor)
+        gpu_drain(gpu=gpu, actor=actor, reset=True)
     return True
 
 
-def _quarantine(gpu: Gpu, actor: Actor, reason: str) -> bool:
+def _quarantine(gpu: Gpu, actor: Actor, reason: str) -> _Verdict:
     if gpu.state == G.QUARANTINED:
-        return False
+        return _Verdict()
     with _unless_moot(gpu, f"quarantine ({reason})"):
         gpu_quarantine(gpu=gpu, actor=actor, reason=reason)
-    return True
+    return _Verdict(True, reason, fatal=True)
 
 
 def _gpu_offline(gpu: Gpu, actor: Actor, reason: str) -> None:

@@ -12,7 +12,7 @@ from django.db import models
 from django.db.models import Q
 
 from fleet.constants import IommuBackend, KernelGeneration, PlugMode
-from fleet.states import GpuState, PartitionState, ServerState
+from fleet.states import ALLOCATION_OPEN, AllocationState, GpuState, PartitionState, ServerState
 from fleet.validators import validate_hostname, validate_pci_address, validate_platform_key
 from hardware.platforms import PLATFORMS, Platform, PlatformError
 
@@ -92,9 +92,6 @@ class Gpu(models.Model):
     row_remaps = models.PositiveIntegerField(default=0)
     last_xid = models.PositiveIntegerField(null=True, blank=True)
     last_xid_at = models.DateTimeField(null=True, blank=True)
-    current_lease = models.ForeignKey(
-        "tenants.Lease", null=True, blank=True, on_delete=models.SET_NULL, related_name="current_gpus"
-    )
     scrubbed_at = models.DateTimeField(null=True, blank=True)
     leveled_at = models.DateTimeField(null=True, blank=True)
     quarantine_reason = models.TextField(blank=True)
@@ -167,3 +164,70 @@ class Partition(models.Model):
                 raise ValidationError({"partition_id": f"not in the {spec.name} partition table"})
             if list(row.gpus) != list(self.module_ids) or row.size != self.size:
                 raise ValidationError({"module_ids": "must equal the platform table's row"})
+
+
+class Allocation(models.Model):
+    """Fleet's hold on one partition's GPUs for one holder, as a Kubernetes DRA ResourceClaim holds an
+    allocation result and who it is reserved for (and Nomad an allocation).
+
+    `holder` is opaque to fleet (e.g. `lease/42`): whoever asked for the GPUs learns of changes
+    through `fleet.holders`. `owner` is the account the holder belongs to (placement spreads one
+    owner's allocations over racks); `claim_name` and `consumer_*` name the cluster's claim object
+    and the pod that may use the GPUs, for the node's device plugin.
+    """
+
+    server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="allocations")
+    partition = models.ForeignKey(Partition, on_delete=models.PROTECT, related_name="allocations")
+    gpus = models.ManyToManyField(Gpu, through="AllocationGpu", related_name="allocations")
+    holder = models.CharField(max_length=64, db_index=True)
+    owner = models.CharField(max_length=64, blank=True)
+    claim_name = models.CharField(max_length=253, blank=True, help_text="The cluster's claim object (GpuLease)")
+    consumer_namespace = models.CharField(max_length=63, blank=True)
+    consumer_name = models.CharField(max_length=253, blank=True, help_text="The pod that may use the GPUs")
+    state = models.CharField(
+        max_length=16, choices=AllocationState.choices, default=AllocationState.RESERVED, db_index=True
+    )
+    fault_reason = models.TextField(blank=True)
+    fault_fatal = models.BooleanField(default=False, help_text="The fault ends the holder's workload")
+    created_at = models.DateTimeField(auto_now_add=True)
+    activating_at = models.DateTimeField(null=True, blank=True)
+    active_at = models.DateTimeField(null=True, blank=True)
+    releasing_at = models.DateTimeField(null=True, blank=True)
+    cleaning_at = models.DateTimeField(null=True, blank=True)
+    returned_at = models.DateTimeField(null=True, blank=True)
+    faulted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["server", "state"])]
+
+    def __str__(self) -> str:
+        return f"allocation-{self.pk}" if self.pk else "allocation (new)"
+
+    @property
+    def label(self) -> str:
+        """Who holds it, for people: the owner and the pod."""
+        return " · ".join(part for part in (self.owner, self.consumer_name) if part) or self.holder
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in ALLOCATION_OPEN
+
+
+class AllocationGpu(models.Model):
+    """A GPU of an allocation. `held` is true until the allocation is returned; the partial unique
+    constraint on it is invariant 1 in the database: a GPU in at most one allocation not returned."""
+
+    allocation = models.ForeignKey(Allocation, on_delete=models.CASCADE, related_name="allocation_gpus")
+    gpu = models.ForeignKey(Gpu, on_delete=models.PROTECT, related_name="allocation_gpus")
+    held = models.BooleanField(default=True)
+
+    class Meta:
+        verbose_name = "allocation GPU"
+        constraints = [
+            models.UniqueConstraint(fields=["gpu"], condition=Q(held=True), name="gpu_in_one_open_allocation"),
+            models.UniqueConstraint(fields=["allocation", "gpu"], name="allocation_gpu_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.allocation} ↔ {self.gpu_id}"

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from django.db.models import Count, Prefetch, Q, QuerySet
 
-from fleet.models import Gpu, Partition, Server
+from fleet.models import AllocationGpu, Gpu, Partition, Server
 from fleet.snapshot import GpuSnapshot, ServerSnapshot
 from fleet.states import PARTITION_OCCUPYING, GpuState
 
@@ -43,9 +43,13 @@ def placement_fleet(server_ids: list[int] | None = None) -> PlacementFleet:
     gpus: dict[int, dict[int, GpuSnapshot]] = {pk: {} for pk in servers}
     gpu_ids: dict[tuple[int, int], int] = {}
     rows = Gpu.objects.filter(**only_children).values_list(
-        "pk", "server_id", "module_id", "state", "firmware_version", "temperature_c", "current_lease__tenant__name"
+        "pk", "server_id", "module_id", "state", "firmware_version", "temperature_c"
     )
-    for pk, server_id, module_id, state, firmware, temperature, tenant in rows:
+    # Who holds each held GPU (placement spreads one owner's allocations over racks): held GPUs only.
+    owners = dict(AllocationGpu.objects.filter(
+        held=True, **({} if server_ids is None else {"gpu__server_id__in": server_ids})
+    ).values_list("gpu_id", "allocation__owner"))
+    for pk, server_id, module_id, state, firmware, temperature in rows:
         gpu_ids[server_id, module_id] = pk
         gpus[server_id][module_id] = GpuSnapshot(
             module_id=module_id,
@@ -53,7 +57,7 @@ def placement_fleet(server_ids: list[int] | None = None) -> PlacementFleet:
             healthy=state not in (GpuState.QUARANTINED, GpuState.OFFLINE),
             firmware_version=firmware,
             temperature_c=temperature,
-            tenant=tenant,
+            tenant=owners.get(pk) or None,
         )
     active: dict[int, set[int]] = {pk: set() for pk in servers}
     # Only the occupying ones: a fleet has some 26 partition rows per server, most of them inactive.

@@ -8,22 +8,20 @@ state only through the machines of fleet/states.py (which audit and broadcast on
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 from django.db import transaction
 from django.utils import timezone
 
+from console import dispatch
 from console.audit import Actor, audit_record
 from console.errors import Conflict
 from console.models import Operation
 from console.operations import operation_finish, operation_log, operation_start
-from console.statemachine import Guard
-from fleet import dispatch
 from fleet.agents import agent_for
 from fleet.models import Gpu, Partition, Server
-from fleet.snapshot import SCHEDULABLE_SERVER_STATES
 from fleet.states import (
-    GPU_HELD_BY_LEASE,
+    GPU_CLEANING,
+    GPU_HELD,
     GPU_MACHINE,
     PARTITION_MACHINE,
     SERVER_MACHINE,
@@ -67,10 +65,10 @@ def server_check_drained(*, server: Server, actor: Actor, operation_id: int | No
     server.refresh_from_db(fields=["state"])
     if server.state != S.DRAINING:
         return server.state == S.DRAINED
-    busy = server.gpus.filter(state__in=[*GPU_HELD_BY_LEASE, G.SCRUBBING, G.LEVELING]).count()
+    busy = server.gpus.filter(state__in=[*GPU_HELD, *GPU_CLEANING]).count()
     if operation_id is None:
         op = Operation.objects.filter(
-            kind="server.drain", target_id=str(server.pk), status__in=["pending", "running"]
+            kind="server.drain", target_id=str(server.pk), status__in=Operation.UNFINISHED
         ).first()
         operation_id = op.pk if op else None
     total = server.gpus.count() or 1
@@ -93,17 +91,24 @@ def server_mark_reachable(*, server: Server, actor: Actor, reachable: bool) -> N
 
 
 # ----------------------------------------------------------------------------- GPUs (operator)
-def gpu_drain(*, gpu: Gpu, actor: Actor) -> Gpu:
-    """Take a GPU out of the pool: at once when idle; after its lease is cleaned when it is held."""
+def gpu_drain(*, gpu: Gpu, actor: Actor, reset: bool = False) -> Gpu:
+    """Take a GPU out of the pool: at once when idle; after its allocation is cleaned when it is held.
+
+    `reset`: the GPU faulted and needs a reset (a reset-class Xid): an idle one goes through the
+    scrub-and-level path on its way to drained, so it is never free again without one."""
     with transaction.atomic():
         gpu = Gpu.objects.select_for_update().get(pk=gpu.pk)
         if gpu.state in (G.RESERVED, G.IN_USE):
             GPU_MACHINE.transition(gpu, G.DRAINING, actor=actor, fields={"drain_requested": True},
                                    message="drain after the current lease")
-        elif gpu.state in (G.SCRUBBING, G.LEVELING):
+        elif gpu.state in GPU_CLEANING:
             Gpu.objects.filter(pk=gpu.pk).update(drain_requested=True)
             audit_record(actor=actor, verb="fleet.gpu.drain_requested", target=gpu,
                          message="will be drained once cleaned")
+        elif reset and gpu.state in (G.FREE, G.DRAINED):
+            GPU_MACHINE.transition(gpu, G.SCRUBBING, actor=actor, fields={"drain_requested": True},
+                                   message="faulted: reset (scrub) and level, then drained")
+            dispatch.on_commit("gpu_clean", gpu.pk, None)
         else:
             GPU_MACHINE.transition(gpu, G.DRAINED, actor=actor, fields={"drain_requested": True})
     gpu.refresh_from_db()
@@ -111,9 +116,22 @@ def gpu_drain(*, gpu: Gpu, actor: Actor) -> Gpu:
 
 
 def gpu_undrain(*, gpu: Gpu, actor: Actor) -> Gpu:
-    """Return a drained GPU to the pool (it was scrubbed and levelled on its way to drained)."""
-    GPU_MACHINE.transition(gpu, G.FREE, actor=actor, fields={"drain_requested": False}, message="undrained")
+    """Return a drained GPU to the pool. Refused when it faulted since its last scrub and level: it
+    must go through them first (`gpu_scrub`), so no GPU is free without a reset after a fault."""
+    with transaction.atomic():
+        gpu = Gpu.objects.select_for_update().get(pk=gpu.pk)
+        if gpu.state == G.DRAINED and needs_clean(gpu):
+            raise Conflict(f"{gpu} faulted (Xid {gpu.last_xid}) since its last scrub and level; scrub it first")
+        GPU_MACHINE.transition(gpu, G.FREE, actor=actor, fields={"drain_requested": False}, message="undrained",
+                               locked=True)
     return gpu
+
+
+def needs_clean(gpu: Gpu) -> bool:
+    """Whether the GPU faulted (an Xid) after its last scrub, or was scrubbed but not levelled since."""
+    if gpu.last_xid_at and (gpu.scrubbed_at is None or gpu.scrubbed_at < gpu.last_xid_at):
+        return True
+    return bool(gpu.scrubbed_at and (gpu.leveled_at is None or gpu.leveled_at < gpu.scrubbed_at))
 
 
 def gpu_quarantine(*, gpu: Gpu, actor: Actor, reason: str) -> Gpu:
@@ -154,135 +172,6 @@ def _gpu_start_clean(*, gpu: Gpu, actor: Actor, to: str, kind: str, expect: tupl
         op = operation_start(kind=kind, target=gpu, actor=actor, line=f"{kind} requested")
         dispatch.on_commit("gpu_clean", gpu.pk, op.pk)
     return op
-
-
-# ----------------------------------------------------------------------------- GPUs (leases)
-def gpus_reserve(*, gpus: Iterable[Gpu], lease, actor: Actor) -> None:
-    """free → reserved for `lease`, all or none (the caller holds the row locks)."""
-    ids = [g.pk for g in gpus]
-    GPU_MACHINE.transition_many(Gpu.objects.filter(pk__in=ids), G.RESERVED, actor=actor,
-                                fields={"current_lease": lease}, parent=lease)
-
-
-def gpus_claim(*, server, gpu_ids: Iterable[int], lease, actor: Actor) -> list[Gpu] | None:
-    """free → reserved for `lease`, all or none, without waiting: None when any of them is not free,
-    is being reserved by another transaction, or the server is not schedulable (invariants 1, 6).
-    `server` is the Server (or a stand-in with its pk and hostname) the GPUs belong to."""
-    return GPU_MACHINE.claim_many(
-        Gpu, list(gpu_ids), G.RESERVED, expect=G.FREE, actor=actor,
-        guard=Guard(Server, server.pk, tuple(SCHEDULABLE_SERVER_STATES)),
-        fields={"current_lease": lease}, parent=lease, related={"server": server},
-    )
-
-
-def gpus_mark_in_use(*, lease, actor: Actor) -> None:
-    GPU_MACHINE.transition_many(Gpu.objects.filter(current_lease=lease, state=G.RESERVED), G.IN_USE,
-                                actor=actor, parent=lease)
-
-
-def gpus_begin_clean(*, lease, actor: Actor) -> None:
-    """A lease ended: its held GPUs go to scrubbing (quarantined or offline ones stay where they are)."""
-    GPU_MACHINE.transition_many(
-        Gpu.objects.filter(current_lease=lease, state__in=GPU_HELD_BY_LEASE), G.SCRUBBING, actor=actor,
-        parent=lease,
-    )
-
-
-def gpus_begin_clean_orphan(*, gpu: Gpu, actor: Actor) -> None:
-    """A GPU held by no unfinished lease (a crash between steps): clean it like a released one."""
-    GPU_MACHINE.transition(gpu, G.SCRUBBING, actor=actor, fields={"current_lease": None},
-                           message="held by no lease: scrub and level before reuse")
-
-
-def gpus_quarantine_for(*, lease, actor: Actor, reason: str) -> None:
-    GPU_MACHINE.transition_many(
-        Gpu.objects.filter(current_lease=lease).exclude(state__in=[G.QUARANTINED, G.OFFLINE]),
-        G.QUARANTINED, actor=actor, fields={"quarantine_reason": reason}, parent=lease, message=reason,
-    )
-
-
-def gpus_detach(*, lease) -> None:
-    """The lease no longer holds its GPUs (they are free, drained or quarantined by now)."""
-    Gpu.objects.filter(current_lease=lease).update(current_lease=None)
-
-
-def gpus_pending_level(*, lease) -> list[Gpu]:
-    """The lease's GPUs not levelled since the lease's clean-up began (scrubbing)."""
-    since = lease.scrubbing_at or lease.leveling_at
-    gpus = Gpu.objects.filter(current_lease=lease, state=G.LEVELING)
-    return [g for g in gpus if g.leveled_at is None or (since is not None and g.leveled_at < since)]
-
-
-def gpus_return_to_pool(*, lease, actor: Actor) -> None:
-    """Levelled GPUs of a finishing lease go free (or drained when a drain was asked), in the
-    caller's transaction, together with the lease dropping its hold (invariant 1 and 2)."""
-    held = Gpu.objects.filter(current_lease=lease, state=G.LEVELING)
-    if gpus_pending_level(lease=lease):
-        raise Conflict(f"{lease} still has GPUs to level")
-    GPU_MACHINE.transition_many(held.filter(drain_requested=True), G.DRAINED, actor=actor, parent=lease)
-    GPU_MACHINE.transition_many(held.filter(drain_requested=False), G.FREE, actor=actor, parent=lease)
-
-
-def gpu_clean(*, gpu_id: int, actor: Actor, operation_id: int | None = None) -> str:
-    """Carry one GPU through scrub → level → free/drained, as far as its state says is left to do.
-
-    Idempotent: a GPU already past a step skips it. A failed scrub or a firmware that cannot be
-    levelled quarantines the GPU. Transient agent errors propagate (the task retries them).
-    """
-    gpu = Gpu.objects.select_related("server").get(pk=gpu_id)
-    agent = agent_for(gpu.server)
-    platform = gpu.server.platform_spec
-    if gpu.state == G.SCRUBBING:
-        operation_log(operation_id, "scrub: reset and clear VRAM", progress=10)
-        last = None
-        try:
-            for progress in agent.scrub_gpu(gpu.module_id):
-                last = progress
-                operation_log(operation_id, f"scrub {progress.phase} {progress.percent:.0f}% {progress.detail}",
-                              progress=10 + int(progress.percent * 0.5))
-        except HardwareError as exc:
-            if exc.retryable:
-                raise
-            return _quarantine_failed(gpu, actor, f"scrub refused: {exc}", operation_id)
-        if last is None or not last.ok:
-            return _quarantine_failed(gpu, actor, f"scrub failed: {last.detail if last else 'no result'}",
-                                      operation_id)
-        GPU_MACHINE.transition(gpu, G.LEVELING, actor=actor, fields={"scrubbed_at": timezone.now()},
-                               message="VRAM cleared")
-    if gpu.state == G.LEVELING:
-        operation_log(operation_id, f"firmware: level to {platform.pinned_firmware}", progress=70)
-        try:
-            status = agent.level_firmware(gpu.module_id)
-        except HardwareError as exc:
-            if exc.retryable:
-                raise
-            return _quarantine_failed(gpu, actor, f"firmware level refused: {exc}", operation_id)
-        if status.version != platform.pinned_firmware:
-            return _quarantine_failed(
-                gpu, actor, f"firmware {status.version} after levelling, pinned {platform.pinned_firmware}",
-                operation_id,
-            )
-        now = timezone.now()
-        if gpu.current_lease_id is not None:
-            # A lease's GPUs return to the pool together with the lease dropping its hold
-            # (gpus_return_to_pool), so a GPU is never free while a lease still holds it.
-            Gpu.objects.filter(pk=gpu.pk).update(leveled_at=now, firmware_version=status.version)
-            audit_record(actor=actor, verb="fleet.gpu.leveled", target=gpu, message=f"firmware {status.version}",
-                         after={"firmware_version": status.version})
-            gpu.refresh_from_db()
-            return gpu.state
-        final = G.DRAINED if gpu.drain_requested else G.FREE
-        GPU_MACHINE.transition(gpu, final, actor=actor, fields={
-            "leveled_at": now, "firmware_version": status.version,
-        }, message=f"firmware {status.version}")
-        operation_finish(operation_id, ok=True, line=f"{gpu} is {final}")
-    return gpu.state
-
-
-def _quarantine_failed(gpu: Gpu, actor: Actor, reason: str, operation_id: int | None) -> str:
-    GPU_MACHINE.transition(gpu, G.QUARANTINED, actor=actor, fields={"quarantine_reason": reason}, message=reason)
-    operation_finish(operation_id, ok=False, line=reason)
-    return gpu.state
 
 
 # ----------------------------------------------------------------------------- partitions

@@ -26,6 +26,16 @@ class ServerState(models.TextChoices):
     UNREACHABLE = "unreachable", "Unreachable"
 
 
+class AllocationState(models.TextChoices):
+    RESERVED = "reserved", "Reserved"
+    ACTIVATING = "activating", "Activating"
+    ACTIVE = "active", "Active"
+    RELEASING = "releasing", "Releasing"
+    CLEANING = "cleaning", "Cleaning"
+    RETURNED = "returned", "Returned"
+    FAULTED = "faulted", "Faulted"
+
+
 class PartitionState(models.TextChoices):
     INACTIVE = "inactive", "Inactive"
     ACTIVATING = "activating", "Activating"
@@ -74,7 +84,10 @@ GPU_EDGES = {
 GPU_MACHINE = machine("fleet.gpu", GpuState.values, GPU_EDGES)
 
 GPU_LEASABLE = frozenset({G.FREE})
-GPU_HELD_BY_LEASE = frozenset({G.RESERVED, G.IN_USE, G.DRAINING})
+# States in which a GPU is held by an allocation that has not begun cleaning.
+GPU_HELD = frozenset({G.RESERVED, G.IN_USE, G.DRAINING})
+GPU_CLEANING = frozenset({G.SCRUBBING, G.LEVELING})
+GPU_OUT = frozenset({G.QUARANTINED, G.OFFLINE})
 
 S = ServerState
 SERVER_EDGES = {
@@ -119,3 +132,29 @@ PARTITION_EDGES = {
 }
 PARTITION_MACHINE = machine("fleet.partition", PartitionState.values, PARTITION_EDGES)
 PARTITION_OCCUPYING = frozenset({P.ACTIVATING, P.ACTIVE, P.DEACTIVATING})
+
+A = AllocationState
+ALLOCATION_EDGES = {
+    (A.RESERVED, A.ACTIVATING),
+    (A.ACTIVATING, A.ACTIVE),
+    (A.RESERVED, A.RELEASING),  # the holder let go before the partition was activated
+    (A.ACTIVATING, A.RELEASING),
+    (A.ACTIVE, A.RELEASING),
+    (A.RESERVED, A.FAULTED),  # a GPU of it faulted (the holder is told, the Xid catalog decides)
+    (A.ACTIVATING, A.FAULTED),
+    (A.ACTIVE, A.FAULTED),
+    (A.FAULTED, A.RELEASING),
+    (A.RELEASING, A.CLEANING),  # partition deactivated; one clean task per GPU
+    (A.CLEANING, A.RETURNED),  # every GPU scrubbed and levelled (or quarantined): invariant 2
+    # Abandoned (the holder failed): the GPUs are quarantined, so they reach a tenant again only
+    # through a scrub and a level (invariant 2).
+    (A.RESERVED, A.RETURNED),
+    (A.ACTIVATING, A.RETURNED),
+    (A.ACTIVE, A.RETURNED),
+    (A.FAULTED, A.RETURNED),
+    (A.RELEASING, A.RETURNED),
+}
+ALLOCATION_MACHINE = machine("fleet.allocation", AllocationState.values, ALLOCATION_EDGES)
+ALLOCATION_OPEN = frozenset(set(AllocationState.values) - {A.RETURNED})
+# The holder may use the GPUs (the device plugin hands them to its pod).
+ALLOCATION_USABLE = frozenset({A.RESERVED, A.ACTIVATING, A.ACTIVE})

@@ -3,7 +3,7 @@
 from django.contrib import admin
 
 from console.admin import ServiceManagedAdmin
-from tenants.models import BootPhase, Lease, LeaseGpu, Tenant
+from tenants.models import BootPhase, Lease, Tenant
 
 
 @admin.register(Tenant)
@@ -12,16 +12,6 @@ class TenantAdmin(admin.ModelAdmin):
     list_filter = ("state",)
     search_fields = ("name", "display_name")
     readonly_fields = ("state", "failure_reason", "provisioning_at", "ready_at", "failed_at")
-
-
-class LeaseGpuInline(admin.TabularInline):
-    model = LeaseGpu
-    extra = 0
-    readonly_fields = ("gpu", "holds")
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 class BootPhaseInline(admin.TabularInline):
@@ -36,17 +26,17 @@ class BootPhaseInline(admin.TabularInline):
 
 @admin.register(Lease)
 class LeaseAdmin(ServiceManagedAdmin):
-    list_display = ("__str__", "tenant", "gpu_count", "state", "server", "partition", "created_at")
+    list_display = ("__str__", "tenant", "gpu_count", "state", "allocation", "created_at")
     list_filter = ("state", "gpu_count", "tenant")
-    search_fields = ("tenant__name", "image", "pod_name", "server__hostname")
-    list_select_related = ("tenant", "server", "partition")
+    search_fields = ("tenant__name", "image", "pod_name", "allocation__server__hostname")
+    list_select_related = ("tenant", "allocation")
     readonly_fields = (
-        "tenant", "image", "gpu_count", "workload_seconds", "state", "server", "partition", "pod_name",
-        "failure_reason", "pending_reason", "release_requested",
+        "tenant", "image", "gpu_count", "workload_seconds", "state", "allocation", "pod_name",
+        "failure_reason", "conditions", "pending_reason", "release_requested",
         "attempts", "placed_at", "partitioning_at", "booting_at", "running_at", "releasing_at",
         "scrubbing_at", "leveling_at", "released_at", "failed_at",
     )
-    inlines = [LeaseGpuInline, BootPhaseInline]
+    inlines = [BootPhaseInline]
 
 
 @admin.register(BootPhase)

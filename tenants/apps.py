@@ -5,3 +5,22 @@ class TenantsConfig(AppConfig):
     name = "tenants"
     verbose_name = "Tenants"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from console import dispatch, realtime
+        from fleet import holders
+        from tenants import subscriptions
+
+        dispatch.register({
+            "lease_advance": "tenants.tasks.lease_advance",
+            "lease_follow_boot": "tenants.tasks.lease_follow_boot",
+            "tenancy_provision": "tenants.tasks.tenancy_provision",
+            "leases_place_pending": "tenants.tasks.leases_place_pending",
+        })
+        holders.register(subscriptions.LEASE_HOLDER, subscriptions.allocation_changed)
+        holders.on_capacity_freed(subscriptions.capacity_freed)
+        realtime.register_collections({
+            "tenants.lease": "tenants.leases",
+            "tenants.tenant": "tenants.tenants",
+            "tenants.bootphase": "tenants.leases",
+        })

@@ -6,7 +6,9 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-from tenants.states import LEASE_HOLDS_GPUS, LeaseState, TenantState
+from fleet.models import Gpu
+from hardware import kube_constants
+from tenants.states import LeaseState, TenantState
 from tenants.validators import (
     MAX_TENANT_NAME_LENGTH,
     namespace_for,
@@ -50,15 +52,16 @@ class Lease(models.Model):
     state = models.CharField(
         max_length=16, choices=LeaseState.choices, default=LeaseState.PENDING, db_index=True
     )
-    server = models.ForeignKey(
-        "fleet.Server", null=True, blank=True, on_delete=models.PROTECT, related_name="leases"
+    allocation = models.OneToOneField(
+        "fleet.Allocation", null=True, blank=True, on_delete=models.PROTECT, related_name="lease",
+        help_text="Fleet's hold on the lease's GPUs (one partition of one server)",
     )
-    partition = models.ForeignKey(
-        "fleet.Partition", null=True, blank=True, on_delete=models.PROTECT, related_name="leases"
-    )
-    gpus = models.ManyToManyField("fleet.Gpu", through="LeaseGpu", related_name="leases", blank=True)
     pod_name = models.CharField(max_length=253, blank=True)
     failure_reason = models.TextField(blank=True)
+    conditions = models.JSONField(
+        default=list, blank=True,
+        help_text="Conditions as Kubernetes writes them: type, status, reason, message, last_transition_time",
+    )
     pending_reason = models.TextField(blank=True, help_text="Why it is still waiting (no fit, tenancy)")
     release_requested = models.BooleanField(default=False)
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -79,12 +82,6 @@ class Lease(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
-            # Invariant 3 and 4 at the database: one partition backs at most one lease holding GPUs.
-            models.UniqueConstraint(
-                fields=["partition"],
-                condition=Q(state__in=sorted(LEASE_HOLDS_GPUS)),
-                name="lease_partition_unique_while_held",
-            ),
             models.CheckConstraint(condition=Q(gpu_count__gte=1), name="lease_gpu_count_positive"),
         ]
         indexes = [models.Index(fields=["tenant", "state", "created_at"])]
@@ -93,26 +90,31 @@ class Lease(models.Model):
         return f"lease-{self.pk}" if self.pk else "lease (new)"
 
     @property
+    def pod_name_expected(self) -> str:
+        """The pod that runs the lease's container (its name follows from the lease's id)."""
+        return kube_constants.lease_pod_name(str(self.pk))
+
+    @property
+    def server(self):
+        """The server of its allocation (None before placement)."""
+        return self.allocation.server if self.allocation_id else None
+
+    @property
+    def server_id(self) -> int | None:
+        return self.allocation.server_id if self.allocation_id else None
+
+    @property
+    def partition(self):
+        return self.allocation.partition if self.allocation_id else None
+
+    @property
+    def gpus(self):
+        """The GPUs of its allocation (held now, or last held once it is returned)."""
+        return Gpu.objects.filter(allocation_gpus__allocation_id=self.allocation_id).order_by("module_id")
+
+    @property
     def is_finished(self) -> bool:
         return self.state in (LeaseState.RELEASED, LeaseState.FAILED)
-
-
-class LeaseGpu(models.Model):
-    """A GPU held by a lease. `holds` is true until the lease is finished; the partial unique
-    constraint on it is invariant 1 in the database: a GPU in at most one unfinished lease."""
-
-    lease = models.ForeignKey(Lease, on_delete=models.CASCADE, related_name="lease_gpus")
-    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.PROTECT, related_name="lease_gpus")
-    holds = models.BooleanField(default=True)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["gpu"], condition=Q(holds=True), name="gpu_in_one_unfinished_lease"),
-            models.UniqueConstraint(fields=["lease", "gpu"], name="lease_gpu_unique"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.lease} ↔ {self.gpu_id}"
 
 
 class BootPhase(models.Model):

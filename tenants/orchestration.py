@@ -6,60 +6,70 @@ Every step is a real call through `hardware`'s agent client and the cluster adap
 stored on the lease, so a crashed worker resumes where it stopped. Only one worker advances a lease
 at a time (a named lock per lease).
 
-placed → partitioning   activate the partition on the fabric manager (agent)
-partitioning → booting  GpuLease + Kata pod with the partition's GPUs as CDI devices (cluster)
+placed → partitioning   (the lease's allocation was claimed with its placement)
+partitioning → booting  fleet activates the allocation (partition on the fabric manager, device
+                        plugin's book); GpuLease + Kata pod with the partition's GPUs as CDI devices
 booting → running       the agent's WatchBoot stream, one BootPhase row per phase
-running → releasing     the tenant deletes it or the pod ends (reconciler / pod watch)
-releasing → scrubbing   delete the pod, deactivate the partition, restore 1-GPU partitions
-scrubbing → leveling    scrub each GPU (reset + clear VRAM)
-leveling → released     level each GPU's firmware to the platform's pin; finalize the GpuLease
+running → releasing     the tenant deletes it, the pod ends, or a GPU fault ends it
+releasing → scrubbing   delete the pod; fleet releases the allocation (partition deactivated, one
+                        clean task per GPU, in parallel)
+scrubbing → leveling    level-based: no GPU of the allocation is still being scrubbed
+leveling → released     level-based: the allocation is returned (every GPU levelled); finalize the GpuLease
+
+Fleet tells the lease of every allocation change (`fleet.holders`, `tenants.subscriptions`): the
+step runs again and reads the allocation. A GPU fault is recorded as the `GpuFault` condition, and
+a fatal one ends the lease (`failed` once its GPUs are cleaned).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 from django.db import transaction
 from django.utils import timezone
 
+from console import dispatch
 from console.audit import Actor
 from console.locks import try_lock
-from fleet import dispatch
-from fleet import services as fleet_services
 from fleet.agents import agent_for
+from fleet.allocations import allocation_activate, allocation_release
 from fleet.cluster import get_cluster
-from fleet.models import Gpu, Server
-from fleet.states import GpuState
+from fleet.models import Gpu
+from fleet.states import AllocationState, GpuState
 from hardware import kube_constants
 from hardware.boot_model import estimate_boot
-from hardware.types import GpuLeaseBinding
-from tenants.models import BootPhase, Lease, LeaseGpu
-from tenants.services import lease_fail, lease_finish, lease_try_place
-from tenants.states import LEASE_MACHINE, LeaseState
+from tenants.models import BootPhase, Lease
+from tenants.services import lease_fail, lease_finish, lease_release, lease_set_condition, lease_try_place
+from tenants.states import LEASE_MACHINE, LEASE_TENANT_OWNS, LeaseState
 
 log = logging.getLogger(__name__)
-L = LeaseState
+L, A = LeaseState, AllocationState
 # Guest RAM of a lease's VM, as the Kata runtime class sizes it (the simulated cluster uses the same).
 GUEST_RAM_GIB = 64
+GPU_FAULT = "GpuFault"
+_XID = re.compile(r"\bXid (\d+)")
 
 
 def pod_name_for(lease: Lease) -> str:
-    return kube_constants.lease_pod_name(str(lease.pk))
+    return lease.pod_name_expected
 
 
 def lease_step(*, lease_id: int, actor: Actor) -> str:
     """Advance the lease as far as it can go now; returns the state it is left in."""
     with try_lock(f"lease-{lease_id}") as held:
-        lease = Lease.objects.select_related("tenant", "server", "partition").get(pk=lease_id)
+        lease = _lease(lease_id)
         if not held:
             return lease.state
+        _faults(lease, actor)
+        lease = _lease(lease_id)
         for _ in range(len(L.values)):
             before = lease.state
             handler = _STEPS.get(lease.state)
             if handler is None:
                 break
             handler(lease, actor)
-            lease.refresh_from_db()
+            lease = _lease(lease_id)
             if lease.state == before:
                 break
         return lease.state
@@ -76,13 +86,13 @@ def _placed(lease: Lease, actor: Actor) -> None:
 def _partitioning(lease: Lease, actor: Actor) -> None:
     if lease.release_requested:
         return
-    server = lease.server
-    fleet_services.partition_activate(server=server, partition_id=lease.partition.partition_id, actor=actor,
-                                      parent=lease)
-    gpus = list(Gpu.objects.filter(current_lease=lease).order_by("module_id"))
+    allocation = allocation_activate(allocation=lease.allocation, actor=actor)
+    if allocation.state != A.ACTIVE:
+        return  # faulted or released meanwhile: _faults and the release path take it from here
+    server = allocation.server
+    gpus = list(Gpu.objects.filter(allocation_gpus__allocation=allocation).order_by("module_id"))
     cluster = get_cluster()
     pod = pod_name_for(lease)
-    lease_book_push(server=server)  # the node's device plugin allocates only leased GPUs
     cluster.create_gpu_lease(
         lease_id=str(lease.pk), tenant=lease.tenant.name, node=server.k8s_node_name,
         gpu_module_ids=[g.module_id for g in gpus], pci_addresses=[g.pci_address for g in gpus], pod=pod,
@@ -92,7 +102,6 @@ def _partitioning(lease: Lease, actor: Actor) -> None:
         gpu_indexes=[g.module_id for g in gpus],
     )
     with transaction.atomic():
-        fleet_services.gpus_mark_in_use(lease=lease, actor=actor)
         _record_predicted_boot(lease, len(gpus))
         LEASE_MACHINE.transition(lease, L.BOOTING, actor=actor, fields={"pod_name": created.name or pod},
                                  message=f"pod {created.name or pod} on {server.k8s_node_name}")
@@ -118,7 +127,7 @@ def lease_follow_boot(*, lease_id: int, actor: Actor) -> str:
 
     One follower per lease: the reconciler re-enqueues long boots, and a second copy just returns."""
     with try_lock(f"lease-{lease_id}-boot") as held:
-        lease = Lease.objects.select_related("server", "tenant").get(pk=lease_id)
+        lease = _lease(lease_id)
         if not held or lease.state != L.BOOTING:
             return lease.state
         return _follow_boot(lease, actor)
@@ -147,7 +156,6 @@ def _follow_boot(lease: Lease, actor: Actor) -> str:
                 return lease.state
             if event.ok:
                 LEASE_MACHINE.transition(lease, L.RUNNING, actor=actor, message="VM booted, container started")
-                lease_book_push(server=lease.server)
             else:
                 lease_fail(lease=lease, actor=actor, reason=f"VM boot failed: {event.detail}")
             break
@@ -165,65 +173,49 @@ def _running(lease: Lease, actor: Actor) -> None:
 
 def _releasing(lease: Lease, actor: Actor) -> None:
     cluster = get_cluster()
-    if lease.pod_name or lease.partition_id:
+    if lease.pod_name or lease.allocation_id:
         cluster.delete_lease_pod(lease_id=str(lease.pk), tenant=lease.tenant.name)
         if cluster.get_gpu_lease(str(lease.pk)) is not None:
             # Deletion waits on our finalizer, which only goes once the GPUs are levelled.
             cluster.set_gpu_lease_phase(str(lease.pk), kube_constants.GpuLeasePhase.SCRUBBING)
             cluster.delete_gpu_lease(str(lease.pk))
-    if lease.partition_id:
-        fleet_services.partition_release(server=lease.server, partition_id=lease.partition.partition_id,
-                                         actor=actor, parent=lease)
-    with transaction.atomic():
-        fleet_services.gpus_begin_clean(lease=lease, actor=actor)
+    allocation = allocation_release(allocation=lease.allocation, actor=actor)
+    if allocation.state in (A.CLEANING, A.RETURNED):
         LEASE_MACHINE.transition(lease, L.SCRUBBING, actor=actor)
-    if lease.server_id:
-        lease_book_push(server=lease.server)
 
 
 def _scrubbing(lease: Lease, actor: Actor) -> None:
-    for gpu in Gpu.objects.filter(current_lease=lease, state=GpuState.SCRUBBING).order_by("module_id"):
-        fleet_services.gpu_clean(gpu_id=gpu.pk, actor=actor)
-    LEASE_MACHINE.transition(lease, L.LEVELING, actor=actor)
+    """Level-based: on to leveling once no GPU of the allocation is still being scrubbed."""
+    if not Gpu.objects.filter(allocation_gpus__allocation_id=lease.allocation_id, allocation_gpus__held=True,
+                              state=GpuState.SCRUBBING).exists():
+        LEASE_MACHINE.transition(lease, L.LEVELING, actor=actor)
 
 
 def _leveling(lease: Lease, actor: Actor) -> None:
-    for gpu in fleet_services.gpus_pending_level(lease=lease):
-        fleet_services.gpu_clean(gpu_id=gpu.pk, actor=actor)
+    """Level-based: released once fleet returned the allocation (every GPU levelled or out)."""
+    if lease.allocation.state != A.RETURNED:
+        return
     cluster = get_cluster()
     if cluster.get_gpu_lease(str(lease.pk)) is not None:
         cluster.set_gpu_lease_phase(str(lease.pk), kube_constants.GpuLeasePhase.LEVELLED)
         cluster.finalize_gpu_lease(str(lease.pk), levelled=True)
-    server = lease.server
     lease_finish(lease=lease, actor=actor)
-    if server is not None:
-        lease_book_push(server=server)
-        fleet_services.server_check_drained(server=server, actor=actor)
 
 
-# What the node's device plugin may allocate, by lease state: only a lease's own, clean GPUs.
-_BOOK_PHASE = {
-    L.PLACED: "Reserved", L.PARTITIONING: "Reserved", L.BOOTING: "Booting", L.RUNNING: "Running",
-    L.RELEASING: "Releasing", L.SCRUBBING: "Scrubbing", L.LEVELING: "Leveling",
-}
+def _faults(lease: Lease, actor: Actor) -> None:
+    """A faulted allocation shows on the lease as the GpuFault condition; a fatal fault ends it."""
+    allocation = lease.allocation
+    if allocation is None or not allocation.fault_reason:
+        return
+    xid = _XID.search(allocation.fault_reason)
+    lease_set_condition(lease=lease, actor=actor, type=GPU_FAULT, status=True,
+                        reason=f"Xid{xid.group(1)}" if xid else "GpuUnhealthy", message=allocation.fault_reason)
+    if allocation.fault_fatal and lease.state in LEASE_TENANT_OWNS:
+        lease_release(lease=lease, actor=actor, failure_reason=f"{GPU_FAULT}: {allocation.fault_reason}")
 
 
-def lease_book_push(*, server: Server) -> None:
-    """Send the server's agent the complete set of leases on it now (level-based, idempotent)."""
-    leases = Lease.objects.filter(server=server, state__in=list(_BOOK_PHASE)).select_related("tenant")
-    modules: dict[int, list[int]] = {}
-    for lease_id, module_id in LeaseGpu.objects.filter(lease__in=leases, holds=True).values_list(
-        "lease_id", "gpu__module_id"
-    ):  # one query for the node's book, not one per lease
-        modules.setdefault(lease_id, []).append(module_id)
-    bindings = []
-    for lease in leases:
-        bindings.append(GpuLeaseBinding(
-            lease_id=str(lease.pk), pod_namespace=kube_constants.tenant_namespace(lease.tenant.name),
-            pod_name=lease.pod_name or pod_name_for(lease), module_ids=tuple(sorted(modules.get(lease.pk, ()))),
-            phase=_BOOK_PHASE[lease.state],
-        ))
-    agent_for(server).set_gpu_leases(bindings)
+def _lease(lease_id: int) -> Lease:
+    return Lease.objects.select_related("tenant", "allocation__server", "allocation__partition").get(pk=lease_id)
 
 
 _STEPS = {

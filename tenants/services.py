@@ -14,27 +14,31 @@ import time
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 
+from console import dispatch
 from console.audit import Actor, audit_batch, audit_record
 from console.db import insert_many
 from console.errors import Conflict
-from fleet import dispatch
-from fleet import services as fleet_services
+from fleet.allocations import allocation_abandon, allocation_claim
+from fleet.holders import holder_for
 from fleet.models import Server
 from fleet.placement_live import live_index
 from fleet.snapshot import NoFit, Request
 from hardware.exceptions import InvalidArgument
 from hardware.oci import parse_image_reference
-from tenants.models import Lease, LeaseGpu, Tenant
+from tenants.models import Lease, Tenant
 from tenants.states import (
     LEASE_HOLDS_GPUS,
     LEASE_MACHINE,
     LEASE_TENANT_OWNS,
+    LEASE_TERMINAL,
     LEASE_UNFINISHED,
     TENANT_MACHINE,
     LeaseState,
     TenantState,
 )
+from tenants.subscriptions import LEASE_HOLDER
 from tenants.validators import validate_gpu_count, validate_tenant_name
 
 log = logging.getLogger(__name__)
@@ -248,19 +252,22 @@ def _place(lease: Lease, actor: Actor) -> bool:
     # A stand-in for the server row: its pk and hostname are all the claim (guard, audit text) reads.
     server = Server(pk=choice.server_id, hostname=decision.hostname)
     try:
-        gpus = fleet_services.gpus_claim(server=server, gpu_ids=decision.gpu_ids, lease=lease, actor=actor)
+        allocation = allocation_claim(
+            server=server, partition_pk=decision.partition_pk, gpu_ids=decision.gpu_ids,
+            holder=holder_for(LEASE_HOLDER, lease.pk), owner=lease.tenant.name, claim_name=str(lease.pk),
+            consumer_namespace=lease.tenant.namespace, consumer_name=lease.pod_name_expected, actor=actor,
+        )
     except BaseException:
         live_index.abandon(decision)
         raise
-    if gpus is None:
+    if allocation is None:
         live_index.refused(decision)
         raise ClaimLost(f"partition {choice.partition_id} of server {choice.server_id} was taken")
     live_index.done(decision)
-    insert_many([LeaseGpu(lease=lease, gpu=g, holds=True) for g in gpus])
     LEASE_MACHINE.transition(
         lease, L.PLACED, actor=actor, locked=True,
-        fields={"server_id": choice.server_id, "partition_id": decision.partition_pk, "pending_reason": ""},
-        message=f"partition {choice.partition_id} ({','.join(map(str, choice.gpu_module_ids))})",
+        fields={"allocation": allocation, "pending_reason": ""},
+        message=f"{decision.hostname} partition {choice.partition_id} ({','.join(map(str, choice.gpu_module_ids))})",
     )
     dispatch.on_commit("lease_advance", lease.pk)
     return True
@@ -284,28 +291,33 @@ def leases_place_pending(*, actor: Actor, tenant_id: int | None = None) -> int:
     return placed
 
 
-def lease_release(*, lease: Lease, actor: Actor) -> Lease:
+def lease_release(*, lease: Lease, actor: Actor, failure_reason: str = "") -> Lease:
     """The tenant deletes its container, or the pod ended. Pending leases end at once; leases that
-    hold GPUs go to releasing and are cleaned. Idempotent."""
+    hold GPUs go to releasing and are cleaned. `failure_reason`: the lease ends because of a fault
+    (it finishes `failed` after the clean-up). Idempotent."""
     with transaction.atomic():
         lease = Lease.objects.select_for_update().get(pk=lease.pk)
         if lease.state == L.PENDING:
-            LEASE_MACHINE.transition(lease, L.RELEASED, actor=actor, message="cancelled before placement")
+            LEASE_MACHINE.transition(lease, L.FAILED if failure_reason else L.RELEASED, actor=actor,
+                                     fields={"failure_reason": failure_reason[:2000]},
+                                     message=failure_reason or "cancelled before placement")
             return lease
         if lease.state in LEASE_TENANT_OWNS:
-            LEASE_MACHINE.transition(lease, L.RELEASING, actor=actor, fields={"release_requested": True})
+            LEASE_MACHINE.transition(lease, L.RELEASING, actor=actor, message=failure_reason,
+                                     fields={"release_requested": True, "failure_reason": failure_reason[:2000]})
             dispatch.on_commit("lease_advance", lease.pk)
     return lease
 
 
 def lease_fail(*, lease: Lease, actor: Actor, reason: str) -> Lease:
-    """Give up on a lease: record why, quarantine its GPUs (they may be dirty), release the hold."""
+    """Give up on a lease: record why; its allocation is abandoned (GPUs quarantined: they may be
+    dirty and only a scrub and a level clears them)."""
     with transaction.atomic():
         lease = Lease.objects.select_for_update().get(pk=lease.pk)
-        if lease.state in (L.RELEASED, L.FAILED):
+        if lease.state in LEASE_TERMINAL:
             return lease
-        fleet_services.gpus_quarantine_for(lease=lease, actor=actor, reason=f"{lease}: {reason}")
-        _drop_hold(lease)
+        if lease.allocation_id:
+            allocation_abandon(allocation=lease.allocation, actor=actor, reason=f"{lease}: {reason}")
         LEASE_MACHINE.transition(lease, L.FAILED, actor=actor, fields={"failure_reason": reason[:2000]},
                                  message=reason)
         dispatch.on_commit("leases_place_pending", None)
@@ -313,16 +325,32 @@ def lease_fail(*, lease: Lease, actor: Actor, reason: str) -> Lease:
 
 
 def lease_finish(*, lease: Lease, actor: Actor) -> Lease:
-    """All GPUs are clean (free, drained or quarantined): the lease is released."""
+    """Its allocation is returned (every GPU clean, or quarantined): the lease is released, or
+    failed when a GPU fault ended it."""
     with transaction.atomic():
         lease = Lease.objects.select_for_update().get(pk=lease.pk)
-        fleet_services.gpus_return_to_pool(lease=lease, actor=actor)
-        _drop_hold(lease)
-        LEASE_MACHINE.transition(lease, L.RELEASED, actor=actor)
+        if lease.state in LEASE_TERMINAL:
+            return lease
+        to = L.FAILED if lease.failure_reason else L.RELEASED
+        LEASE_MACHINE.transition(lease, to, actor=actor, message=lease.failure_reason)
         dispatch.on_commit("leases_place_pending", None)
     return lease
 
 
-def _drop_hold(lease: Lease) -> None:
-    LeaseGpu.objects.filter(lease=lease, holds=True).update(holds=False)
-    fleet_services.gpus_detach(lease=lease)
+def lease_set_condition(*, lease: Lease, actor: Actor, type: str, status: bool, reason: str, message: str) -> bool:
+    """Record a condition on the lease (Kubernetes style: one per type, its transition time kept
+    while its status does not change). True when it changed."""
+    with transaction.atomic():
+        lease = Lease.objects.select_for_update().get(pk=lease.pk)
+        conditions = [c for c in lease.conditions if c.get("type") != type]
+        current = next((c for c in lease.conditions if c.get("type") == type), None)
+        value = "True" if status else "False"
+        if current and (current["status"], current["reason"], current["message"]) == (value, reason, message):
+            return False
+        since = current["last_transition_time"] if current and current["status"] == value else None
+        conditions.append({"type": type, "status": value, "reason": reason, "message": message[:2000],
+                           "last_transition_time": since or timezone.now().isoformat()})
+        Lease.objects.filter(pk=lease.pk).update(conditions=conditions)
+        audit_record(actor=actor, verb="tenants.lease.condition", target=lease, message=f"{type}={value}: {message}",
+                     after={"type": type, "status": value, "reason": reason})
+    return True

@@ -69,6 +69,6 @@ def leases_place_pending(tenant_id: int | None = None) -> int:
 
 @shared_task
 def reconcile() -> dict:
-    from tenants.reconciler import reconcile_fleet
+    from tenants.reconciler import reconcile_leases
 
-    return reconcile_fleet()
+    return reconcile_leases()

@@ -69,11 +69,14 @@ def tasks(monkeypatch, request):
 
     Under `db` (one transaction that never commits) on_commit never fires, so tasks are queued at
     once; under `transactional_db` the real on_commit runs."""
-    from fleet import dispatch
+    from console import dispatch
+    from fleet import holders
     from tests.support.tasks import TaskQueue
 
     queue = TaskQueue()
     monkeypatch.setattr(dispatch, "enqueue", queue.enqueue)
     if "transactional_db" not in request.fixturenames:
         monkeypatch.setattr(dispatch, "on_commit", queue.enqueue)
+        monkeypatch.setattr(holders, "notify_on_commit", holders._call)
+        monkeypatch.setattr(holders, "capacity_freed_on_commit", holders._capacity_freed)
     return queue

@@ -7,7 +7,7 @@ from django.urls import reverse
 from console.models import AuditEvent, Operation
 from fleet.models import Gpu, NvSwitch, Partition, Server
 from tenants.models import BootPhase, Lease, Tenant
-from tests.factories import LeaseFactory, UserFactory, make_server
+from tests.factories import AllocationFactory, LeaseFactory, UserFactory, make_server
 
 pytestmark = pytest.mark.django_db
 MODELS = [Server, Gpu, NvSwitch, Partition, Tenant, Lease, BootPhase, AuditEvent, Operation]
@@ -22,7 +22,7 @@ def staff_client(client):
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m._meta.label)
 def test_changelist_search_and_filter(staff_client, model):
     server = make_server()
-    LeaseFactory(server=server)
+    LeaseFactory(allocation=AllocationFactory(server=server))
     url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
     assert staff_client.get(url).status_code == 200
     assert staff_client.get(url, {"q": "node"}).status_code == 200

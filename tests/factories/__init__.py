@@ -1,6 +1,8 @@
 """factory_boy factories and graph builders (`make_server(platform=...)`)."""
 
-from tests.factories.fleet import GpuFactory, ServerFactory, make_server
+from tests.factories.fleet import AllocationFactory, GpuFactory, ServerFactory, make_server
 from tests.factories.tenants import LeaseFactory, TenantFactory, UserFactory
 
-__all__ = ["GpuFactory", "LeaseFactory", "ServerFactory", "TenantFactory", "UserFactory", "make_server"]
+__all__ = [
+    "AllocationFactory", "GpuFactory", "LeaseFactory", "ServerFactory", "TenantFactory", "UserFactory", "make_server",
+]

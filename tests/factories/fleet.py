@@ -1,7 +1,7 @@
 import factory
 
 from console.audit import Actor
-from fleet.models import Gpu, Server
+from fleet.models import Allocation, Gpu, Server
 from fleet.registration import ServerSpec, server_register_from_platform
 from hardware.platforms import get_platform
 
@@ -52,3 +52,14 @@ def make_server(platform: str = "hgx-h100-8", variant: str | None = None, *, rac
         actor=TEST_ACTOR,
     )
     return server
+
+
+class AllocationFactory(factory.django.DjangoModelFactory):
+    """An allocation row on a server's partition (no GPUs held: add AllocationGpu rows as needed)."""
+
+    class Meta:
+        model = Allocation
+
+    server = factory.LazyFunction(make_server)
+    partition = factory.LazyAttribute(lambda o: o.server.partitions.get(partition_id=8))
+    holder = factory.Sequence(lambda n: f"test/{n}")

@@ -120,9 +120,10 @@ XID_TABLE = [
 
 
 @pytest.mark.parametrize(("xid", "gpu_state", "server_state"), XID_TABLE, ids=[f"xid{x[0]}" for x in XID_TABLE])
-def test_xid_table(fleet_servers, xid, gpu_state, server_state):
+def test_xid_table(fleet_servers, tasks, xid, gpu_state, server_state):
     server = fleet_servers[0]
     _deliver(server, lambda admin: admin.inject_xid(3, xid))
+    tasks.run()  # a reset-class Xid on an idle GPU: scrubbed and levelled on its way to drained
     gpu = _gpu(server, 3)
     server.refresh_from_db()
     assert (gpu.state, server.state) == (gpu_state, server_state)
@@ -136,25 +137,52 @@ def test_xid_table(fleet_servers, xid, gpu_state, server_state):
     assert set(others.values_list("state", flat=True)) == {G.FREE}
 
 
-def test_xid_audit_names_the_catalog_meaning_and_ecc_counts(fleet_servers):
+def test_xid_audit_names_the_catalog_meaning_and_ecc_counts(fleet_servers, tasks):
     server = fleet_servers[0]
     _deliver(server, lambda admin: admin.inject_xid(2, 48))
     gpu = _gpu(server, 2)
     assert gpu.ecc_uncorrected == 1
     audit = AuditEvent.objects.get(verb="fleet.gpu.xid", target_id=str(gpu.pk))
     assert "double-bit ECC error" in audit.message and "drain_and_reset" in audit.message
-    assert _verbs(gpu) == ["fleet.gpu.xid", "fleet.gpu.drained"]
+    assert _verbs(gpu) == ["fleet.gpu.xid", "fleet.gpu.scrubbing"]
     assert gpu.drain_requested is True
+    tasks.run()
+    assert _verbs(gpu)[1:] == ["fleet.gpu.scrubbing", "fleet.gpu.leveling", "fleet.gpu.drained"]
 
 
-def test_repeated_events_change_nothing_more(fleet_servers):
+def test_xid48_on_an_idle_gpu_is_scrubbed_and_levelled_before_it_can_be_free(fleet_servers, tasks):
+    """A reset-class fault never leaves a GPU that an undrain could set free without a reset."""
+    from console.errors import Conflict
+    from fleet.services import gpu_drain, gpu_undrain
+
+    server = fleet_servers[0]
+    _deliver(server, lambda admin: admin.inject_xid(2, 48))
+    tasks.run()
+    gpu = _gpu(server, 2)
+    assert gpu.state == G.DRAINED and gpu.scrubbed_at > gpu.last_xid_at and gpu.leveled_at >= gpu.scrubbed_at
+    gpu_undrain(gpu=gpu, actor=ACTOR)
+    assert _gpu(server, 2).state == G.FREE
+    # A drained GPU that faulted after its last scrub: undrain refuses until it is scrubbed again.
+    gpu5 = _gpu(server, 5)
+    gpu_drain(gpu=gpu5, actor=ACTOR)
+    _deliver(server, lambda admin: admin.inject_xid(5, 48))  # drained already: recorded, not scrubbed
+    gpu5.refresh_from_db()
+    assert gpu5.state == G.DRAINED
+    with pytest.raises(Conflict, match="scrub it first"):
+        gpu_undrain(gpu=gpu5, actor=ACTOR)
+
+
+def test_repeated_events_change_nothing_more(fleet_servers, tasks):
     server = fleet_servers[0]
     drained = _deliver(server, lambda admin: admin.inject_xid(1, 48))
+    tasks.run()
     lost = _deliver(server, lambda admin: admin.inject_xid(4, 79))
     assert [e.kind for e in lost] == [HealthKind.XID, HealthKind.GPU_LOST]
     for event in drained + lost:  # the agent reports them again (a re-subscribed stream)
         gpu_record_health(server=server, event=event, actor=ACTOR)
+    tasks.run()
     assert _gpu(server, 1).state == G.DRAINED and _verbs(_gpu(server, 1)).count("fleet.gpu.drained") == 1
+    assert _verbs(_gpu(server, 1)).count("fleet.gpu.scrubbing") == 1
     assert _gpu(server, 4).state == G.OFFLINE and _verbs(_gpu(server, 4)).count("fleet.gpu.offline") == 1
     assert Operation.objects.filter(kind="server.drain", target_id=str(server.pk)).count() == 1
 
@@ -169,9 +197,10 @@ def test_gpu_lost_records_a_reason_and_drains_the_server(fleet_servers):
     assert fleet_servers[0].state == S.ACTIVE
 
 
-def test_repeated_row_remap_failure_is_an_rma_candidate(fleet_servers):
+def test_repeated_row_remap_failure_is_an_rma_candidate(fleet_servers, tasks):
     server = fleet_servers[0]
     _deliver(server, lambda admin: admin.inject_xid(6, 64))
+    tasks.run()
     assert _gpu(server, 6).state == G.DRAINED
     _deliver(server, lambda admin: admin.inject_xid(6, 64))
     gpu = _gpu(server, 6)
@@ -238,37 +267,51 @@ def test_xid48_on_a_leased_gpu_drains_it_after_the_lease_is_cleaned(own_fleet, t
 
     _register(own_fleet)
     lease = _running_lease(tasks, n=1)
-    gpu = Gpu.objects.get(current_lease=lease)
+    gpu = Gpu.objects.get(allocation_gpus__allocation=lease.allocation)
     _deliver(lease.server, lambda admin: admin.inject_xid(gpu.module_id, 48))
     gpu.refresh_from_db()
     assert gpu.state == G.DRAINING and gpu.drain_requested
-    services.lease_release(lease=lease, actor=TENANT_ACTOR)
+    lease.allocation.refresh_from_db()
+    assert lease.allocation.state == "faulted" and "Xid 48" in lease.allocation.fault_reason
+    # The fault shows on the lease, and (the catalog: drain and reset) ends it; its GPU is cleaned.
     tasks.run()
     lease.refresh_from_db()
     gpu.refresh_from_db()
-    assert lease.state == LeaseState.RELEASED
-    assert gpu.state == G.DRAINED and gpu.current_lease_id is None
+    [condition] = lease.conditions
+    assert (condition["type"], condition["status"], condition["reason"]) == ("GpuFault", "True", "Xid48")
+    assert "Xid 48" in condition["message"] and str(gpu) in condition["message"]
+    assert lease.state == LeaseState.FAILED and lease.failure_reason.startswith("GpuFault")
+    assert gpu.state == G.DRAINED and not gpu.allocation_gpus.filter(held=True).exists()
     assert _verbs(gpu)[-4:] == ["fleet.gpu.scrubbing", "fleet.gpu.leveling", "fleet.gpu.leveled", "fleet.gpu.drained"]
+    services.lease_release(lease=lease, actor=TENANT_ACTOR)  # a late delete changes nothing
+    lease.refresh_from_db()
+    assert lease.state == LeaseState.FAILED
 
 
 @pytest.mark.slow
 def test_xid79_takes_the_gpu_offline_and_drains_the_server(own_fleet, tasks):
     _register(own_fleet)
     lease = _running_lease(tasks, n=2)
-    lost, kept = Gpu.objects.filter(current_lease=lease).order_by("module_id")
+    lost, kept = Gpu.objects.filter(allocation_gpus__allocation=lease.allocation).order_by("module_id")
     _deliver(lease.server, lambda admin: admin.inject_xid(lost.module_id, 79))
     lost.refresh_from_db()
     kept.refresh_from_db()
-    server = Server.objects.get(pk=lease.server_id)
+    server = Server.objects.get(pk=lease.server.pk)
     assert lost.state == G.OFFLINE and "Xid 79" in lost.quarantine_reason
     assert kept.state == G.IN_USE
     assert server.state == S.DRAINING  # a lease still holds a GPU there
-    assert Operation.objects.get(kind="server.drain", target_id=str(server.pk)).status in ("pending", "running")
+    assert Operation.objects.get(kind="server.drain", target_id=str(server.pk)).status in Operation.UNFINISHED
+    tasks.run()  # the fault ends the lease; the kept GPU is cleaned; the server is drained
+    lease.refresh_from_db()
+    kept.refresh_from_db()
+    server.refresh_from_db()
+    assert lease.state == "failed" and lease.conditions[0]["type"] == "GpuFault"
+    assert kept.state == G.FREE and server.state == S.DRAINED
 
 
 # ----------------------------------------------------------------------------- the watcher
 @pytest.mark.slow
-def test_watcher_delivers_injected_xids_and_picks_up_new_servers(own_fleet):
+def test_watcher_delivers_injected_xids_and_picks_up_new_servers(own_fleet, tasks):
     first, second = own_fleet.endpoints
     [server] = _register(own_fleet, names={first})
     stop, watchers = threading.Event(), {}
@@ -278,7 +321,7 @@ def test_watcher_delivers_injected_xids_and_picks_up_new_servers(own_fleet):
     try:
         assert _wait_for(lambda: server.pk in watchers and watchers[server.pk].connects >= 1)
         agent_for(server).sim_admin().inject_xid(3, 48)
-        assert _wait_for(lambda: _gpu(server, 3).state == G.DRAINED)
+        assert _wait_for(lambda: _gpu(server, 3).state == G.SCRUBBING)  # reset on its way to drained
         assert _gpu(server, 3).last_xid == 48
 
         [later] = _register(own_fleet, names={second})

@@ -4,51 +4,41 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from fleet.models import Gpu, Partition, Server
-from tenants.models import LeaseGpu, Tenant
-from tenants.states import LeaseState
-from tests.factories import LeaseFactory, TenantFactory, make_server
+from fleet.models import AllocationGpu, Gpu, Partition, Server
+from tenants.models import Tenant
+from tests.factories import AllocationFactory, LeaseFactory, TenantFactory, make_server
 
 pytestmark = pytest.mark.django_db
 
 
-def _hold(lease, gpu):
-    LeaseGpu.objects.create(lease=lease, gpu=gpu, holds=True)
+def _hold(allocation, gpu):
+    AllocationGpu.objects.create(allocation=allocation, gpu=gpu, held=True)
 
 
-def test_gpu_cannot_be_in_two_unfinished_leases():
+def test_gpu_cannot_be_in_two_open_allocations():
     server = make_server()
     gpu = server.gpus.first()
-    _hold(LeaseFactory(), gpu)
+    _hold(AllocationFactory(server=server), gpu)
     with pytest.raises(IntegrityError), transaction.atomic():
-        _hold(LeaseFactory(), gpu)
+        _hold(AllocationFactory(server=server), gpu)
 
 
 @pytest.mark.postgres
-def test_postgres_rejects_a_gpu_in_two_unfinished_leases():
+def test_postgres_rejects_a_gpu_in_two_open_allocations():
     from django.db import connection
 
     assert connection.vendor == "postgresql"
-    test_gpu_cannot_be_in_two_unfinished_leases()
+    test_gpu_cannot_be_in_two_open_allocations()
 
 
-def test_finished_lease_frees_the_gpu_for_the_next():
+def test_returned_allocation_frees_the_gpu_for_the_next():
     server = make_server()
     gpu = server.gpus.first()
-    first = LeaseFactory()
+    first = AllocationFactory(server=server)
     _hold(first, gpu)
-    LeaseGpu.objects.filter(lease=first).update(holds=False)
-    _hold(LeaseFactory(), gpu)
-    assert LeaseGpu.objects.filter(gpu=gpu).count() == 2
-
-
-def test_partition_backs_one_lease_while_held():
-    server = make_server()
-    partition = server.partitions.get(partition_id=3)
-    LeaseFactory(server=server, partition=partition, gpu_count=2, state=LeaseState.RUNNING)
-    with pytest.raises(IntegrityError), transaction.atomic():
-        LeaseFactory(server=server, partition=partition, gpu_count=2, state=LeaseState.BOOTING)
-    LeaseFactory(server=server, partition=partition, gpu_count=2, state=LeaseState.RELEASED)
+    AllocationGpu.objects.filter(allocation=first).update(held=False)
+    _hold(AllocationFactory(server=server), gpu)
+    assert AllocationGpu.objects.filter(gpu=gpu).count() == 2
 
 
 def test_partition_id_unique_per_server():

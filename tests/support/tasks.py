@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleet import dispatch
+from console import dispatch
 
 
 class TaskQueue:

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import random
 import threading
-from collections import Counter
 
 import pytest
 from django.db import connection
-from django.utils import timezone
 
-from fleet.models import Gpu
-from fleet.states import GPU_MACHINE, GpuState
+from fleet.models import AllocationGpu, Gpu
+from fleet.states import GpuState
 from tenants import services
-from tenants.models import Lease, LeaseGpu
+from tenants.models import Lease
 from tenants.states import LEASE_HOLDS_GPUS, LEASE_MACHINE, LeaseState, TenantState
 from tests.factories import TenantFactory, make_server
 from tests.factories.fleet import TEST_ACTOR
+from tests.support.invariants import (
+    assert_allocations_are_partitions,
+    assert_no_gpu_in_two_open_allocations,
+    clean_without_agents,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 IMAGE = "registry.example.com/team/job:1"
@@ -45,19 +48,11 @@ def _run_clients(fn, n=CLIENTS):
     assert not errors, errors
 
 
-def _assert_no_gpu_in_two_leases():
-    counts = Counter(LeaseGpu.objects.filter(holds=True).values_list("gpu_id", flat=True))
-    assert all(c == 1 for c in counts.values()), "a GPU is in two unfinished leases"
-
-
 def _assert_invariants():
-    _assert_no_gpu_in_two_leases()
-    held = LeaseGpu.objects.filter(holds=True)
-    for lease in Lease.objects.filter(state__in=LEASE_HOLDS_GPUS).select_related("partition"):
-        modules = sorted(lease.gpus.filter(lease_gpus__holds=True).values_list("module_id", flat=True))
-        assert modules == lease.partition.module_ids, f"{lease} GPUs are not its partition"
-        assert Gpu.objects.filter(pk__in=held.filter(lease=lease).values("gpu_id"),
-                                  server_id=lease.server_id).count() == lease.gpu_count
+    assert_no_gpu_in_two_open_allocations()
+    assert_allocations_are_partitions()
+    for lease in Lease.objects.filter(state__in=LEASE_HOLDS_GPUS).select_related("allocation"):
+        assert lease.allocation.gpus.filter(allocation_gpus__held=True).count() == lease.gpu_count
 
 
 def _tenants(n):
@@ -92,15 +87,11 @@ def test_mixed_sizes_never_double_allocate(transactional_db, tasks):
 
 def _finish_clean(lease: Lease) -> None:
     """What the orchestration does once the agent scrubbed and levelled every GPU."""
-    from fleet.services import gpus_begin_clean
-
     services.lease_release(lease=lease, actor=TEST_ACTOR)
     lease.refresh_from_db()
+    clean_without_agents(lease.allocation, TEST_ACTOR)
     LEASE_MACHINE.transition(lease, LeaseState.SCRUBBING, actor=TEST_ACTOR)
-    gpus_begin_clean(lease=lease, actor=TEST_ACTOR)
     LEASE_MACHINE.transition(lease, LeaseState.LEVELING, actor=TEST_ACTOR)
-    GPU_MACHINE.transition_many(Gpu.objects.filter(current_lease=lease), GpuState.LEVELING, actor=TEST_ACTOR,
-                                fields={"leveled_at": timezone.now()})
     services.lease_finish(lease=lease, actor=TEST_ACTOR)
 
 
@@ -113,7 +104,7 @@ def test_requests_with_releases_interleaved(transactional_db, tasks):
         for round_ in range(3):
             lease = services.lease_request(tenant_name=tenants[i].name, image=IMAGE,
                                            gpu_count=[1, 2, 4][(i + round_) % 3], actor=TEST_ACTOR)
-            _assert_no_gpu_in_two_leases()
+            assert_no_gpu_in_two_open_allocations()
             if lease.state == LeaseState.PLACED:
                 _finish_clean(lease)
             else:
@@ -121,6 +112,6 @@ def test_requests_with_releases_interleaved(transactional_db, tasks):
 
     _run_clients(client)
     _assert_invariants()
-    assert LeaseGpu.objects.filter(holds=True).count() == 0
+    assert not AllocationGpu.objects.filter(held=True).exists()
     assert Gpu.objects.filter(state=GpuState.FREE).count() == 16
     assert Lease.objects.filter(state=LeaseState.RELEASED).count() == CLIENTS * 3

@@ -3,19 +3,19 @@
 Random requests (1/2/4/8 GPUs), releases, drains, cordons, GPU drains, scrub failures, fabric
 manager restarts (agent errors), quarantine clears and reconciler runs; after every step every
 invariant of ARCHITECTURE.md holds:
-1. no GPU in two unfinished leases;
+1. no GPU in two open allocations (so in two unfinished leases);
 2. a GPU is free only after a scrub and a level at the pinned firmware;
 3. a lease's GPUs are exactly one partition of its server;
 4. active partitions on a server are disjoint;
-6. drained or cordoned servers get nothing new.
+6. drained or cordoned servers get nothing new;
+and a GPU fault during a lease shows on the lease (GpuFault), a fatal one ending it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from unittest import mock
 
 import pytest
@@ -31,25 +31,34 @@ from console.statemachine import InvalidTransition
 from fleet import cluster as cluster_access
 from fleet import services as fleet_services
 from fleet.agents import agent_for, forget_agents
+from fleet.health import gpu_record_health
 from fleet.inventory import server_register_from_inventory
 from fleet.models import Gpu, Partition, Server
 from fleet.placement_live import LivePlacementIndex, live_index
-from fleet.states import GPU_HELD_BY_LEASE, GpuState, PartitionState, ServerState
+from fleet.reconciler import reconcile_fleet
+from fleet.states import GpuState, PartitionState, ServerState
 from hardware.agent_client import AgentClient
 from hardware.exceptions import AgentUnavailable
+from hardware.types import HealthEvent, HealthKind
 from simulator.cluster import SimulatedCluster, sim_admin_nodes
 from simulator.fleet import SimFleet
 from tenants import services
-from tenants.models import Lease, LeaseGpu
-from tenants.reconciler import reconcile_fleet
-from tenants.states import LEASE_HOLDS_GPUS, LEASE_UNFINISHED, LeaseState
+from tenants.models import Lease
+from tenants.reconciler import reconcile_leases
+from tenants.states import LEASE_HOLDS_GPUS, LEASE_TENANT_OWNS, LEASE_UNFINISHED, LeaseState
 from tests.factories import TenantFactory
+from tests.support.invariants import (
+    assert_allocations_are_partitions,
+    assert_held_gpus_have_an_allocation,
+    assert_no_gpu_in_two_open_allocations,
+)
 
 pytestmark = pytest.mark.slow
 ACTOR = Actor.system("hypothesis", source="api")
 IMAGE = "registry.example.com/lab/train:2"
 TENANTS = ("alpha", "beta")
 ACCEL = 20000.0
+RESET_CLASS = {"reset_gpu", "drain_and_reset", "drain_and_reboot_host"}
 UNSCHEDULABLE = {ServerState.CORDONED, ServerState.DRAINING, ServerState.DRAINED}
 
 
@@ -71,6 +80,11 @@ def fleet(db, settings, tasks):
     yield sim
     forget_agents()
     sim.stop()
+
+
+def _reconcile() -> None:
+    reconcile_fleet(stuck_after=timedelta(0))
+    reconcile_leases(stuck_after=timedelta(0))
 
 
 def test_invariants_hold_under_random_operations(fleet, tasks):
@@ -178,7 +192,7 @@ def test_invariants_hold_under_random_operations(fleet, tasks):
             fleet.clock.set_acceleration(1.0)
             try:
                 agent_for(Server.objects.order_by("pk")[index]).sim_admin().restart_fabric_manager()
-                reconcile_fleet(stuck_after=timedelta(0))
+                _reconcile()
             finally:
                 fleet.clock.set_acceleration(ACCEL)
             self._settle()
@@ -186,39 +200,57 @@ def test_invariants_hold_under_random_operations(fleet, tasks):
         @rule()
         def reconcile(self):
             self._step_start()
-            reconcile_fleet(stuck_after=timedelta(0))
+            _reconcile()
+            self._settle()
+
+        @rule(pick=st.integers(0, 63), xid=st.sampled_from([48, 79, 94]))
+        def gpu_faults(self, pick, xid):
+            """An Xid on a GPU, as the node watcher records it: reset-class (48), lost (79) or
+            restart-the-app (94)."""
+            self._step_start()
+            gpu = Gpu.objects.select_related("server").order_by("pk")[pick % 16]
+            event = HealthEvent(hostname=gpu.server.hostname, module_id=gpu.module_id, kind=HealthKind.XID,
+                                at=datetime.now(UTC), xid=xid, message="injected")
+            gpu_record_health(server=gpu.server, event=event, actor=ACTOR)
             self._settle()
 
         # --- invariants ------------------------------------------------------------------
         @invariant()
-        def no_gpu_in_two_unfinished_leases(self):
-            held = Counter(LeaseGpu.objects.filter(holds=True).values_list("gpu_id", flat=True))
-            assert all(n == 1 for n in held.values())
-            for gpu in Gpu.objects.filter(state__in=GPU_HELD_BY_LEASE):
-                assert gpu.current_lease_id is not None, f"{gpu} {gpu.state} without a lease"
+        def no_gpu_in_two_open_allocations(self):
+            assert_no_gpu_in_two_open_allocations()
+            assert_held_gpus_have_an_allocation()
 
         @invariant()
         def free_only_after_scrub_and_level(self):
             for gpu in Gpu.objects.filter(state=GpuState.FREE):
-                assert gpu.current_lease_id is None
-                assert not LeaseGpu.objects.filter(gpu=gpu, holds=True).exists()
+                assert not gpu.allocation_gpus.filter(held=True).exists()
                 assert gpu.firmware_version == pinned
-                verbs = list(AuditEvent.objects.filter(target_type="fleet.gpu", target_id=str(gpu.pk))
-                             .order_by("id").values_list("verb", flat=True))
-                if "fleet.gpu.reserved" in verbs:
-                    after = verbs[len(verbs) - 1 - verbs[::-1].index("fleet.gpu.reserved"):]
-                    assert "fleet.gpu.scrubbing" in after, after
-                    tail = after[after.index("fleet.gpu.scrubbing"):]
-                    assert "fleet.gpu.leveling" in tail and ("fleet.gpu.leveled" in tail or
-                                                               tail[-1] == "fleet.gpu.free"), after
+                events = list(AuditEvent.objects.filter(target_type="fleet.gpu", target_id=str(gpu.pk))
+                              .order_by("id").values_list("verb", "after"))
+                verbs = [verb for verb, _ in events]
+                # After its last lease, and after its last fault that needs a reset: scrub, then level.
+                for i in reversed(range(len(events))):
+                    verb, after = events[i]
+                    if verb == "fleet.gpu.reserved" or (verb == "fleet.gpu.xid" and after["action"] in RESET_CLASS):
+                        tail = verbs[i:]
+                        assert "fleet.gpu.scrubbing" in tail, tail
+                        tail = tail[tail.index("fleet.gpu.scrubbing"):]
+                        assert "fleet.gpu.leveling" in tail and ("fleet.gpu.leveled" in tail or
+                                                                   tail[-1] == "fleet.gpu.free"), tail
 
         @invariant()
         def lease_gpus_are_one_partition(self):
-            for lease in Lease.objects.filter(state__in=LEASE_HOLDS_GPUS).select_related("partition"):
-                held = LeaseGpu.objects.filter(lease=lease, holds=True).select_related("gpu")
-                assert sorted(h.gpu.module_id for h in held) == lease.partition.module_ids
-                assert {h.gpu.server_id for h in held} == {lease.server_id}
-                assert lease.partition.server_id == lease.server_id
+            assert_allocations_are_partitions()
+            for lease in Lease.objects.filter(state__in=LEASE_HOLDS_GPUS).select_related("allocation"):
+                assert lease.allocation.is_open, f"{lease} {lease.state} on a returned allocation"
+
+        @invariant()
+        def gpu_faults_show_on_their_leases(self):
+            for lease in Lease.objects.filter(allocation__fault_reason__gt="").select_related("allocation"):
+                types = [c["type"] for c in lease.conditions]
+                assert "GpuFault" in types, (lease, lease.state, lease.allocation.fault_reason)
+                if lease.allocation.fault_fatal:
+                    assert lease.state not in LEASE_TENANT_OWNS, (lease, lease.state)
 
         @invariant()
         def active_partitions_disjoint(self):
@@ -244,7 +276,7 @@ def test_invariants_hold_under_random_operations(fleet, tasks):
             still = self.unschedulable_before & set(
                 Server.objects.filter(state__in=UNSCHEDULABLE).values_list("pk", flat=True)
             )
-            placed = Lease.objects.filter(placed_at__gte=self.step_started, server_id__in=still)
+            placed = Lease.objects.filter(placed_at__gte=self.step_started, allocation__server_id__in=still)
             assert not placed.exists(), list(placed)
 
         @invariant()

@@ -3,10 +3,10 @@
 import pytest
 from django.core.exceptions import ValidationError
 
-from fleet.models import Gpu
+from fleet.models import AllocationGpu, Gpu
 from fleet.states import GpuState, ServerState
 from tenants import services
-from tenants.models import Lease, LeaseGpu, Tenant
+from tenants.models import Lease, Tenant
 from tenants.states import LeaseState, TenantState
 from tests.factories import TenantFactory, make_server
 from tests.factories.fleet import TEST_ACTOR
@@ -26,7 +26,8 @@ def test_two_gpu_lease_gets_an_nvlink_pair(tasks, ready_tenant):
     modules = set(lease.gpus.values_list("module_id", flat=True))
     assert modules in ({1, 3}, {2, 4}, {5, 7}, {6, 8})
     assert lease.partition.module_ids == sorted(modules)
-    assert set(Gpu.objects.filter(current_lease=lease).values_list("state", flat=True)) == {GpuState.RESERVED}
+    assert set(lease.gpus.values_list("state", flat=True)) == {GpuState.RESERVED}
+    assert lease.allocation.holder == f"lease/{lease.pk}" and lease.allocation.owner == ready_tenant.name
     assert tasks.names() == ["lease_advance"]
 
 
@@ -47,8 +48,7 @@ def test_nothing_fits_stays_pending_with_reason_then_fifo_on_release(tasks, read
     assert waiting.state == LeaseState.PENDING
     assert "no 4-GPU partition free" in waiting.pending_reason
     # Free the server the way a finished lease does, then the queue is retried oldest first.
-    LeaseGpu.objects.filter(lease=held).update(holds=False)
-    Gpu.objects.filter(server=server).update(current_lease=None)
+    AllocationGpu.objects.filter(allocation=held.allocation).update(held=False)
     Gpu.objects.filter(server=server).update(state=GpuState.FREE)
     assert services.leases_place_pending(actor=TEST_ACTOR) == 1
     waiting.refresh_from_db()

@@ -11,9 +11,9 @@ from django.db import connection, transaction
 from console.audit import audit_batch
 from console.models import AuditEvent
 from fleet import placement_live
-from fleet.models import Gpu, Server
+from fleet.allocations import allocation_claim
+from fleet.models import Allocation, AllocationGpu, Gpu, Server
 from fleet.placement_live import LivePlacementIndex, live_index
-from fleet.services import gpus_claim
 from fleet.states import GPU_MACHINE, SERVER_MACHINE, GpuState, ServerState
 from tenants import services
 from tenants.models import Lease
@@ -111,28 +111,45 @@ def test_a_cordon_in_this_process_is_seen_at_once(tasks, ready_tenant):
     assert live_index.refusals == 0
 
 
+class _Lost(Exception):
+    pass
+
+
+def _claim(server, gpu_ids):
+    """allocation_claim as a request makes it: a refused claim rolls its attempt back."""
+    try:
+        with transaction.atomic():
+            allocation = allocation_claim(server=server, partition_pk=server.partitions.get(partition_id=3).pk,
+                                          gpu_ids=gpu_ids, holder="test/1", actor=TEST_ACTOR)
+            if allocation is None:
+                raise _Lost
+            return list(Gpu.objects.filter(allocation_gpus__allocation=allocation).order_by("pk"))
+    except _Lost:
+        return None
+
+
 @pytest.mark.django_db
 def test_claim_is_all_or_nothing(ready_tenant):
     server = make_server()
-    lease = Lease.objects.create(tenant=ready_tenant, image=IMAGE, gpu_count=2)
     gpus = list(Gpu.objects.filter(server=server, module_id__in=(1, 3)).order_by("module_id"))
     GPU_MACHINE.transition(gpus[1], GpuState.QUARANTINED, actor=TEST_ACTOR)
     before = AuditEvent.objects.count()
-    assert gpus_claim(server=server, gpu_ids=[g.pk for g in gpus], lease=lease, actor=TEST_ACTOR) is None
+    assert _claim(server, [g.pk for g in gpus]) is None
     assert Gpu.objects.get(pk=gpus[0].pk).state == GpuState.FREE
     assert AuditEvent.objects.count() == before
+    assert not Allocation.objects.exists()
 
 
 @pytest.mark.django_db
 def test_claim_refuses_an_unschedulable_server(ready_tenant):
     server = make_server()
-    lease = Lease.objects.create(tenant=ready_tenant, image=IMAGE, gpu_count=1)
     SERVER_MACHINE.transition(server, ServerState.CORDONED, actor=TEST_ACTOR)
     gpu = Gpu.objects.get(server=server, module_id=1)
-    assert gpus_claim(server=server, gpu_ids=[gpu.pk], lease=lease, actor=TEST_ACTOR) is None
+    assert _claim(server, [gpu.pk]) is None
     SERVER_MACHINE.transition(server, ServerState.ACTIVE, actor=TEST_ACTOR)
-    claimed = gpus_claim(server=server, gpu_ids=[gpu.pk], lease=lease, actor=TEST_ACTOR)
-    assert [(g.pk, g.state, g.current_lease_id) for g in claimed] == [(gpu.pk, GpuState.RESERVED, lease.pk)]
+    claimed = _claim(server, [gpu.pk])
+    assert [(g.pk, g.state) for g in claimed] == [(gpu.pk, GpuState.RESERVED)]
+    assert AllocationGpu.objects.get(gpu=gpu, held=True).allocation.holder == "test/1"
     assert AuditEvent.objects.filter(verb="fleet.gpu.reserved", target_id=str(gpu.pk)).count() == 1
 
 
@@ -141,7 +158,6 @@ def test_claim_refuses_an_unschedulable_server(ready_tenant):
 @pytest.mark.parametrize("held", ["a GPU (another reservation)", "the server (a cordon in progress)"])
 def test_claim_never_waits_on_another_transaction(ready_tenant, held):
     server = make_server()
-    lease = Lease.objects.create(tenant=ready_tenant, image=IMAGE, gpu_count=2)
     ids = list(Gpu.objects.filter(server=server, module_id__in=(1, 3)).values_list("pk", flat=True))
     locked, release = threading.Event(), threading.Event()
 
@@ -159,13 +175,13 @@ def test_claim_never_waits_on_another_transaction(ready_tenant, held):
     holder.start()
     assert locked.wait(10)
     with transaction.atomic():  # does not wait for the other transaction: refused at once
-        refused = gpus_claim(server=server, gpu_ids=ids, lease=lease, actor=TEST_ACTOR)
+        refused = _claim(server, ids)
     release.set()
     assert refused is None
     holder.join()
     assert set(Gpu.objects.filter(pk__in=ids).values_list("state", flat=True)) == {GpuState.FREE}
     with transaction.atomic():
-        assert len(gpus_claim(server=server, gpu_ids=ids, lease=lease, actor=TEST_ACTOR)) == 2
+        assert len(_claim(server, ids)) == 2
 
 
 @pytest.mark.django_db
@@ -173,14 +189,14 @@ def test_a_placed_request_is_one_short_transaction(tasks, ready_tenant, django_a
     make_server()
     live_index.refresh()
     _request(ready_tenant, 1)  # the first decision on a server also reads its partition rows, once
-    # Tenant and quota, lease, claim, GPU holds, lease placed, audit events, and the test's savepoint
-    # pair; on SQLite the claim is three statements (no row locks to take in one).
-    with django_assert_max_num_queries(8 if connection.vendor == "postgresql" else 10):
+    # Tenant and quota, lease, allocation, claim, its GPU rows, lease placed, audit events, and the
+    # test's savepoint pair; on SQLite the claim is three statements (no row locks to take in one).
+    with django_assert_max_num_queries(9 if connection.vendor == "postgresql" else 11):
         lease = _request(ready_tenant, 2)
     assert lease.state == LeaseState.PLACED
     verbs = list(AuditEvent.objects.order_by("pk").values_list("verb", flat=True))
-    assert verbs[-4:] == ["tenants.lease.requested", "fleet.gpu.reserved", "fleet.gpu.reserved",
-                          "tenants.lease.placed"]
+    assert verbs[-5:] == ["tenants.lease.requested", "fleet.gpu.reserved", "fleet.gpu.reserved",
+                          "fleet.allocation.reserved", "tenants.lease.placed"]
 
 
 @pytest.mark.django_db

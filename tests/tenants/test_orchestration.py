@@ -16,8 +16,8 @@ from fleet.models import Gpu
 from fleet.states import GpuState
 from hardware.exceptions import ClusterUnavailable
 from tenants import services
-from tenants.models import BootPhase, Lease, LeaseGpu
-from tenants.reconciler import reconcile_fleet
+from tenants.models import BootPhase, Lease
+from tenants.reconciler import reconcile_leases
 from tenants.states import LeaseState, TenantState
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,8 @@ def test_lease_runs_then_releases_through_scrub_and_level(sim, tasks):
         "tenants.lease.requested", "tenants.lease.placed", "tenants.lease.partitioning",
         "tenants.lease.booting", "tenants.lease.running",
     ]
-    gpus = list(Gpu.objects.filter(current_lease=lease))
+    assert lease.allocation.state == "active" and lease.allocation.holder == f"lease/{lease.pk}"
+    gpus = list(lease.gpus)
     assert {g.state for g in gpus} == {GpuState.IN_USE}
     assert sorted(g.module_id for g in gpus) == lease.partition.module_ids
     phases = list(BootPhase.objects.filter(lease=lease).order_by("seq"))
@@ -75,9 +76,20 @@ def test_lease_runs_then_releases_through_scrub_and_level(sim, tasks):
     assert _verbs(lease)[-4:] == [
         "tenants.lease.releasing", "tenants.lease.scrubbing", "tenants.lease.leveling", "tenants.lease.released",
     ]
+    allocation_verbs = list(AuditEvent.objects.filter(target_type="fleet.allocation",
+                                                      target_id=str(lease.allocation_id))
+                            .order_by("id").values_list("verb", flat=True))
+    assert allocation_verbs == ["fleet.allocation.reserved", "fleet.allocation.activating", "fleet.allocation.active",
+                                "fleet.allocation.releasing", "fleet.allocation.cleaning", "fleet.allocation.returned"]
+    # The lease's scrubbing/leveling states follow its GPUs: it was leveling only once every GPU was scrubbed.
+    scrubbed = AuditEvent.objects.filter(target_type="fleet.gpu", verb="fleet.gpu.leveling",
+                                         target_id__in=[str(g.pk) for g in gpus]).order_by("-id").first()
+    leveling = AuditEvent.objects.get(target_type="tenants.lease", target_id=str(lease.pk),
+                                      verb="tenants.lease.leveling")
+    assert leveling.pk > scrubbed.pk
     for gpu in gpus:
         gpu.refresh_from_db()
-        assert gpu.state == GpuState.FREE and gpu.current_lease_id is None
+        assert gpu.state == GpuState.FREE and not gpu.allocation_gpus.filter(held=True).exists()
         verbs = list(AuditEvent.objects.filter(target_type="fleet.gpu", target_id=str(gpu.pk))
                      .order_by("id").values_list("verb", flat=True))
         # Invariant 2: free again only after a scrub and a level.
@@ -89,7 +101,7 @@ def test_lease_runs_then_releases_through_scrub_and_level(sim, tasks):
 
 def test_scrub_failure_quarantines_only_that_gpu(sim, tasks):
     lease = _run_to_running(tasks)
-    bad = Gpu.objects.filter(current_lease=lease).order_by("module_id").first()
+    bad = lease.gpus.first()
     agent_for(lease.server).sim_admin().fail_next_scrub(bad.module_id)
     services.lease_release(lease=lease, actor=ACTOR)
     tasks.run()
@@ -103,7 +115,7 @@ def test_scrub_failure_quarantines_only_that_gpu(sim, tasks):
 
 def test_firmware_a_tenant_flashed_is_levelled_back(sim, tasks):
     lease = _run_to_running(tasks, n=1)
-    gpu = Gpu.objects.get(current_lease=lease)
+    gpu = lease.gpus.get()
     agent = agent_for(lease.server)
     agent.sim_admin().flash_firmware(gpu.module_id, "96.00.74.00.01")
     assert agent.check_firmware(gpu.module_id).matches is False
@@ -116,7 +128,7 @@ def test_firmware_a_tenant_flashed_is_levelled_back(sim, tasks):
 
 
 def test_running_a_task_twice_changes_nothing(sim, tasks):
-    from fleet import dispatch
+    from console import dispatch
 
     lease = _run_to_running(tasks)
     events = AuditEvent.objects.count()
@@ -167,7 +179,7 @@ def test_failed_onboarding_shows_its_reason_and_retries(sim, tasks):
     assert "503" in lease.tenant.failure_reason
     assert lease.state == LeaseState.PENDING and "tenancy failed" in lease.pending_reason
     flaky.failures = 0
-    reconcile_fleet(stuck_after=timedelta(0))  # retries failed onboardings
+    reconcile_leases(stuck_after=timedelta(0))  # retries failed onboardings
     tasks.run()
     lease.refresh_from_db()
     assert lease.tenant.state == TenantState.READY
@@ -188,9 +200,9 @@ def test_agent_down_fails_the_lease_with_reason_and_quarantines(sim, tasks):
     lease.refresh_from_db()
     assert lease.state == LeaseState.FAILED
     assert "AgentUnavailable" in lease.failure_reason
-    gpus = Gpu.objects.filter(lease_gpus__lease=lease)
+    gpus = lease.gpus
     assert gpus.count() == 4 and {g.state for g in gpus} == {GpuState.QUARANTINED}
-    assert not LeaseGpu.objects.filter(lease=lease, holds=True).exists()
+    assert lease.allocation.state == "returned" and not lease.allocation.allocation_gpus.filter(held=True).exists()
 
 
 def test_drain_cordons_the_node_keeps_the_running_lease_then_drains(sim, tasks):
