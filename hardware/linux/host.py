@@ -22,7 +22,7 @@ from hardware.linux.guest import GuestRunner
 from hardware.linux.journal import EventJournal
 from hardware.linux.records import GpuRecordStore, GpuReport
 from hardware.linux.service_vm import ServiceVms, fabric_manager_vm_spec, gpu_vm_spec
-from hardware.linux.sysfs import DEFAULT_SYSFS_ROOT, Discovery, PciFunction, SysfsPci
+from hardware.linux.sysfs import DEFAULT_SYSFS_ROOT, DiscoveredGpu, Discovery, SysfsPci
 from hardware.linux.vfio import SysfsWrite, VfioBinder, write_sysfs
 from hardware.platforms import Platform
 from hardware.types import (
@@ -84,7 +84,7 @@ class LinuxHost:
 
     def inventory(self) -> Inventory:
         discovery = self.sysfs.discover()
-        gpus = tuple(self._gpu_info(gpu.function, gpu.alone_in_iommu_group) for gpu in discovery.gpus)
+        gpus = tuple(self._gpu_info(gpu) for gpu in discovery.gpus)
         found = {gpu.pci.address for gpu in gpus}
         for module_id, address in sorted(self.board_map.modules.items()):
             if address not in found:
@@ -104,7 +104,8 @@ class LinuxHost:
             hugepages=_positive_int(self.sysfs.root / HUGEPAGES_1G),
         )
 
-    def _gpu_info(self, fn: PciFunction, alone: bool) -> GpuInfo:
+    def _gpu_info(self, gpu: DiscoveredGpu) -> GpuInfo:
+        fn = gpu.function
         module_id = self.board_map.module_of(fn.address)
         if module_id is None:
             log.warning("GPU %s is not in the board map: it has no module id", fn.address)
@@ -118,7 +119,8 @@ class LinuxHost:
             # (unknown) rather than the pinned one, so nothing mistakes "never read" for "matches".
             vram_mib=report.vram_mib or self.platform.vram_mib,
             firmware_version=report.firmware_version,
-            alone_in_iommu_group=alone,
+            alone_in_iommu_group=gpu.alone_in_iommu_group,
+            isolation_reason=gpu.isolation_reason,
         )
 
     def _report(self, address: str) -> GpuReport | None:

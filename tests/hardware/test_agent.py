@@ -78,8 +78,10 @@ def test_partitions_round_trip(agent):
     client.activate_partition(4)
     assert {p.partition_id for p in client.list_partitions() if p.active} == {3, 4}
     client.deactivate_partition(3)
-    client.set_activated_partitions([1])
-    assert {p.partition_id for p in client.list_partitions() if p.active} == {1}
+    assert {p.partition_id for p in client.list_partitions() if p.active} == {4}
+    with pytest.raises(FailedPrecondition, match="only accepted after a fabric-manager restart"):
+        client.set_activated_partitions([1])  # running: the active set is not replaced
+    assert {p.partition_id for p in client.list_partitions() if p.active} == {4}
 
 
 def test_partition_in_use_and_bad_id(agent):
