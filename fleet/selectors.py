@@ -43,14 +43,15 @@ def placement_fleet(server_ids: list[int] | None = None) -> PlacementFleet:
     gpus: dict[int, dict[int, GpuSnapshot]] = {pk: {} for pk in servers}
     gpu_ids: dict[tuple[int, int], int] = {}
     rows = Gpu.objects.filter(**only_children).values_list(
-        "pk", "server_id", "module_id", "state", "firmware_version", "temperature_c", "current_lease__tenant__name"
+        "pk", "server_id", "module_id", "state", "firmware_version", "temperature_c", "current_lease__tenant__name",
+        "isolated",  # a GPU that is not isolated (IOMMU group, host driver) is never placed
     )
-    for pk, server_id, module_id, state, firmware, temperature, tenant in rows:
+    for pk, server_id, module_id, state, firmware, temperature, tenant, isolated in rows:
         gpu_ids[server_id, module_id] = pk
         gpus[server_id][module_id] = GpuSnapshot(
             module_id=module_id,
             state=state,
-            healthy=state not in (GpuState.QUARANTINED, GpuState.OFFLINE),
+            healthy=isolated and state not in (GpuState.QUARANTINED, GpuState.OFFLINE),
             firmware_version=firmware,
             temperature_c=temperature,
             tenant=tenant,
