@@ -14,10 +14,10 @@ BENCH_REQUESTS (per round, default 200) change the fleet and the round; keep the
 twice the GPUs a round asks for (about 2.4 per request), or leases stay pending.
 
 What is measured: validation, quota check, lease row, placement decision (the process's live
-placement index) and the reservation (compare-and-set claim of the GPU rows, LeaseGpu rows, state
-machine, audit events) — i.e. `lease_request` up to `placed`, one transaction, including the
+placement index) and the reservation (an Allocation row, compare-and-set claim of the GPU rows,
+AllocationGpu rows, state machine, audit events) — i.e. `lease_request` up to `placed`, one transaction, including the
 realtime push after commit (in-memory channel layer unless REDIS_URL is set). Celery dispatch is
-stubbed out (`fleet.dispatch.enqueue` / `on_commit` are no-ops): the partitioning, boot and clean-up
+stubbed out (`console.dispatch.enqueue` / `on_commit` are no-ops): the partitioning, boot and clean-up
 that tasks would do afterwards are not part of the figure. PostgreSQL runs as this machine has it
 (synchronous_commit on: every lease waits for its WAL flush).
 
@@ -29,8 +29,13 @@ Prints readable figures, then as the last line one JSON object:
   processes do (console/startup.py); BENCH_GC_FREEZE=0 measures without.
 * `claims_lost_c*`: claims the database refused because another process had taken the partition
   (retried; 0 with one process).
-* `double_allocations`: GPUs held by more than one LeaseGpu with holds=True, plus leases whose held
-  GPUs are not exactly their partition's modules on their server, summed over all rounds (must be 0).
+* `double_allocations`: GPUs held by more than one open allocation (AllocationGpu held), plus leases
+  whose held GPUs are not exactly their partition's modules on their server, summed over all rounds
+  (must be 0).
+* `baseline_txn_per_s_c32`: one-row INSERT transactions per second on the same database, with the
+  same 32 client threads in the same processes, measured in the same run (this machine's speed varies
+  from day to day); `lease_to_baseline_c32` is `leases_per_s_c32` divided by it, the figure to
+  compare across machines and days.
 """
 
 from __future__ import annotations
@@ -145,45 +150,113 @@ def _stub_dispatch() -> None:
 
 
 def _reset_fleet() -> None:
-    """Drop every lease and set every GPU free: the next round starts on an empty fleet.
+    """Drop every lease and allocation and set every GPU free: the next round starts on an empty fleet.
 
     Bench-only bulk SQL, not a service: a real release goes through scrub and level."""
     from django.db import transaction
 
-    from fleet.models import Gpu
+    from fleet.models import Allocation, AllocationGpu, Gpu
     from fleet.states import GpuState
-    from tenants.models import BootPhase, Lease, LeaseGpu
+    from tenants.models import BootPhase, Lease
 
     with transaction.atomic():
-        Gpu.objects.exclude(state=GpuState.FREE, current_lease=None).update(state=GpuState.FREE, current_lease=None)
-        LeaseGpu.objects.all().delete()
+        Gpu.objects.exclude(state=GpuState.FREE).update(state=GpuState.FREE)
         BootPhase.objects.all().delete()
         Lease.objects.all().delete()
+        AllocationGpu.objects.all().delete()
+        Allocation.objects.all().delete()
 
 
 # --- the invariants ---------------------------------------------------------------------------------
 
 
 def double_allocations() -> int:
-    """GPUs in more than one holding LeaseGpu, plus leases whose held GPUs are not exactly their
+    """GPUs held by more than one open allocation, plus leases whose held GPUs are not exactly their
     partition's modules on their server."""
-    from tenants.models import Lease, LeaseGpu
+    from fleet.models import AllocationGpu
+    from tenants.models import Lease
     from tenants.states import LEASE_HOLDS_GPUS
 
-    counts = Counter(LeaseGpu.objects.filter(holds=True).values_list("gpu_id", flat=True))
+    counts = Counter(AllocationGpu.objects.filter(held=True).values_list("gpu_id", flat=True))
     bad = sum(1 for c in counts.values() if c > 1)
     held: dict[int, list[tuple[int, int]]] = {}
-    for lease_id, server_id, module_id in LeaseGpu.objects.filter(holds=True).values_list(
-        "lease_id", "gpu__server_id", "gpu__module_id"
+    for allocation_id, server_id, module_id in AllocationGpu.objects.filter(held=True).values_list(
+        "allocation_id", "gpu__server_id", "gpu__module_id"
     ):
-        held.setdefault(lease_id, []).append((server_id, module_id))
-    for pk, server_id, modules in Lease.objects.filter(state__in=LEASE_HOLDS_GPUS).values_list(
-        "pk", "server_id", "partition__module_ids"
+        held.setdefault(allocation_id, []).append((server_id, module_id))
+    for allocation_id, server_id, modules in Lease.objects.filter(state__in=LEASE_HOLDS_GPUS).values_list(
+        "allocation_id", "allocation__server_id", "allocation__partition__module_ids"
     ):
-        rows = held.get(pk, [])
+        rows = held.get(allocation_id, [])
         if sorted(m for _, m in rows) != sorted(modules or []) or any(s != server_id for s, _ in rows):
             bad += 1
     return bad
+
+
+# --- the baseline ----------------------------------------------------------------------------------
+
+
+def baseline_round(clients: int, transactions: int) -> float:
+    """One-row INSERT transactions per second on the same database, `clients` threads spread over
+    PROCESSES forked processes as the lease rounds are: what this machine's database does today."""
+    import multiprocessing as mp
+
+    from django.db import connection, connections
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE IF NOT EXISTS bench_baseline (id bigserial PRIMARY KEY, v integer)")
+    processes = max(1, min(clients, PROCESSES))
+    threads_per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    ctx = mp.get_context("fork")
+    next_index = ctx.Value("i", 0)
+    barrier = ctx.Barrier(processes + 1)
+    results = ctx.Queue()
+    connections.close_all()
+    procs = [ctx.Process(target=_baseline_process, args=(n, transactions, next_index, barrier, results))
+             for n in threads_per]
+    for proc in procs:
+        proc.start()
+    barrier.wait()
+    elapsed = max(results.get() for _ in procs)
+    for proc in procs:
+        proc.join()
+    return transactions / elapsed if elapsed else 0.0
+
+
+def _baseline_process(threads: int, transactions: int, next_index, barrier, results) -> None:
+    from django.db import connection, transaction
+
+    ready = threading.Barrier(threads + 1)
+    go = threading.Event()
+
+    def take() -> bool:
+        with next_index.get_lock():
+            if next_index.value >= transactions:
+                return False
+            next_index.value += 1
+            return True
+
+    def client() -> None:
+        try:
+            connection.ensure_connection()
+            ready.wait()
+            go.wait()
+            while take():
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute("INSERT INTO bench_baseline (v) VALUES (%s)", [1])
+        finally:
+            connection.close()
+
+    pool = [threading.Thread(target=client) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    ready.wait()
+    barrier.wait()
+    start = time.perf_counter()
+    go.set()
+    for t in pool:
+        t.join()
+    results.put(time.perf_counter() - start)
 
 
 # --- one timed round -------------------------------------------------------------------------------
@@ -353,6 +426,13 @@ def _bench(url: str) -> int:
         result[f"not_granted_c{clients}"] = r["not_granted"]
         result[f"p99_ms_c{clients}"] = round(r["p99_ms"], 1)
         result[f"claims_lost_c{clients}"] = r["refusals"]
+    top = max(CONCURRENCY)
+    baseline = baseline_round(top, REQUESTS_PER_ROUND * 4)
+    ratio = result[f"leases_per_s_c{top}"] / baseline if baseline else 0.0
+    print(f"baseline: {baseline:.0f} one-row INSERT transactions/s with {top} clients on the same database; "
+          f"leases/s at c={top} are {ratio:.3f} of it")
+    result[f"baseline_txn_per_s_c{top}"] = round(baseline, 1)
+    result[f"lease_to_baseline_c{top}"] = round(ratio, 3)
     result["double_allocations"] = doubles
     result["requests_per_round"] = REQUESTS_PER_ROUND
     result["servers"] = SERVERS

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.db import models
 
-from console import realtime
+from console import correlation, realtime
 from console.db import insert_many
 from console.models import AuditEvent, Source
 
@@ -116,7 +116,7 @@ def audit_record_many(
             actor_id=actor.user_id,
             actor_text=actor.name,
             source=actor.source,
-            correlation_id=actor.correlation_id,
+            correlation_id=actor.correlation_id or correlation.current(),
             verb=verb,
             target_type=target_type,
             target_id=target_id,

@@ -13,6 +13,8 @@ import logging
 
 from django.db import transaction
 
+from console import correlation
+
 log = logging.getLogger(__name__)
 
 _TASKS: dict[str, str] = {}
@@ -32,11 +34,18 @@ def task(name: str):
 
 
 def enqueue(name: str, *args) -> None:
+    """Send the task now, with the current correlation id (the worker runs it under the same id)."""
     try:
-        task(name).delay(*args)
+        task(name).apply_async(args=args, headers={correlation.HEADER: correlation.current()})
     except Exception:  # the broker being down must not undo a committed change; the reconciler catches up
         log.exception("could not enqueue %s%s", name, args)
 
 
 def on_commit(name: str, *args) -> None:
-    transaction.on_commit(lambda: enqueue(name, *args))
+    cid = correlation.current()  # the id of the work that asked, not of whatever commits it
+
+    def send() -> None:
+        with correlation.bound(cid):
+            enqueue(name, *args)
+
+    transaction.on_commit(send)

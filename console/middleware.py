@@ -2,6 +2,8 @@
 
 import uuid
 
+from console import correlation
+
 
 class CorrelationIdMiddleware:
     header = "HTTP_X_REQUEST_ID"
@@ -12,6 +14,7 @@ class CorrelationIdMiddleware:
     def __call__(self, request):
         incoming = request.META.get(self.header, "")
         request.correlation_id = incoming[:64] if incoming else uuid.uuid4().hex
-        response = self.get_response(request)
+        with correlation.bound(request.correlation_id):
+            response = self.get_response(request)
         response["X-Request-Id"] = request.correlation_id
         return response

@@ -9,7 +9,7 @@ from fleet.models import Allocation, AllocationGpu, Gpu, NvSwitch, Partition, Se
 class GpuInline(admin.TabularInline):
     model = Gpu
     extra = 0
-    fields = ("module_id", "pci_address", "iommu_group", "serial", "firmware_version", "state")
+    fields = ("module_id", "pci_address", "iommu_group", "serial", "firmware_version", "state", "isolated")
     readonly_fields = fields
     can_delete = False
     show_change_link = True
@@ -29,13 +29,15 @@ class ServerAdmin(ServiceManagedAdmin):
 
 @admin.register(Gpu)
 class GpuAdmin(ServiceManagedAdmin):
-    list_display = ("__str__", "pci_address", "iommu_group", "serial", "firmware_version", "state", "last_xid")
-    list_filter = ("state", "server__platform", "firmware_version", "drain_requested")
+    list_display = (
+        "__str__", "pci_address", "iommu_group", "serial", "firmware_version", "state", "isolated", "last_xid",
+    )
+    list_filter = ("state", "server__platform", "firmware_version", "drain_requested", "isolated")
     search_fields = ("server__hostname", "serial", "uuid", "pci_address")
     list_select_related = ("server",)
     readonly_fields = (
         "state", "drain_requested", "scrubbed_at", "leveled_at", "quarantine_reason",
-        "last_xid", "last_xid_at",
+        "last_xid", "last_xid_at", "isolated", "isolation_reason",
     )
 
 

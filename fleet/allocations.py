@@ -86,7 +86,7 @@ def allocation_activate(*, allocation: Allocation, actor: Actor) -> Allocation:
     use by the holder, and the node's device plugin is told. Idempotent."""
     allocation = _fresh(allocation)
     if allocation.state == A.RESERVED:
-        _transition(allocation, A.ACTIVATING, actor=actor)
+        _transition(allocation, A.ACTIVATING, actor=actor, notify=False)
     if allocation.state != A.ACTIVATING:
         return allocation
     partition_activate(server=allocation.server, partition_id=allocation.partition.partition_id, actor=actor,
@@ -94,7 +94,8 @@ def allocation_activate(*, allocation: Allocation, actor: Actor) -> Allocation:
     with transaction.atomic():
         GPU_MACHINE.transition_many(_gpus(allocation).filter(state=G.RESERVED), G.IN_USE, actor=actor,
                                     parent=allocation)
-        _transition(allocation, A.ACTIVE, actor=actor, message=f"partition {allocation.partition.partition_id}")
+        _transition(allocation, A.ACTIVE, actor=actor, message=f"partition {allocation.partition.partition_id}",
+                    notify=False)
     _push_book(allocation.server)
     return allocation
 
@@ -105,7 +106,7 @@ def allocation_release(*, allocation: Allocation, actor: Actor) -> Allocation:
     its clean tasks (the reconciler resumes a lost one)."""
     allocation = _fresh(allocation)
     if allocation.state in (*ALLOCATION_USABLE, A.FAULTED):
-        _transition(allocation, A.RELEASING, actor=actor)
+        _transition(allocation, A.RELEASING, actor=actor, notify=False)
     if allocation.state != A.RELEASING:
         return allocation
     partition_release(server=allocation.server, partition_id=allocation.partition.partition_id, actor=actor,
@@ -192,10 +193,11 @@ def allocation_abandon(*, allocation: Allocation, actor: Actor, reason: str) -> 
     return allocation
 
 
-def allocation_touched(*, allocation_id: int) -> None:
-    """Tell the holder that one of its GPUs moved on (a scrub finished), after commit."""
+def allocation_scrubbed(*, allocation_id: int) -> None:
+    """One of the allocation's GPUs finished its scrub: once none is left scrubbing, tell the holder
+    (after commit); its `scrubbing` step waits for exactly that."""
     allocation = Allocation.objects.filter(pk=allocation_id).first()
-    if allocation is not None:
+    if allocation is not None and not _gpus(allocation).filter(state=G.SCRUBBING).exists():
         holders.notify_on_commit(_change(allocation))
 
 
@@ -224,12 +226,13 @@ def _change(allocation: Allocation, reason: str = "") -> holders.AllocationChang
 
 
 def _transition(allocation: Allocation, to: str, *, actor: Actor, locked: bool = False, message: str = "",
-                fields: dict | None = None) -> None:
-    """The allocation's state change (audited), and its holder told after commit."""
+                fields: dict | None = None, notify: bool = True) -> None:
+    """The allocation's state change (audited), and its holder told after commit. `notify=False`
+    for the steps a holder's own call makes and waits for (activation, the start of a release)."""
     with transaction.atomic():
         changed = ALLOCATION_MACHINE.transition(allocation, to, actor=actor, locked=locked, message=message,
                                                 fields=fields)
-        if changed:
+        if changed and notify:
             holders.notify_on_commit(_change(allocation))
 
 

@@ -18,7 +18,7 @@ from console.audit import Actor, audit_record
 from console.operations import operation_finish, operation_log
 from fleet import holders
 from fleet.agents import agent_for
-from fleet.allocations import allocation_return_if_clean, allocation_touched, open_allocation_of
+from fleet.allocations import allocation_return_if_clean, allocation_scrubbed, open_allocation_of
 from fleet.models import Gpu
 from fleet.states import GPU_MACHINE, GpuState
 from hardware.exceptions import HardwareError
@@ -44,7 +44,7 @@ def gpu_clean(*, gpu_id: int, actor: Actor, operation_id: int | None = None) -> 
         GPU_MACHINE.transition(gpu, G.LEVELING, actor=actor, fields={"scrubbed_at": timezone.now()},
                                message="VRAM cleared", parent=allocation)
         if allocation is not None:
-            allocation_touched(allocation_id=allocation.pk)
+            allocation_scrubbed(allocation_id=allocation.pk)
     if gpu.state != G.LEVELING:
         return gpu.state
     if allocation is not None and _levelled_since(gpu, allocation.cleaning_at):

@@ -1,5 +1,9 @@
 """The long-running health consumer: every agent's WatchHealth stream into `gpu_record_health`.
 
+A fabric-manager restart (HealthKind.FABRIC_MANAGER_RESTARTED, module id 0) goes to
+`fleet.fabric_replay.fabric_manager_replay` instead: the restarted fabric manager gets the
+database's active partitions back within its 60 s window, without waiting for the reconciler.
+
 `watch_fleet_health(stop_event)` blocks until `stop_event` is set. It keeps one thread per server
 with an agent endpoint, each holding that agent's health stream open (`agent_for(server)
 .watch_health()`), feeding every event to `fleet.health.gpu_record_health`, and re-opening the
@@ -27,10 +31,12 @@ from console.audit import Actor
 from console.models import Source
 from console.tasks_base import DATABASE_TRANSIENT
 from fleet.agents import agent_for
+from fleet.fabric_replay import fabric_manager_replay
 from fleet.health import gpu_record_health
 from fleet.models import Server
 from hardware.agent_client import AgentStream
 from hardware.exceptions import HardwareError
+from hardware.types import HealthEvent, HealthKind
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +58,7 @@ class ServerHealthWatch:
         self._stop = threading.Event()
         self._stream: AgentStream | None = None
         self._lock = threading.Lock()
-        self.events = 0  # recorded by gpu_record_health (tests, diagnostics)
+        self.events = 0  # handled: recorded by gpu_record_health or replayed (tests, diagnostics)
         self.connects = 0  # streams opened
         self.failures = 0  # streams that failed (agent unavailable, deadline, refused)
         self._thread = threading.Thread(target=self._run, name=f"health-{server.hostname}", daemon=True)
@@ -120,7 +126,7 @@ class ServerHealthWatch:
         for attempt in range(DB_RETRIES + 1):
             close_old_connections()  # a long-lived thread: drop a connection the database closed
             try:
-                gpu_record_health(server=self.server, event=event, actor=self.actor)
+                self._handle(event)
                 self.events += 1
                 return
             except DATABASE_TRANSIENT as exc:
@@ -131,6 +137,16 @@ class ServerHealthWatch:
             except Exception:  # one bad event must not end the watch
                 log.exception("%s: could not record health event %s", self.server.hostname, event)
                 return
+
+
+    def _handle(self, event: HealthEvent) -> None:
+        if event.kind is not HealthKind.FABRIC_MANAGER_RESTARTED:
+            gpu_record_health(server=self.server, event=event, actor=self.actor)
+        elif event.hostname and event.hostname != self.server.hostname:
+            log.warning("fabric-manager restart of %s arrived on %s's stream; ignored", event.hostname,
+                        self.server.hostname)
+        else:
+            fabric_manager_replay(server=self.server, actor=self.actor)
 
 
 def watch_fleet_health(

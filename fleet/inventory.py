@@ -1,10 +1,12 @@
 """Write what a node agent reports (GetInventory) into Server, Gpu and NvSwitch rows.
 
 The agent is the source of truth for hardware identity: BDFs, IOMMU groups, UUIDs, serials,
-firmware, host features. Idempotent: a second sync of the same inventory changes nothing and
-writes no audit event. GPUs the agent no longer reports (e.g. fell off the bus, Xid 79) keep their
-rows — leases and history point at them — and are returned as `missing_modules` for the caller to
-act on through the GPU state machine; states are never touched here.
+firmware, host features, and whether each GPU is isolated (`Gpu.isolated`, `isolation_reason`:
+alone in its IOMMU group and on vfio-pci); placement never chooses a GPU that is not.
+Idempotent: a second sync of the same inventory changes nothing and writes no audit event. GPUs
+the agent no longer reports (e.g. fell off the bus, Xid 79) keep their rows — leases and history
+point at them — and are returned as `missing_modules` for the caller to act on through the GPU
+state machine; states are never touched here.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ _SERVER_FIELDS = (
     "fabric_manager_version",
     "agent_endpoint",
 )
-_GPU_FIELDS = ("pci_address", "iommu_group", "numa_node", "uuid", "serial", "vram_mib", "firmware_version")
+_GPU_FIELDS = (
+    "pci_address", "iommu_group", "numa_node", "uuid", "serial", "vram_mib", "firmware_version", "isolated",
+    "isolation_reason",
+)
 _SWITCH_FIELDS = ("pci_address", "iommu_group", "device_id")
 
 
@@ -127,6 +132,8 @@ def server_sync_inventory(
             "serial": info.serial,
             "vram_mib": info.vram_mib,
             "firmware_version": info.firmware_version,
+            "isolated": info.isolated,
+            "isolation_reason": info.isolation_reason,
         }
         gpu = existing.get(info.module_id) or Gpu(server=server, module_id=info.module_id)
         diff = _apply(gpu, values)

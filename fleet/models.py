@@ -95,6 +95,10 @@ class Gpu(models.Model):
     scrubbed_at = models.DateTimeField(null=True, blank=True)
     leveled_at = models.DateTimeField(null=True, blank=True)
     quarantine_reason = models.TextField(blank=True)
+    isolated = models.BooleanField(
+        default=True, help_text="VFIO can hand this GPU, and only it, to a VM (its agent says); else never offered"
+    )
+    isolation_reason = models.TextField(blank=True, help_text="Why the GPU is not isolated, as its agent reports")
 
     class Meta:
         ordering = ["server", "module_id"]

@@ -43,18 +43,19 @@ def placement_fleet(server_ids: list[int] | None = None) -> PlacementFleet:
     gpus: dict[int, dict[int, GpuSnapshot]] = {pk: {} for pk in servers}
     gpu_ids: dict[tuple[int, int], int] = {}
     rows = Gpu.objects.filter(**only_children).values_list(
-        "pk", "server_id", "module_id", "state", "firmware_version", "temperature_c"
+        "pk", "server_id", "module_id", "state", "firmware_version", "temperature_c",
+        "isolated",  # a GPU that is not isolated (IOMMU group, host driver) is never placed
     )
     # Who holds each held GPU (placement spreads one owner's allocations over racks): held GPUs only.
     owners = dict(AllocationGpu.objects.filter(
         held=True, **({} if server_ids is None else {"gpu__server_id__in": server_ids})
     ).values_list("gpu_id", "allocation__owner"))
-    for pk, server_id, module_id, state, firmware, temperature in rows:
+    for pk, server_id, module_id, state, firmware, temperature, isolated in rows:
         gpu_ids[server_id, module_id] = pk
         gpus[server_id][module_id] = GpuSnapshot(
             module_id=module_id,
             state=state,
-            healthy=state not in (GpuState.QUARANTINED, GpuState.OFFLINE),
+            healthy=isolated and state not in (GpuState.QUARANTINED, GpuState.OFFLINE),
             firmware_version=firmware,
             temperature_c=temperature,
             tenant=owners.get(pk) or None,

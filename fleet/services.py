@@ -207,11 +207,21 @@ def partition_release(*, server: Server, partition_id: int, actor: Actor, parent
         return
     if partition.state == P.ACTIVE:
         _partition_deactivate(partition, agent, actor, parent)
-    for single in server.partitions.filter(size=1, state=P.INACTIVE):
-        if single.module_ids[0] in partition.module_ids:
-            PARTITION_MACHINE.transition(single, P.ACTIVATING, actor=actor, parent=parent)
+    inside = set(partition.module_ids)
+    singles = [p.pk for p in server.partitions.filter(size=1, state=P.INACTIVE) if p.module_ids[0] in inside]
+    if not singles:
+        return
+    # One write per step for all of them (an 8-GPU release re-activates eight); the fabric manager
+    # takes them one by one. A failure leaves the rest `activating`: the next read settles them.
+    rows = PARTITION_MACHINE.transition_many(Partition.objects.filter(pk__in=singles), P.ACTIVATING, actor=actor,
+                                             parent=parent)
+    done = []
+    try:
+        for single in rows:
             agent.activate_partition(single.partition_id)
-            PARTITION_MACHINE.transition(single, P.ACTIVE, actor=actor, parent=parent)
+            done.append(single.pk)
+    finally:
+        PARTITION_MACHINE.transition_many(Partition.objects.filter(pk__in=done), P.ACTIVE, actor=actor, parent=parent)
 
 
 def _sync_partitions(server: Server, agent, actor: Actor, parent) -> dict[int, bool]:

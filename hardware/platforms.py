@@ -12,7 +12,7 @@ the code base may assume 8 GPUs, 4 NVSwitches or H100.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 NVIDIA_VENDOR_ID = 0x10DE
@@ -58,6 +58,12 @@ class BoardVariant:
     `gpu_iommu_groups[i]` and `gpu_numa[i]` belong to the same GPU. NVSwitches are either each in
     their own IOMMU group (DGX) or all in one group together with the Switchtec management endpoint
     (Supermicro HGX).
+
+    Two faults of real boards are data too, so the simulator can build them and tests can show the
+    console never offers such a GPU (HARDWARE.md "IOMMU groups"):
+    `nic_in_gpu_group` names GPUs whose IOMMU group also holds a NIC (ACS missing on the switch
+    above them: passing the group would hand the tenant the NIC); `host_driver_gpus` names GPUs
+    the host's `nvidia` driver claimed at boot instead of vfio-pci.
     """
 
     key: str
@@ -71,6 +77,13 @@ class BoardVariant:
     switch_iommu_groups: tuple[int, ...]
     switchtec_bdf: str | None = None
     switch_bridge_bdf: str | None = None
+    nic_in_gpu_group: tuple[str, ...] = ()
+    host_driver_gpus: tuple[str, ...] = ()
+
+    @property
+    def sound(self) -> bool:
+        """Every GPU can be offered: no NIC in a GPU's group, every GPU on vfio-pci."""
+        return not (self.nic_in_gpu_group or self.host_driver_gpus)
 
     def module_to_bdf(self) -> dict[int, str]:
         return dict(zip(self.module_ids, self.gpu_bdfs, strict=True))
@@ -212,6 +225,12 @@ SUPERMICRO_HGX = BoardVariant(
     switch_bridge_bdf="04:00.0",
 )
 
+# The same board with one of its faults each (platforms are data; the simulator builds them).
+# GPU 3a:00.0 (module 1) shares its IOMMU group with a NIC: it must never be offered.
+SUPERMICRO_HGX_NIC_SHARED = replace(SUPERMICRO_HGX, key="supermicro-nic-shared", nic_in_gpu_group=("3a:00.0",))
+# GPU 9a:00.0 (module 6) came up bound to the host's nvidia driver instead of vfio-pci.
+SUPERMICRO_HGX_HOST_DRIVER = replace(SUPERMICRO_HGX, key="supermicro-host-driver", host_driver_gpus=("9a:00.0",))
+
 OEM_HGX = BoardVariant(
     key="oem",
     vendor="Generic OEM",
@@ -269,7 +288,7 @@ HGX_H100 = Platform(
     max_operating_temp_c=87,
     slowdown_temp_c=89,
     shutdown_temp_c=92,
-    variants=(SUPERMICRO_HGX, OEM_HGX),
+    variants=(SUPERMICRO_HGX, OEM_HGX, SUPERMICRO_HGX_NIC_SHARED, SUPERMICRO_HGX_HOST_DRIVER),
 )
 
 DGX_H100 = Platform(
@@ -391,6 +410,8 @@ def validate_platform(platform: Platform) -> None:
             raise PlatformError(f"{platform.key}/{v.key}: switch IOMMU groups do not match its grouping")
         if len(set(v.gpu_iommu_groups) | set(v.switch_iommu_groups)) != n + expected_groups:
             raise PlatformError(f"{platform.key}/{v.key}: every GPU needs an IOMMU group of its own")
+        if not set(v.nic_in_gpu_group) | set(v.host_driver_gpus) <= set(v.gpu_bdfs):
+            raise PlatformError(f"{platform.key}/{v.key}: a board fault names a BDF that is not one of its GPUs")
 
 
 for _platform in PLATFORMS.values():

@@ -36,7 +36,13 @@ class PciDevice:
 
 @dataclass(frozen=True)
 class GpuInfo:
-    """A GPU the agent can offer: its PCI function plus what the host knows of it."""
+    """A GPU on the host: its PCI function plus what the host knows of it.
+
+    `isolation_reason` says why VFIO cannot hand this GPU, and only it, to a VM ("" when it can):
+    it shares its IOMMU group with another endpoint, has no IOMMU group, or is bound to a host
+    driver instead of vfio-pci (hardware/isolation.py). A GPU that is not `isolated` is never
+    offered: the device plugin leaves it out and placement never chooses it.
+    """
 
     pci: PciDevice
     module_id: int | None
@@ -45,6 +51,11 @@ class GpuInfo:
     vram_mib: int
     firmware_version: str
     alone_in_iommu_group: bool = True
+    isolation_reason: str = ""
+
+    @property
+    def isolated(self) -> bool:
+        return not self.isolation_reason
 
 
 @dataclass(frozen=True)
@@ -100,11 +111,15 @@ class HealthKind(StrEnum):
     TEMPERATURE = "temperature"
     NVLINK = "nvlink"
     GPU_LOST = "gpu_lost"
+    # Not about one GPU (module_id 0): the fabric manager restarted and waits for the list of
+    # partitions still active (SetActivatedPartitions, 60 s); the console replays it at once.
+    FABRIC_MANAGER_RESTARTED = "fabric_manager_restarted"
 
 
 @dataclass(frozen=True)
 class HealthEvent:
-    """One health observation for a GPU; `action` is the Xid catalog's operator action."""
+    """One health observation for a GPU (or, module_id 0, for the host's fabric manager);
+    `action` is the Xid catalog's operator action."""
 
     hostname: str
     module_id: int

@@ -7,6 +7,10 @@
 - After a restart the operator has 60 simulated seconds to call SetActivatedPartitions; until
   then every other call is refused (AgentUnavailable); on timeout the fabric manager exits and
   stays down until restarted.
+- SetActivatedPartitions is accepted only in that window, as in Fabric Manager's resiliency mode
+  (`fmSetActivatedFabricPartitions` after a restart); while it runs it is refused
+  (FailedPrecondition), so a stale list can never replace the active set under running VMs.
+  `restart()` calls `on_restart` (the host announces it on its health stream).
 - The list always holds every partition of the table, also those with a lost or excluded GPU:
   hiding them is the console's job.
 - A client whose version differs from the fabric manager's is refused.
@@ -47,12 +51,17 @@ class FabricManager:
         *,
         busy_modules: Callable[[], Mapping[int, str]] = dict,
         version: str = DEFAULT_FM_VERSION,
+        active: Iterable[int] = (),
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
+        """`active`: the partitions active when it starts (the host's boot configuration)."""
         self.platform = platform
         self.version = version
         self._clock = clock
         self._busy_modules = busy_modules  # module id → id of the running VM that holds it
-        self._active: set[int] = set()
+        self._on_restart = on_restart
+        self._boot_active = self._disjoint(active)
+        self._active: set[int] = set(self._boot_active)
         self._state = FmState.RUNNING
         self._deadline = 0.0
         self._lock = threading.Lock()
@@ -129,18 +138,31 @@ class FabricManager:
                 )
             self._active.discard(partition_id)
 
-    def set_activated(self, partition_ids: Iterable[int]) -> None:
-        """Tell the fabric manager which partitions are active (after a restart); ends the window."""
+    def _disjoint(self, partition_ids: Iterable[int]) -> frozenset[int]:
         ids = sorted(set(partition_ids))
+        specs = [self._spec(pid) for pid in ids]
+        for i, a in enumerate(specs):
+            for b in specs[i + 1 :]:
+                if a.overlaps(b):
+                    raise InvalidArgument(f"bad parameter: partitions {a.id} and {b.id} share GPUs")
+        return frozenset(ids)
+
+    def set_activated(self, partition_ids: Iterable[int]) -> None:
+        """Tell a restarted fabric manager which partitions are still active; ends its window.
+
+        Only while it waits after a restart: FailedPrecondition while it runs, AgentUnavailable once
+        it has exited.
+        """
         with self._lock:
-            if self._current_state() is FmState.EXITED:
+            state = self._current_state()
+            if state is FmState.EXITED:
                 raise AgentUnavailable("fabric manager not running (exited after its restart window)")
-            specs = [self._spec(pid) for pid in ids]
-            for i, a in enumerate(specs):
-                for b in specs[i + 1 :]:
-                    if a.overlaps(b):
-                        raise InvalidArgument(f"bad parameter: partitions {a.id} and {b.id} share GPUs")
-            self._active = set(ids)
+            if state is FmState.RUNNING:
+                raise FailedPrecondition(
+                    "SetActivatedPartitions is only accepted after a fabric-manager restart, while it waits "
+                    "for the list of active partitions; it is running: use Activate/DeactivatePartition"
+                )
+            self._active = set(self._disjoint(partition_ids))
             self._state = FmState.RUNNING
 
     def restart(self) -> None:
@@ -149,9 +171,11 @@ class FabricManager:
             self._active = set()
             self._state = FmState.AWAITING_ACTIVATED_LIST
             self._deadline = self._clock.seconds() + RESTART_WINDOW_S
+        if self._on_restart is not None:
+            self._on_restart()
 
     def reset(self) -> None:
-        """A host reboot: a fresh fabric manager with nothing active."""
+        """A host reboot: a fresh fabric manager with its boot configuration's partitions active."""
         with self._lock:
-            self._active = set()
+            self._active = set(self._boot_active)
             self._state = FmState.RUNNING

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from hardware.boot_model import estimate_boot
 from hardware.exceptions import FailedPrecondition, InvalidArgument, NotFound
+from hardware.isolation import GroupMember, group_blockers, isolation_reason
 from hardware.platforms import Platform, get_platform
 from hardware.types import (
     BootPhaseEvent,
@@ -32,7 +33,7 @@ from hardware.types import (
 from hardware.xid import xid_entry
 from simulator.clock import SimClock
 from simulator.events import EventHub, Subscription
-from simulator.fabric_manager import DEFAULT_FM_VERSION, FabricManager
+from simulator.fabric_manager import DEFAULT_FM_VERSION, RESTART_WINDOW_S, FabricManager
 from simulator.pci import PASSTHROUGH_DRIVER, SimPciDevice, build_pci_tree
 from simulator.vm import BootWatch, SimVm
 
@@ -128,6 +129,7 @@ class SimHost:
         self.hugepages, self.guest_kernel, self.init_system = hugepages, guest_kernel, init_system
         self._lock = threading.Lock()
         self.devices = build_pci_tree(self.platform, self.variant)
+        self._boot_drivers = {d.address: d.driver for d in self.devices}  # what a reboot binds again
         self.gpus: dict[int, SimGpu] = {}
         for dev in self.devices:
             if dev.kind is DeviceKind.GPU:
@@ -135,11 +137,16 @@ class SimHost:
                 fw = (firmware or {}).get(dev.module_id, self.platform.pinned_firmware)
                 self.gpus[dev.module_id] = SimGpu(dev.module_id, dev, uuid, serial, fw)
         self.vms: dict[str, SimVm] = {}
+        # isolate_gpus: the console's idle baseline, every GPU in its own active 1-GPU partition,
+        # is the fabric manager's boot configuration (also after a reboot).
         self.fabric_manager = FabricManager(
-            self.platform, self.clock, busy_modules=self.busy_modules, version=fm_version
+            self.platform,
+            self.clock,
+            busy_modules=self.busy_modules,
+            version=fm_version,
+            active=(p.id for p in self.platform.partitions if p.size == 1) if isolate_gpus else (),
+            on_restart=self._fabric_manager_restarted,
         )
-        if isolate_gpus:  # the console's idle baseline: every GPU in its own active 1-GPU partition
-            self.fabric_manager.set_activated(p.id for p in self.platform.partitions if p.size == 1)
 
     # -- helpers -------------------------------------------------------------------------
     def busy_modules(self) -> dict[int, str]:
@@ -187,6 +194,18 @@ class SimHost:
         self.hub.publish(event)
         return event
 
+    def _group_members(self, dev: SimPciDevice) -> list[GroupMember]:
+        return [
+            GroupMember(d.address, d.vendor_id, d.device_id, d.class_code)
+            for d in self.devices
+            if d.iommu_group == dev.iommu_group and d.address != dev.address
+        ]
+
+    def _isolation_reason(self, dev: SimPciDevice) -> str:
+        return isolation_reason(
+            address=dev.address, iommu_group=dev.iommu_group, driver=dev.driver, members=self._group_members(dev)
+        )
+
     # -- HostBackend ---------------------------------------------------------------------
     def inventory(self) -> Inventory:
         with self._lock:
@@ -198,7 +217,8 @@ class SimHost:
                     serial=g.serial,
                     vram_mib=self.platform.vram_mib,
                     firmware_version=g.firmware,
-                    alone_in_iommu_group=sum(d.iommu_group == g.pci.iommu_group for d in self.devices) == 1,
+                    alone_in_iommu_group=not group_blockers(g.pci.address, self._group_members(g.pci)),
+                    isolation_reason=self._isolation_reason(g.pci),
                 )
                 for g in sorted(self.gpus.values(), key=lambda g: g.pci.address)
                 if not g.lost
@@ -352,6 +372,9 @@ class SimHost:
                     raise FailedPrecondition(f"{self.hostname}: GPU {m}: {gpu.operation} in progress")
                 if gpu.pci.driver != PASSTHROUGH_DRIVER:
                     raise FailedPrecondition(f"{self.hostname}: GPU {m} is not bound to vfio-pci")
+                reason = self._isolation_reason(gpu.pci)
+                if reason:  # VFIO refuses a group that is not viable (a member on a host driver)
+                    raise FailedPrecondition(f"{self.hostname}: GPU {m} cannot be assigned: {reason}")
             estimate = estimate_boot(
                 len(mods),
                 platform=self.platform,
@@ -404,7 +427,15 @@ class SimHost:
             self._gpu(module_id).firmware = version
 
     def restart_fabric_manager(self) -> None:
+        """The fabric manager restarts; the health stream says so (FABRIC_MANAGER_RESTARTED)."""
         self.fabric_manager.restart()
+
+    def _fabric_manager_restarted(self) -> None:
+        self._emit(
+            0,
+            HealthKind.FABRIC_MANAGER_RESTARTED,
+            message=f"fabric manager restarted: waiting {RESTART_WINDOW_S:g} s for SetActivatedPartitions",
+        )
 
     def reboot(self) -> None:
         """Reboot the host: VMs stop, lost GPUs come back, a fresh fabric manager starts."""
@@ -414,7 +445,7 @@ class SimHost:
                 vm.end(now, VmState.STOPPED, "host rebooted")
             for gpu in self.gpus.values():
                 gpu.lost = False
-                gpu.pci.driver = PASSTHROUGH_DRIVER
+                gpu.pci.driver = self._boot_drivers[gpu.pci.address]
             self.fabric_manager.reset()
         for gpu in self.gpus.values():
             self._apply_reset(gpu)

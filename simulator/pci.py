@@ -3,6 +3,10 @@
 Besides the GPUs, NVSwitches and the Switchtec endpoint it holds the devices every real server
 has and the agent must ignore: the BMC's VGA (1a03:2000), a NIC, host bridge and ports, so the
 discovery code is tested against the same noise it meets on a real host.
+
+A board variant's faults are built too: a NIC in a GPU's IOMMU group (`nic_in_gpu_group`, at the
+next bus number, as behind a switch without ACS) and a GPU bound to the host's `nvidia` driver
+(`host_driver_gpus`) instead of vfio-pci.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ CLASS_PCI_BRIDGE = 0x060400
 CLASS_ETHERNET = 0x020000
 NVSWITCH_SUBSYSTEM = (0x10DE, 0x1796)
 PASSTHROUGH_DRIVER = "vfio-pci"
+HOST_GPU_DRIVER = "nvidia"
+NIC_IDS = (0x15B3, 0x1021)  # Mellanox ConnectX-7
+NIC_SUBSYSTEM = (0x15B3, 0x0041)
 
 
 @dataclass(slots=True)
@@ -77,6 +84,13 @@ def _noise() -> list[SimPciDevice]:
     ]
 
 
+def _nic_beside(gpu_address: str, group: int, numa: int) -> SimPciDevice:
+    """A NIC on the bus after the GPU's, in the GPU's IOMMU group (no ACS between them)."""
+    domain, bus, rest = gpu_address.split(":")
+    address = f"{domain}:{int(bus, 16) + 1:02x}:{rest}"
+    return SimPciDevice(address, None, *NIC_IDS, CLASS_ETHERNET, group, numa, "mlx5_core", None, *NIC_SUBSYSTEM)
+
+
 def build_pci_tree(platform: Platform, variant: BoardVariant) -> list[SimPciDevice]:
     """All PCI functions of one server, sorted by address (the order sysfs lists them)."""
     devices = _noise()
@@ -84,6 +98,8 @@ def build_pci_tree(platform: Platform, variant: BoardVariant) -> list[SimPciDevi
     for bdf, module, group, numa in zip(
         variant.gpu_bdfs, variant.module_ids, variant.gpu_iommu_groups, variant.gpu_numa, strict=True
     ):
+        if bdf in variant.nic_in_gpu_group:
+            devices.append(_nic_beside(full_bdf(bdf), group, numa))
         devices.append(
             SimPciDevice(
                 full_bdf(bdf),
@@ -93,7 +109,7 @@ def build_pci_tree(platform: Platform, variant: BoardVariant) -> list[SimPciDevi
                 platform.gpu_class,
                 group,
                 numa,
-                PASSTHROUGH_DRIVER,
+                HOST_GPU_DRIVER if bdf in variant.host_driver_gpus else PASSTHROUGH_DRIVER,
                 module,
                 sub_vendor,
                 sub_device,

@@ -2,7 +2,7 @@
 
 Placement itself is the pure `fleet.placement`; here it is fed a database snapshot and its choice
 is reserved in one transaction with row locks (`SELECT … FOR UPDATE SKIP LOCKED` on PostgreSQL),
-with the partial unique constraint on LeaseGpu as the last line of defence (invariant 1).
+with the partial unique constraint on fleet.AllocationGpu as the last line of defence (invariant 1).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from hardware.isolation import NOT_ALONE_REASON
 from hardware.proto.gen.gpuconsole.agent.v1 import agent_pb2 as pb
 from hardware.proto.gen.gpuconsole.simulator.v1 import simadmin_pb2 as simpb
 from hardware.types import (
@@ -102,6 +103,7 @@ def inventory_to_pb(inv: Inventory) -> pb.Inventory:
                 vram_mib=g.vram_mib,
                 firmware_version=g.firmware_version,
                 alone_in_iommu_group=g.alone_in_iommu_group,
+                isolation_reason=g.isolation_reason,
             )
             for g in inv.gpus
         ],
@@ -116,6 +118,13 @@ def inventory_to_pb(inv: Inventory) -> pb.Inventory:
             agent_version=inv.agent_version,
         ),
     )
+
+
+def _isolation_reason(g: pb.Gpu) -> str:
+    # An agent older than the field sends only `alone_in_iommu_group`: never read that as isolated.
+    if g.isolation_reason or g.alone_in_iommu_group:
+        return g.isolation_reason
+    return NOT_ALONE_REASON
 
 
 def inventory_from_pb(m: pb.Inventory) -> Inventory:
@@ -133,6 +142,7 @@ def inventory_from_pb(m: pb.Inventory) -> Inventory:
                 vram_mib=g.vram_mib,
                 firmware_version=g.firmware_version,
                 alone_in_iommu_group=g.alone_in_iommu_group,
+                isolation_reason=_isolation_reason(g),
             )
             for g in m.gpus
         ),

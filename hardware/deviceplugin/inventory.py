@@ -1,7 +1,11 @@
 """The plugin's devices from a host's inventory, kept in step with it (seed 001, "CDI Device Plugin").
 
-Every GPU of the inventory with a module id and an IOMMU group is a device: index (= device id =
-CDI name) is its module id, `/dev/vfio/<iommu group>` its node. A GPU once seen stays listed:
+Every isolated GPU of the inventory with a module id is a device: index (= device id = CDI name)
+is its module id, `/dev/vfio/<iommu group>` its node. A GPU that is not isolated
+(`GpuInfo.isolation_reason`: it shares its IOMMU group with a NIC, or the host's driver holds it)
+is left out, not listed as Unhealthy: `/dev/vfio/<group>` would hand the tenant the NIC too, an
+Unhealthy device still counts in the node's capacity, and its CDI entry would name that group.
+Allocate refuses it by name with its reason (`not_offered()`). A GPU once seen stays listed:
 when it leaves the inventory (an Xid 79 takes it off the bus until the host reboots) it turns
 Unhealthy, and Healthy again when it comes back. A GPU-lost health event (HealthKind.GPU_LOST, or
 an Xid the catalog marks `gpu_lost`) turns it Unhealthy at once, before the inventory shows it,
@@ -48,6 +52,7 @@ class InventoryDeviceSource:
         self._lock = threading.Lock()
         self._devices: dict[int, PluginDevice] = {}
         self._lost: set[int] = set()
+        self._refused: dict[str, str] = {}  # device id → why the GPU is not offered
         self._listeners: list[Callable[[], None]] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -62,14 +67,23 @@ class InventoryDeviceSource:
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
+    def not_offered(self) -> dict[str, str]:
+        """Device id → reason, for the inventory's GPUs that are not isolated (never offered)."""
+        with self._lock:
+            return dict(self._refused)
+
     # -- keeping in step -----------------------------------------------------------------------
     def refresh(self) -> bool:
         """Re-read the inventory; tell the listeners and return True when anything changed."""
         inventory = self._inventory()
-        present = {
-            g.module_id: g for g in inventory.gpus if g.module_id is not None and g.pci.iommu_group is not None
-        }
+        gpus = [g for g in inventory.gpus if g.module_id is not None]
+        present = {g.module_id: g for g in gpus if g.isolated and g.pci.iommu_group is not None}
+        refused = {str(g.module_id): g.isolation_reason for g in gpus if g.module_id not in present}
+        for device_id, reason in refused.items():
+            if device_id not in self._refused:
+                log.warning("GPU %s is not offered: %s", device_id, reason or "no IOMMU group")
         with self._lock:
+            self._refused = refused
             self._lost &= set(present)  # gone from the inventory: presence decides from now on
             devices = dict(self._devices)
             for module_id, gpu in present.items():

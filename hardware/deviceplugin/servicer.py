@@ -1,8 +1,9 @@
 """The `DevicePlugin` gRPC service: ListAndWatch, Allocate, GetPreferredAllocation, PreStartContainer.
 
 Allocate refuses (a gRPC error, which fails the pod's admission) rather than hand out a GPU that
-is unknown (NOT_FOUND), unhealthy, held by no lease, held by a lease that is not ready yet (still
-scrubbing or levelling) or split across leases (FAILED_PRECONDITION).
+is unknown (NOT_FOUND), not isolated (shares its IOMMU group with another device, or the host's
+driver holds it: the source never lists it), unhealthy, held by no lease, held by a lease that is
+not ready yet (still scrubbing or levelling) or split across leases (FAILED_PRECONDITION).
 """
 
 from __future__ import annotations
@@ -99,10 +100,11 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
 
     def Allocate(self, request, context):
         known = {d.device_id: d for d in self._source.devices()}
+        not_offered = getattr(self._source, "not_offered", dict)()
         responses = []
         for container in request.container_requests:
             ids = list(container.devices_ids)
-            refusal = self._refusal(ids, known)
+            refusal = self._refusal(ids, known, not_offered)
             if refusal is not None:
                 context.abort(*refusal)
             responses.append(self._container_response([known[i] for i in ids]))
@@ -111,9 +113,14 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
     def PreStartContainer(self, request, context):
         return api_pb2.PreStartContainerResponse()
 
-    def _refusal(self, ids: Sequence[str], known: dict[str, PluginDevice]) -> tuple[grpc.StatusCode, str] | None:
+    def _refusal(self, ids: Sequence[str], known: dict[str, PluginDevice],
+                 not_offered: dict[str, str]) -> tuple[grpc.StatusCode, str] | None:
         if not ids:
             return grpc.StatusCode.INVALID_ARGUMENT, "no devices requested"
+        isolated_not = [i for i in ids if i in not_offered]
+        if isolated_not:
+            reasons = "; ".join(f"GPU {i}: {not_offered[i]}" for i in isolated_not)
+            return grpc.StatusCode.FAILED_PRECONDITION, f"not isolated, never offered: {reasons}"
         unknown = [i for i in ids if i not in known]
         if unknown:
             return grpc.StatusCode.NOT_FOUND, f"unknown {kc.GPU_RESOURCE} device(s) {unknown}"

@@ -8,6 +8,13 @@ The fabric manager runs in the service VM; `fmpm` reaches it over TCP (`--hostna
 without them the command line also suits 1.0.0, which accepts only `-l`, `-a ID`, `-d ID`.
 
 The runner is injectable, so command building and parsing are tested on recorded output.
+
+Restarts. Fabric Manager in resiliency mode comes back from a restart knowing nothing of what was
+active and answers every partition call with "not configured" (fmReturn -8) until it is told the
+list (`--set-activated-list`), for 60 s, then exits. The agent cannot be told of a restart, so it
+looks: `probe()` runs `fmpm -l` and reads -8 as waiting for the list, and `RestartDetector`
+turns probes into one HealthKind.FABRIC_MANAGER_RESTARTED event per restart (when it starts
+waiting), which LinuxHost puts on its health stream (module id 0) so the console replays at once.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import re
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from hardware.exceptions import (
@@ -29,7 +38,7 @@ from hardware.exceptions import (
     NotFound,
     PartitionInUse,
 )
-from hardware.types import PartitionInfo
+from hardware.types import HealthEvent, HealthKind, PartitionInfo
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +156,12 @@ def _parse_partition(row: dict[str, Any]) -> PartitionInfo:
     )
 
 
+class FmProbe(StrEnum):
+    RUNNING = "running"
+    AWAITING_ACTIVATED_LIST = "awaiting_activated_list"  # restarted: wants --set-activated-list
+    UNREACHABLE = "unreachable"  # not answering (down, restarting, fmpm missing) or another error
+
+
 class FabricManager:
     """Partition calls to the fabric manager, one fmpm process each."""
 
@@ -198,6 +213,19 @@ class FabricManager:
         if active != ids:
             raise HardwareError(f"fabric manager reports active partitions {active} after setting {ids}")
 
+    def probe(self) -> FmProbe:
+        """Where the fabric manager stands, from one `fmpm -l` (never raises)."""
+        try:
+            result = self.runner(self.command("-l"), self.timeout_s)
+        except (subprocess.TimeoutExpired, OSError) as exc:
+            log.debug("fabric manager probe: %s", exc)
+            return FmProbe.UNREACHABLE
+        if result.returncode == 0:
+            return FmProbe.RUNNING
+        if fm_return_code(result) == FM_ST_NOT_CONFIGURED:
+            return FmProbe.AWAITING_ACTIVATED_LIST
+        return FmProbe.UNREACHABLE
+
     def _run(self, op: str, args: list[str], partition_id: int | None = None) -> RunResult:
         argv = self.command(*args)
         try:
@@ -218,3 +246,36 @@ def _check_id(partition_id: int) -> int:
     if isinstance(partition_id, bool) or not isinstance(partition_id, int) or partition_id < 0:
         raise InvalidArgument(f"partition id must be a non-negative integer, not {partition_id!r}")
     return partition_id
+
+
+class RestartDetector:
+    """One FABRIC_MANAGER_RESTARTED event each time the fabric manager starts waiting for the list.
+
+    `poll()` probes once and returns the event on the edge into AWAITING_ACTIVATED_LIST (also when
+    the agent starts and finds it waiting: the console replays then too), else None. A probe that
+    finds it running or unreachable re-arms the detector, so the next restart is reported again.
+    Two restarts with no probe between that sees it running or down read as one; at LinuxHost's 5 s
+    probe interval that needs two restarts within about 5 s.
+    """
+
+    def __init__(self, fabric_manager: FabricManager, hostname: str,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.fabric_manager = fabric_manager
+        self.hostname = hostname
+        self._now = now
+        self._awaiting = False
+
+    def poll(self) -> HealthEvent | None:
+        awaiting = self.fabric_manager.probe() is FmProbe.AWAITING_ACTIVATED_LIST
+        rising = awaiting and not self._awaiting
+        self._awaiting = awaiting
+        if not rising:
+            return None
+        log.warning("%s: the fabric manager restarted and waits for the activated partition list", self.hostname)
+        return HealthEvent(
+            hostname=self.hostname,
+            module_id=0,
+            kind=HealthKind.FABRIC_MANAGER_RESTARTED,
+            at=self._now(),
+            message="fabric manager restarted: not configured until SetActivatedPartitions (60 s)",
+        )

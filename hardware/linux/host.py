@@ -3,7 +3,8 @@
 What is real: PCI discovery from sysfs, vfio-pci binding, GPU reset through the sysfs `reset`
 file, partition calls through NVIDIA's `fmpm`, and the service VMs' libvirt life cycle. What needs
 a guest (scrub, VBIOS read and flash) goes through an injected GuestRunner; health and boot events
-are read from a journal that other processes write (see journal.py).
+are read from a journal that other processes write (see journal.py), and a fabric-manager restart
+is detected by probing it (fabric_manager.RestartDetector) while the health stream is followed.
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hardware.exceptions import FailedPrecondition, HardwareError, NotFound
 from hardware.linux.boardmap import BoardMap
-from hardware.linux.fabric_manager import FabricManager
+from hardware.linux.fabric_manager import FabricManager, RestartDetector
 from hardware.linux.guest import GuestRunner
 from hardware.linux.journal import EventJournal
 from hardware.linux.records import GpuRecordStore, GpuReport
 from hardware.linux.service_vm import ServiceVms, fabric_manager_vm_spec, gpu_vm_spec
-from hardware.linux.sysfs import DEFAULT_SYSFS_ROOT, Discovery, PciFunction, SysfsPci
+from hardware.linux.sysfs import DEFAULT_SYSFS_ROOT, DiscoveredGpu, Discovery, SysfsPci
 from hardware.linux.vfio import SysfsWrite, VfioBinder, write_sysfs
 from hardware.platforms import Platform
 from hardware.types import (
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 HUGEPAGES_1G = Path("kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages")
 IOMMUFD_MISC = Path("class/misc/iommu")  # the /dev/iommu character device (iommufd)
+FABRIC_MANAGER_POLL_S = 5.0
 
 
 class LinuxHost:
@@ -62,7 +65,10 @@ class LinuxHost:
         plug_mode: str = "cold",
         agent_version: str = "",
         fabric_manager_version: str = "",
+        fabric_manager_poll_s: float = FABRIC_MANAGER_POLL_S,
     ) -> None:
+        """`fabric_manager_poll_s`: how often a followed health stream probes the fabric manager for
+        a restart (0: never); well inside its 60 s window, so the console has most of it to replay."""
         self.board_map = board_map
         self.platform: Platform = board_map.platform_data
         self.sysfs = SysfsPci(sysfs_root)
@@ -79,12 +85,13 @@ class LinuxHost:
         self.plug_mode = plug_mode
         self.agent_version = agent_version
         self.fabric_manager_version = fabric_manager_version
+        self.fabric_manager_poll_s = fabric_manager_poll_s
 
     # -- inventory -------------------------------------------------------------------------------
 
     def inventory(self) -> Inventory:
         discovery = self.sysfs.discover()
-        gpus = tuple(self._gpu_info(gpu.function, gpu.alone_in_iommu_group) for gpu in discovery.gpus)
+        gpus = tuple(self._gpu_info(gpu) for gpu in discovery.gpus)
         found = {gpu.pci.address for gpu in gpus}
         for module_id, address in sorted(self.board_map.modules.items()):
             if address not in found:
@@ -104,7 +111,8 @@ class LinuxHost:
             hugepages=_positive_int(self.sysfs.root / HUGEPAGES_1G),
         )
 
-    def _gpu_info(self, fn: PciFunction, alone: bool) -> GpuInfo:
+    def _gpu_info(self, gpu: DiscoveredGpu) -> GpuInfo:
+        fn = gpu.function
         module_id = self.board_map.module_of(fn.address)
         if module_id is None:
             log.warning("GPU %s is not in the board map: it has no module id", fn.address)
@@ -118,7 +126,8 @@ class LinuxHost:
             # (unknown) rather than the pinned one, so nothing mistakes "never read" for "matches".
             vram_mib=report.vram_mib or self.platform.vram_mib,
             firmware_version=report.firmware_version,
-            alone_in_iommu_group=alone,
+            alone_in_iommu_group=gpu.alone_in_iommu_group,
+            isolation_reason=gpu.isolation_reason,
         )
 
     def _report(self, address: str) -> GpuReport | None:
@@ -227,9 +236,29 @@ class LinuxHost:
     # -- events ----------------------------------------------------------------------------------
 
     def watch_health(self) -> Iterator[HealthEvent]:
-        if self.journal is None:
-            return iter(())
-        return self.journal.health(self.hostname, follow=self.follow_journal, stop=self.stop)
+        """The journal's health events; while following, also a FABRIC_MANAGER_RESTARTED event
+        (module id 0) each time a probe finds the fabric manager restarted and waiting for the list."""
+        probing = self.follow_journal and self.fabric_manager_poll_s > 0
+        if not probing:
+            if self.journal is None:
+                return iter(())
+            return self.journal.health(self.hostname, follow=self.follow_journal, stop=self.stop)
+        return self._health_and_restarts()
+
+    def _health_and_restarts(self) -> Iterator[HealthEvent]:
+        detector = RestartDetector(self.fabric_manager, self.hostname)
+        wait = min(self.fabric_manager_poll_s, self.journal.poll_s if self.journal else self.fabric_manager_poll_s)
+        position, next_probe = 0, 0.0
+        while not self.stop.is_set():
+            if self.journal is not None:
+                events, position = self.journal.health_from(self.hostname, position)
+                yield from events
+            if time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + self.fabric_manager_poll_s
+                restarted = detector.poll()
+                if restarted is not None:
+                    yield restarted
+            self.stop.wait(wait)
 
     def watch_boot(self, vm_id: str) -> Iterator[BootPhaseEvent]:
         if self.journal is None:

@@ -7,6 +7,9 @@ real about health here; collecting from tenant VMs is outside this module.
 
     {"type": "health", "module_id": 3, "kind": "xid", "at": "2026-11-22T19:00:00+00:00", "xid": 79}
     {"type": "boot", "vm_id": "vm-1", "phase": "vfio-map", "started_at": "...", "final": false}
+
+A fabric-manager restart may be written here too (module id 0, kind "fabric_manager_restarted");
+LinuxHost also detects one itself by probing the fabric manager (fabric_manager.RestartDetector).
 """
 
 from __future__ import annotations
@@ -41,21 +44,34 @@ class EventJournal:
         """Every record, oldest first; with `follow`, keep waiting for new lines until `stop` is set."""
         position = 0
         while True:
-            try:
-                with open(self.path, encoding="utf-8") as handle:
-                    handle.seek(position)
-                    while line := handle.readline():
-                        if not line.endswith("\n"):
-                            break  # a writer is mid-line: read it on the next pass
-                        position = handle.tell()
-                        record = _parse(line)
-                        if record is not None:
-                            yield record
-            except FileNotFoundError:
-                pass
+            batch, position = self.read_from(position)
+            yield from batch
             if not follow or (stop is not None and stop.is_set()):
                 return
             time.sleep(self.poll_s)
+
+    def read_from(self, position: int) -> tuple[list[dict[str, Any]], int]:
+        """The complete records after byte `position`, and the position after the last of them."""
+        batch: list[dict[str, Any]] = []
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                handle.seek(position)
+                while line := handle.readline():
+                    if not line.endswith("\n"):
+                        break  # a writer is mid-line: read it on the next pass
+                    position = handle.tell()
+                    record = _parse(line)
+                    if record is not None:
+                        batch.append(record)
+        except FileNotFoundError:
+            pass
+        return batch, position
+
+    def health_from(self, hostname: str, position: int) -> tuple[list[HealthEvent], int]:
+        """The health events after byte `position` (see read_from)."""
+        records, position = self.read_from(position)
+        events = [_health(hostname, r) for r in records if r.get("type") == "health"]
+        return [e for e in events if e is not None], position
 
     def health(self, hostname: str, **kwargs: Any) -> Iterator[HealthEvent]:
         for record in self.records(**kwargs):

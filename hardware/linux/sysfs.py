@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hardware.linux.pci import classify, is_pci_bridge, normalize_address
+from hardware.isolation import GroupMember, group_blockers, isolation_reason
+from hardware.linux.pci import classify, normalize_address
 from hardware.types import DeviceKind, PciDevice
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,12 @@ class PciFunction:
 
 @dataclass(frozen=True)
 class DiscoveredGpu:
-    """A GPU function and whether VFIO could hand it to a VM on its own."""
+    """A GPU function, whether it is alone in its IOMMU group, and why VFIO could not hand it to a
+    VM on its own ("" when it could; hardware/isolation.py)."""
 
     function: PciFunction
     alone_in_iommu_group: bool
+    isolation_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,15 +185,14 @@ class SysfsPci:
         for fn in functions:
             kind = fn.kind
             if kind is DeviceKind.GPU:
-                alone = self._alone(fn, groups, by_address)
-                if not alone:
-                    log.warning(
-                        "GPU %s is not alone in IOMMU group %s (members: %s); it will not be offered",
-                        fn.address,
-                        fn.iommu_group,
-                        ", ".join(groups.get(fn.iommu_group, ())) if fn.iommu_group is not None else "-",
-                    )
-                gpus.append(DiscoveredGpu(function=fn, alone_in_iommu_group=alone))
+                members = self._members(fn, groups, by_address)
+                alone = fn.iommu_group is not None and not group_blockers(fn.address, members)
+                reason = isolation_reason(
+                    address=fn.address, iommu_group=fn.iommu_group, driver=fn.driver, members=members
+                )
+                if reason:
+                    log.warning("GPU %s is not isolated (%s); it will not be offered", fn.address, reason)
+                gpus.append(DiscoveredGpu(function=fn, alone_in_iommu_group=alone, isolation_reason=reason))
             elif kind is DeviceKind.NVSWITCH:
                 nvswitches.append(fn)
             elif kind is DeviceKind.SWITCH_MGMT:
@@ -204,19 +206,21 @@ class SysfsPci:
             skipped=tuple(skipped),
         )
 
-    def _alone(self, fn: PciFunction, groups: dict[int, tuple[str, ...]], by_address: dict[str, PciFunction]) -> bool:
-        # No IOMMU group at all means the IOMMU is off: VFIO cannot assign anything.
+    def _members(self, fn: PciFunction, groups: dict[int, tuple[str, ...]],
+                 by_address: dict[str, PciFunction]) -> list[GroupMember]:
+        """The other functions in `fn`'s IOMMU group; one we could not read has no ids (a blocker)."""
         if fn.iommu_group is None:
-            return False
-        for member in groups.get(fn.iommu_group, ()):
-            if member == fn.address:
+            return []
+        members = []
+        for address in groups.get(fn.iommu_group, ()):
+            other = by_address.get(address)
+            if address == fn.address:
                 continue
-            other = by_address.get(member)
-            # VFIO tolerates PCI-to-PCI bridges in a group; any other endpoint (or one we could
-            # not read) would be reachable by the tenant, so the GPU is not offered.
-            if other is None or not is_pci_bridge(other.class_code):
-                return False
-        return True
+            if other is None:
+                members.append(GroupMember(address))
+            else:
+                members.append(GroupMember(address, other.vendor_id, other.device_id, other.class_code))
+        return members
 
 
 def _group_index(functions: Iterable[PciFunction]) -> dict[int, tuple[str, ...]]:

@@ -153,3 +153,45 @@ def test_a_server_registered_from_its_inventory_is_placeable_at_once(db, agent, 
     server = _register(agent).server
     decision = live_index.choose(Request(gpu_count=8))
     assert decision.placement.server_id == server.pk
+
+
+NOT_ISOLATED = [
+    ("supermicro-nic-shared", 1, "not alone in its IOMMU group", 2),  # placement's 4-GPU choice: 5-8
+    ("supermicro-host-driver", 6, "bound to the host's nvidia driver", 1),  # 1-4
+]
+
+
+@pytest.mark.parametrize(("variant", "module", "why", "half"), NOT_ISOLATED, ids=[v[0] for v in NOT_ISOLATED])
+def test_a_gpu_that_is_not_isolated_is_recorded_and_never_placed(db, variant, module, why, half):
+    from fleet.placement import place
+    from fleet.selectors import placement_fleet
+    from fleet.snapshot import NoFit, Request
+
+    with SimFleet(1, platform="hgx-h100-8", variant=variant, insecure=True) as fleet:
+        endpoint = next(iter(fleet.endpoints.values()))
+        with AgentClient(endpoint.address, node=endpoint.node, insecure=True) as client:
+            server = _register(client).server
+            gpu = server.gpus.get(module_id=module)
+            assert not gpu.isolated and why in gpu.isolation_reason
+            assert set(server.gpus.exclude(pk=gpu.pk).values_list("isolated", "isolation_reason")) == {(True, "")}
+            event = AuditEvent.objects.filter(verb="fleet.server.inventory_synced").latest("id")
+            assert event.after["changes"][f"gpu{module}"]["isolated"] == [True, False]
+
+            [snapshot] = placement_fleet().servers
+            assert snapshot.gpus[module].state == "free" and not snapshot.gpus[module].healthy
+            assert isinstance(place(placement_fleet().servers, Request(gpu_count=8)), NoFit)
+            assert place(placement_fleet().servers, Request(gpu_count=4)).partition_id == half
+            for size in (1, 2, 4):
+                for policy in ("bestfit", "firstfit"):
+                    chosen = place(placement_fleet().servers, Request(gpu_count=size), policy)
+                    assert module not in chosen.gpu_module_ids
+
+            if variant == "supermicro-host-driver":
+                # An operator binds it to vfio-pci through the agent; the next sync records it isolated.
+                client.bind_vfio(gpu.pci_address)
+                result = server_sync_inventory(server=server, inventory=client.get_inventory(), actor=ACTOR)
+                reason = gpu.isolation_reason
+                assert result.changes == {f"gpu{module}": {"isolated": [False, True], "isolation_reason": [reason, ""]}}
+                gpu.refresh_from_db()
+                assert gpu.isolated and gpu.isolation_reason == ""
+                assert place(placement_fleet().servers, Request(gpu_count=8)).gpu_module_ids == tuple(range(1, 9))

@@ -78,8 +78,10 @@ def test_partitions_round_trip(agent):
     client.activate_partition(4)
     assert {p.partition_id for p in client.list_partitions() if p.active} == {3, 4}
     client.deactivate_partition(3)
-    client.set_activated_partitions([1])
-    assert {p.partition_id for p in client.list_partitions() if p.active} == {1}
+    assert {p.partition_id for p in client.list_partitions() if p.active} == {4}
+    with pytest.raises(FailedPrecondition, match="only accepted after a fabric-manager restart"):
+        client.set_activated_partitions([1])  # running: the active set is not replaced
+    assert {p.partition_id for p in client.list_partitions() if p.active} == {4}
 
 
 def test_partition_in_use_and_bad_id(agent):
@@ -99,7 +101,13 @@ def test_partition_in_use_and_bad_id(agent):
 def test_fabric_manager_restart_is_unavailable_until_told(pki):
     with served_host(pki, accel=1.0) as (host, client):  # a real-time clock: the 60 s window stays open
         client.activate_partition(5)
+        stream = client.watch_health()
         client.sim_admin().restart_fabric_manager()
+        restarted = next(stream)  # announced on the health stream, so the console replays at once
+        stream.cancel()
+        assert (restarted.kind, restarted.module_id, restarted.hostname) == (
+            HealthKind.FABRIC_MANAGER_RESTARTED, 0, host.hostname)
+        assert "SetActivatedPartitions" in restarted.message
         with pytest.raises(AgentUnavailable, match="restarting"):
             client.list_partitions()
         client.set_activated_partitions([5])

@@ -46,6 +46,11 @@ PHASE = BootPhaseEvent("vm", "ram-pinning", AT, LATER, "64 GiB")
             convert.health_to_pb,
             convert.health_from_pb,
         ),
+        (
+            HealthEvent("h", 0, HealthKind.FABRIC_MANAGER_RESTARTED, AT, message="waiting 60 s"),
+            convert.health_to_pb,
+            convert.health_from_pb,
+        ),
         (PHASE, convert.boot_to_pb, convert.boot_from_pb),
         (BootPhaseEvent("vm", "running", LATER, None, final=True), convert.boot_to_pb, convert.boot_from_pb),
         (VmInfo("vm", "pod", (1, 2), VmState.BOOTING, (PHASE,), ""), convert.vm_to_pb, convert.vm_from_pb),
@@ -60,3 +65,19 @@ def test_round_trip(value, to_pb, from_pb):
 def test_inventory_round_trip_keeps_absent_switch_mgmt_and_zero_values(platform):
     inv = SimHost("h", platform).inventory()
     assert convert.inventory_from_pb(convert.inventory_to_pb(inv)) == inv
+
+
+@pytest.mark.parametrize("variant", ["supermicro-nic-shared", "supermicro-host-driver"])
+def test_inventory_round_trip_keeps_why_a_gpu_is_not_isolated(variant):
+    inv = SimHost("h", "hgx-h100-8", variant).inventory()
+    assert [g.module_id for g in inv.gpus if not g.isolated] == [1 if variant.endswith("shared") else 6]
+    assert convert.inventory_from_pb(convert.inventory_to_pb(inv)) == inv
+
+
+def test_an_older_agent_without_the_reason_is_not_read_as_isolated():
+    message = convert.inventory_to_pb(SimHost("h", "hgx-h100-8", "supermicro-nic-shared").inventory())
+    for gpu in message.gpus:
+        gpu.ClearField("isolation_reason")  # what an agent built before the field sends
+    gpus = {g.module_id: g for g in convert.inventory_from_pb(message).gpus}
+    assert not gpus[1].isolated and gpus[1].isolation_reason == "not alone in its IOMMU group"
+    assert all(g.isolated for m, g in gpus.items() if m != 1)

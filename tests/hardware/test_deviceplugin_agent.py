@@ -61,9 +61,9 @@ def wait_for(predicate, timeout: float = WAIT_S, what: str = "condition"):
 
 
 @contextlib.contextmanager
-def served_agent(pki):
+def served_agent(pki, variant: str | None = None):
     """A SimHost behind a real agent (mTLS, loopback port 0): (host, agent server, console client)."""
-    host = SimHost("node-a", "hgx-h100-8", clock=SimClock(FAST))
+    host = SimHost("node-a", "hgx-h100-8", variant, clock=SimClock(FAST))
     server = serve_sim_host(host, tls=pki.node)
     client = AgentClient(server.address, credentials=pki.console, timeout=5, retries=1, backoff=0.01)
     try:
@@ -174,6 +174,53 @@ def test_xid_79_turns_the_gpu_unhealthy_in_list_and_watch(node):
     with pytest.raises(grpc.RpcError) as caught:
         _allocate(stub, ["5"])
     assert "unhealthy" in caught.value.details()
+
+
+NOT_ISOLATED = [
+    ("supermicro-nic-shared", 1, "not alone in its IOMMU group"),
+    ("supermicro-host-driver", 6, "bound to the host's nvidia driver"),
+]
+
+
+@pytest.mark.parametrize(("variant", "module", "why"), NOT_ISOLATED, ids=[v for v, _, _ in NOT_ISOLATED])
+def test_a_gpu_that_is_not_isolated_is_never_offered(pki, dirs, variant, module, why):
+    """The agent says why; ListAndWatch leaves it out; the CDI spec has no entry for it; Allocate
+    refuses it by name even for a ready lease."""
+    _, kubelet_server = start_kubelet(dirs[0])
+    with served_agent(pki, variant) as (host, server, client):
+        [gpu] = [g for g in client.get_inventory().gpus if not g.isolated]
+        assert gpu.module_id == module and why in gpu.isolation_reason
+        plugin = plugin_for(host, server, dirs)
+        plugin.start()
+        channel = grpc.insecure_channel(f"unix://{plugin.server.socket_path}")
+        stream = None
+        try:
+            stub = api_pb2_grpc.DevicePluginStub(channel)
+            stream = stub.ListAndWatch(api_pb2.Empty(), timeout=WAIT_S + 5)
+            offered = {str(i) for i in range(1, 9)} - {str(module)}
+            assert {d.ID: d.health for d in next(stream).devices} == dict.fromkeys(offered, "Healthy")
+            spec = json.loads(plugin.cdi_path.read_text())
+            assert {d["name"] for d in spec["devices"]} == offered
+            client.set_gpu_leases([_lease("1", [module], "Ready")])
+            with pytest.raises(grpc.RpcError) as caught:
+                _allocate(stub, [str(module)])
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert f"not isolated, never offered: GPU {module}: " in caught.value.details()
+            assert why in caught.value.details()
+            if variant == "supermicro-host-driver":
+                # An operator binds it to vfio-pci through the agent: offered from the next refresh on.
+                client.bind_vfio(gpu.pci.address)
+                plugin.source.refresh()
+                health = {d.ID: d.health for d in next(stream).devices}
+                assert health == dict.fromkeys(offered | {str(module)}, "Healthy")
+                [container] = _allocate(stub, [str(module)]).container_responses
+                assert [d.name for d in container.cdi_devices] == [f"nvidia.com/gpu={module}"]
+        finally:
+            if stream is not None:
+                stream.cancel()
+            channel.close()
+            plugin.stop()
+            kubelet_server.stop(0)
 
 
 def test_registers_again_after_a_kubelet_restart(node, dirs):
@@ -308,6 +355,7 @@ def test_a_lost_gpu_is_healthy_again_after_the_host_reboots(node):
 
 
 def test_gpu_lost_event_wins_over_a_stale_inventory():
+    from dataclasses import replace
     from datetime import UTC, datetime
 
     from hardware.deviceplugin.inventory import InventoryDeviceSource
@@ -337,3 +385,7 @@ def test_gpu_lost_event_wins_over_a_stale_inventory():
     assert source.refresh() and [d.healthy for d in source.devices()] == [True, True]
     source.handle(HealthEvent("n", 1, HealthKind.XID, datetime.now(UTC), xid=31))  # not a lost GPU
     assert [d.healthy for d in source.devices()] == [True, True]
+    listed[1] = replace(gpu(2), isolation_reason="bound to the host's nvidia driver, not vfio-pci")
+    assert source.refresh()  # once offered, it stays listed (no hole for the kubelet), Unhealthy
+    assert [(d.index, d.healthy) for d in source.devices()] == [(1, True), (2, False)]
+    assert source.not_offered() == {"2": "bound to the host's nvidia driver, not vfio-pci"}

@@ -171,3 +171,40 @@ def test_default_runner_runs_a_process(tmp_path):
     fake.chmod(0o755)
     with pytest.raises(PartitionInUse):
         FabricManager(binary=str(fake)).activate(0)
+
+
+def test_probe_reads_not_configured_as_waiting_for_the_list():
+    from hardware.linux.fabric_manager import FmProbe
+
+    def probe(*answers):
+        return FabricManager(runner=Recorder(*answers)).probe()
+
+    assert probe(ok(fixture("list_h100_singles_active.json"))) is FmProbe.RUNNING
+    assert probe(failed("list_not_configured.txt")) is FmProbe.AWAITING_ACTIVATED_LIST
+    assert probe(failed("connect_failed.txt")) is FmProbe.UNREACHABLE
+    assert FabricManager(runner=lambda argv, timeout: (_ for _ in ()).throw(OSError("gone"))).probe() is (
+        FmProbe.UNREACHABLE)
+
+
+def test_restart_detector_reports_each_restart_once():
+    from datetime import UTC, datetime
+
+    from hardware.linux.fabric_manager import RestartDetector
+    from hardware.types import HealthKind
+
+    at = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    answers = [
+        ok(fixture("list_h100_singles_active.json")),  # running
+        failed("list_not_configured.txt"),  # restarted: waiting for the list → event
+        failed("list_not_configured.txt"),  # still waiting: nothing new
+        ok(fixture("list_h100_singles_active.json")),  # told: running again
+        failed("connect_failed.txt"),  # down while it restarts
+        failed("list_not_configured.txt"),  # waiting again → event
+    ]
+    detector = RestartDetector(FabricManager(runner=Recorder(*answers)), "node-1", now=lambda: at)
+    events = [detector.poll() for _ in answers]
+    assert [i for i, e in enumerate(events) if e is not None] == [1, 5]
+    event = events[1]
+    assert (event.hostname, event.module_id, event.kind, event.at) == (
+        "node-1", 0, HealthKind.FABRIC_MANAGER_RESTARTED, at)
+    assert "SetActivatedPartitions" in event.message

@@ -226,6 +226,47 @@ def test_following_the_journal_stops_when_asked(tmp_path):
     assert list(events) == []
 
 
+def test_followed_health_stream_reports_fabric_manager_restarts(tmp_path):
+    """Journal events and fabric-manager restarts (probed with `fmpm -l`) on one stream."""
+    fm_state = {"answer": RunResult(0, (FIXTURES / "list_h100_singles_active.json").read_text())}
+    not_configured = RunResult(248, (FIXTURES / "list_not_configured.txt").read_text())
+    host, _, _ = make_host(tmp_path, runner=lambda argv, timeout: fm_state["answer"])
+    host.follow_journal, host.fabric_manager_poll_s, host.journal.poll_s = True, 0.02, 0.01
+    safety = threading.Timer(10, host.stop.set)  # never hang the suite on a bug
+    safety.start()
+    try:
+        stream = host.watch_health()
+        fm_state["answer"] = not_configured  # restarted before the stream opened: reported too
+        host.journal.append({"type": "health", "module_id": 3, "kind": "xid", "at": "2026-11-22T19:00:00+00:00",
+                             "xid": 48})
+        first, second = next(stream), next(stream)
+        assert (first.kind, first.module_id, first.xid) == (HealthKind.XID, 3, 48)
+        assert (second.kind, second.module_id, second.hostname) == (HealthKind.FABRIC_MANAGER_RESTARTED, 0, "node-1")
+        fm_state["answer"] = RunResult(0, (FIXTURES / "list_h100_singles_active.json").read_text())  # told
+        # A journal event a little later: the stream probes the running fabric manager meanwhile.
+        later = threading.Timer(0.2, lambda: host.journal.append(
+            {"type": "health", "module_id": 2, "kind": "temperature", "at": "2026-11-22T19:00:01+00:00",
+             "temperature_c": 50.0}))
+        later.start()
+        assert next(stream).kind is HealthKind.TEMPERATURE  # running again: no restart event
+        fm_state["answer"] = not_configured  # a second restart
+        assert next(stream).kind is HealthKind.FABRIC_MANAGER_RESTARTED
+        host.stop.set()
+        assert list(stream) == []
+    finally:
+        safety.cancel()
+
+
+def test_a_journal_record_can_announce_a_restart_and_probing_can_be_off(tmp_path):
+    calls = []
+    host, _, _ = make_host(tmp_path, runner=lambda argv, timeout: calls.append(argv) or RunResult(0, ""))
+    host.journal.append({"type": "health", "module_id": 0, "kind": "fabric_manager_restarted",
+                         "at": "2026-11-22T19:00:00+00:00"})
+    (event,) = list(host.watch_health())  # not following: the journal's backlog, no probe
+    assert (event.kind, event.module_id) == (HealthKind.FABRIC_MANAGER_RESTARTED, 0)
+    assert calls == []
+
+
 def test_records_survive_garbage(tmp_path):
     store = GpuRecordStore(tmp_path)
     (tmp_path / "0000:18:00.0.json").write_text(json.dumps([1]))

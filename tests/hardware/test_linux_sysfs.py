@@ -94,7 +94,14 @@ def test_gpu_sharing_its_group_is_reported_not_alone(tmp_path, caplog):
     alone = {g.function.address: g.alone_in_iommu_group for g in found.gpus}
     assert alone[full(variant.gpu_bdfs[0])] is False
     assert sum(alone.values()) == platform.gpu_count - 1
-    assert "not alone in IOMMU group" in caplog.text
+    shared = next(g for g in found.gpus if g.function.address == full(variant.gpu_bdfs[0]))
+    group = variant.gpu_iommu_groups[0]
+    assert shared.isolation_reason == (
+        f"not alone in its IOMMU group {group}: shares it with 0000:1c:00.0 (15b3:1021), "
+        "which would go to the tenant too"
+    )
+    assert f"GPU {full(variant.gpu_bdfs[0])} is not isolated (not alone in its IOMMU group" in caplog.text
+    assert "it will not be offered" in caplog.text
 
 
 def test_pci_bridge_in_a_gpu_group_does_not_count(tmp_path):
@@ -103,6 +110,18 @@ def test_pci_bridge_in_a_gpu_group_does_not_count(tmp_path):
     tree.add_device("0000:18:00.0", NVIDIA_VENDOR_ID, 0x2330, 0x030200, group=38)
     (gpu,) = SysfsPci(tmp_path).discover().gpus
     assert gpu.alone_in_iommu_group
+    assert gpu.isolation_reason.startswith("bound to no driver")  # alone, but not on vfio-pci yet
+
+
+def test_gpu_isolated_only_on_vfio_pci(tmp_path):
+    tree = SysfsTree(tmp_path)
+    tree.add_device("0000:18:00.0", NVIDIA_VENDOR_ID, 0x2330, 0x030200, group=38, driver="vfio-pci")
+    tree.add_device("0000:2a:00.0", NVIDIA_VENDOR_ID, 0x2330, 0x030200, group=53, driver="nvidia")
+    reasons = {g.function.address: g.isolation_reason for g in SysfsPci(tmp_path).discover().gpus}
+    assert reasons == {
+        "0000:18:00.0": "",
+        "0000:2a:00.0": "bound to the host's nvidia driver, not vfio-pci: the host holds it",
+    }
 
 
 def test_gpu_without_iommu_group_is_not_offered(tmp_path):
@@ -110,6 +129,7 @@ def test_gpu_without_iommu_group_is_not_offered(tmp_path):
     (gpu,) = SysfsPci(tmp_path).discover().gpus
     assert gpu.function.iommu_group is None
     assert not gpu.alone_in_iommu_group
+    assert gpu.isolation_reason.startswith("no IOMMU group")
 
 
 def test_missing_numa_affinity_reads_as_minus_one(tmp_path):

@@ -36,6 +36,7 @@ def gpu_view(inv: Inventory) -> dict[str, tuple]:
             g.pci.subsystem_device_id,
             g.pci.driver,
             g.alone_in_iommu_group,
+            g.isolation_reason,
             g.uuid,
             g.serial,
             g.vram_mib,
@@ -70,6 +71,10 @@ def test_discovery_on_the_simulators_tree_matches_its_inventory(tmp_path, platfo
     assert sorted(got.nvswitches, key=lambda d: d.address) == sorted(expected.nvswitches, key=lambda d: d.address)
     assert got.switch_mgmt == expected.switch_mgmt
     assert (got.iommu_backend, got.hugepages) == (expected.iommu_backend, expected.hugepages)
+    variant = sim.variant
+    assert {g.pci.address for g in got.gpus if not g.isolated} == {
+        f"0000:{bdf}" for bdf in (*variant.nic_in_gpu_group, *variant.host_driver_gpus)
+    }
 
 
 def test_a_lost_gpu_is_missing_in_both(tmp_path):

@@ -98,8 +98,41 @@ def test_restart_window_timeout_exits():
 
 def test_set_activated_rejects_overlap():
     fm, _ = make()
+    fm.restart()
     with pytest.raises(InvalidArgument):
         fm.set_activated([1, 3])
+    assert fm.state is FmState.AWAITING_ACTIVATED_LIST  # a refused list leaves the window open
+
+
+def test_set_activated_is_refused_while_running_and_keeps_the_active_set():
+    busy = {2: "vm-7"}
+    fm, _ = make(busy)
+    fm.activate(1)  # GPUs 1-4, VM vm-7 on GPU 2
+    for ids in ([], [2], [1]):  # `[]` used to clear partition 1 under the running VM
+        with pytest.raises(FailedPrecondition, match="only accepted after a fabric-manager restart"):
+            fm.set_activated(ids)
+    assert fm.state is FmState.RUNNING and active(fm) == {1}
+
+
+def test_set_activated_is_accepted_once_per_restart():
+    fm, _ = make()
+    fm.restart()
+    fm.set_activated([3])
+    with pytest.raises(FailedPrecondition, match="only accepted after a fabric-manager restart"):
+        fm.set_activated([])  # the window closed with the first list
+    assert active(fm) == {3}
+
+
+def test_restart_calls_its_listener_and_a_reset_restores_the_boot_configuration():
+    heard = []
+    fm = FabricManager(HGX_H100, SimClock(1.0), active=[3, 4], on_restart=lambda: heard.append(fm.state))
+    assert active(fm) == {3, 4}
+    fm.restart()
+    assert heard == [FmState.AWAITING_ACTIVATED_LIST]
+    fm.reset()
+    assert fm.state is FmState.RUNNING and active(fm) == {3, 4}
+    with pytest.raises(InvalidArgument):
+        FabricManager(HGX_H100, SimClock(1.0), active=[1, 3])
 
 
 def test_version_check():

@@ -22,13 +22,37 @@ def test_pci_tree_follows_the_board_variant(platform, variant):
     assert len(inv.gpus) == plat.gpu_count and len(inv.nvswitches) == plat.nvswitch_count
     assert {g.pci.address: g.module_id for g in inv.gpus} == {f"0000:{b}": m for b, m in var.bdf_to_module().items()}
     assert [g.module_id for g in inv.gpus] != sorted(g.module_id for g in inv.gpus)  # not PCI order
-    assert all(g.alone_in_iommu_group for g in inv.gpus)
+    shared = {f"0000:{b}" for b in var.nic_in_gpu_group}
+    host_driver = {f"0000:{b}" for b in var.host_driver_gpus}
+    assert {g.pci.address for g in inv.gpus if not g.alone_in_iommu_group} == shared
+    assert {g.pci.address for g in inv.gpus if not g.isolated} == shared | host_driver
+    assert {g.pci.address for g in inv.gpus if g.pci.driver == "nvidia"} == host_driver
     assert all(s.class_code == CLASS_BRIDGE_OTHER for s in inv.nvswitches)
     groups = {s.iommu_group for s in inv.nvswitches}
     if var.switch_grouping == SWITCH_GROUPS_SHARED:
         assert groups == {var.switch_iommu_groups[0]} and inv.switch_mgmt.iommu_group in groups
     else:
         assert len(groups) == plat.nvswitch_count
+
+
+def test_board_faults_say_why_a_gpu_is_not_isolated_and_survive_a_reboot():
+    nic = SimHost("h", "hgx-h100-8", "supermicro-nic-shared")
+    [shared] = [g for g in nic.inventory().gpus if not g.isolated]
+    assert shared.module_id == 1 and shared.pci.driver == "vfio-pci"
+    assert shared.isolation_reason.startswith(f"not alone in its IOMMU group {shared.pci.iommu_group}")
+    assert "0000:3b:00.0 (15b3:1021)" in shared.isolation_reason  # the NIC
+    nic.activate_partition(7)  # GPU 1's own partition
+    with pytest.raises(FailedPrecondition, match="cannot be assigned: not alone"):
+        nic.start_vm("v", "pod", [1], 16)
+
+    held = SimHost("h", "hgx-h100-8", "supermicro-host-driver")
+    [bound] = [g for g in held.inventory().gpus if not g.isolated]
+    assert bound.module_id == 6 and bound.alone_in_iommu_group and bound.pci.driver == "nvidia"
+    assert bound.isolation_reason == "bound to the host's nvidia driver, not vfio-pci: the host holds it"
+    held.bind_vfio(bound.pci.address)  # an operator moves it to vfio-pci: isolated from now on
+    assert all(g.isolated for g in held.inventory().gpus)
+    held.reboot()  # the host's driver claims it again at boot
+    assert [g.module_id for g in held.inventory().gpus if not g.isolated] == [6]
 
 
 def test_noise_devices_are_in_the_tree_but_not_the_inventory():

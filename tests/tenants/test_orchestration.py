@@ -242,3 +242,56 @@ def test_a_second_boot_follower_leaves_the_boot_to_the_first(sim, tasks):
         assert lease_follow_boot(lease_id=lease.pk, actor=ACTOR) == LeaseState.BOOTING
         assert not BootPhase.objects.filter(lease=lease, ended_at__isnull=False).exists()
     assert lease_follow_boot(lease_id=lease.pk, actor=ACTOR) == LeaseState.RUNNING
+
+
+def _release_in_simulated_seconds(sim, tasks, n: int) -> float:
+    """Simulated seconds from a running n-GPU lease's release to `released`, its GPUs cleaned by a
+    worker pool (every queued clean task at once, as the Celery worker's threads take them), at the
+    simulator's default clock (60×) so real overheads weigh as little as in `make run`."""
+    lease = _run_to_running(tasks, n=n)
+    assert lease.state == LeaseState.RUNNING
+    sim.clock.set_acceleration(60.0)
+    try:
+        start = sim.clock.seconds()
+        services.lease_release(lease=lease, actor=ACTOR)
+        tasks.run(parallel=("gpu_clean",))
+        took = sim.clock.seconds() - start
+    finally:
+        sim.clock.set_acceleration(2000.0)
+    lease.refresh_from_db()
+    assert lease.state == LeaseState.RELEASED
+    assert {g.state for g in lease.gpus} == {GpuState.FREE}
+    return took
+
+
+@pytest.mark.postgres
+def test_an_eight_gpu_release_takes_at_most_one_and_a_half_one_gpu_releases(sim, tasks):
+    """One clean task per GPU, in parallel: 8 GPUs are scrubbed and levelled side by side."""
+    one = _release_in_simulated_seconds(sim, tasks, 1)
+    eight = _release_in_simulated_seconds(sim, tasks, 8)
+    assert one > 30  # a scrub's steps alone take 33 simulated seconds
+    assert eight <= 1.5 * one, (one, eight)
+    # One clean task per GPU, each its own GPU's scrub then level.
+    assert [n for n, _ in tasks.ran].count("gpu_clean") == 9
+
+
+def test_one_correlation_id_follows_a_lease_through_every_task(sim, tasks):
+    """The request's correlation id travels with every task it causes (message header), so the
+    lease's whole life, GPUs and allocation included, is one query on the audit log."""
+    from console import correlation
+
+    with correlation.bound("req-0042"):
+        lease = services.lease_request(tenant_name="acme", image=IMAGE, gpu_count=2, actor=ACTOR)
+    tasks.run()
+    with correlation.bound("req-0043"):
+        services.lease_release(lease=lease, actor=ACTOR)
+    tasks.run()
+    lease.refresh_from_db()
+    assert lease.state == LeaseState.RELEASED
+    first = AuditEvent.objects.filter(correlation_id="req-0042")
+    assert {"tenants.lease.requested", "tenants.lease.placed", "fleet.allocation.reserved",
+            "tenants.lease.booting", "tenants.lease.running", "fleet.partition.active"} <= set(
+        first.values_list("verb", flat=True))
+    second = set(AuditEvent.objects.filter(correlation_id="req-0043").values_list("verb", flat=True))
+    assert {"tenants.lease.releasing", "fleet.allocation.cleaning", "fleet.gpu.scrubbing", "fleet.gpu.leveled",
+            "fleet.gpu.free", "fleet.allocation.returned", "tenants.lease.released"} <= second

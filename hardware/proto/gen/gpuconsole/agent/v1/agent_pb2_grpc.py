@@ -151,7 +151,9 @@ class NodeAgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetActivatedPartitions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Only while the fabric manager waits after a restart (its 60 s resiliency window; a
+        HEALTH_KIND_FABRIC_MANAGER_RESTARTED event announces it); FAILED_PRECONDITION otherwise.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
