@@ -46,7 +46,10 @@ def lease_book(server: Server) -> list[GpuLeaseBinding]:
 
 def lease_book_push(*, server: Server, quiet: bool = False) -> bool:
     """Send the server's agent its complete lease book. `quiet`: an unreachable agent is logged,
-    not raised (the reconciler pushes again). True when it was sent."""
+    not raised (the reconciler pushes again). True when it was sent. A server without an agent
+    (registered from platform data alone) has no device plugin to tell."""
+    if not server.agent_endpoint:
+        return False
     try:
         agent_for(server).set_gpu_leases(lease_book(server))
     except HardwareError as exc:

@@ -4,8 +4,7 @@ No Django here: the services layer reads servers and GPUs from the database, tur
 frozen dataclasses and hands them to `fleet.placement`. Keeping the decision pure means it can be
 property-tested against a brute-force reference and benchmarked at fleet scale without a database.
 
-State names are the ones of ARCHITECTURE.md ("States"); they are plain strings so the ORM's choices
-and these constants can be compared directly.
+State names are plain strings, so the ORM's choices and these constants compare directly.
 """
 
 from __future__ import annotations
@@ -13,25 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-# GPU states (ARCHITECTURE.md). Only FREE GPUs can be given to a tenant (invariant 2).
+# The few state names placement compares with (ARCHITECTURE.md "States"; fleet/states.py defines them
+# all, with Django; tests/fleet/test_placement.py checks these equal them). Only FREE GPUs can be
+# given to a tenant (invariant 2); only ACTIVE servers receive new leases (invariant 6).
 GPU_FREE = "free"
 GPU_RESERVED = "reserved"
-GPU_IN_USE = "in_use"
-GPU_SCRUBBING = "scrubbing"
-GPU_LEVELING = "leveling"
-GPU_DRAINING = "draining"
-GPU_DRAINED = "drained"
-GPU_QUARANTINED = "quarantined"
-GPU_OFFLINE = "offline"
-
-# Server states. Only ACTIVE servers receive new leases (invariant 6); the rest keep running leases.
-SERVER_ACTIVE = "active"
-SERVER_CORDONED = "cordoned"
-SERVER_DRAINING = "draining"
-SERVER_DRAINED = "drained"
-SERVER_MAINTENANCE = "maintenance"
-SERVER_UNREACHABLE = "unreachable"
-SCHEDULABLE_SERVER_STATES = frozenset({SERVER_ACTIVE})
+SCHEDULABLE_SERVER_STATES = frozenset({"active"})
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from fleet.states import AllocationState, GpuState
 from hardware import kube_constants
 from hardware.boot_model import estimate_boot
 from tenants.models import BootPhase, Lease
+from tenants.selectors import lease_detail
 from tenants.services import lease_fail, lease_finish, lease_release, lease_set_condition, lease_try_place
 from tenants.states import LEASE_MACHINE, LEASE_TENANT_OWNS, LeaseState
 
@@ -215,7 +216,7 @@ def _faults(lease: Lease, actor: Actor) -> None:
 
 
 def _lease(lease_id: int) -> Lease:
-    return Lease.objects.select_related("tenant", "allocation__server", "allocation__partition").get(pk=lease_id)
+    return lease_detail(lease_id)
 
 
 _STEPS = {

@@ -21,9 +21,9 @@ from console.models import Source
 from fleet.cluster import get_cluster
 from hardware.cluster import PodPhase
 from hardware.exceptions import HardwareError
-from tenants import services
-from tenants.models import Lease, Tenant
-from tenants.states import LEASE_HOLDS_GPUS, LeaseState, TenantState
+from tenants import selectors, services
+from tenants.models import Lease
+from tenants.states import LEASE_HOLDS_GPUS, LeaseState
 
 log = logging.getLogger(__name__)
 ACTOR = Actor.system("reconciler", source=Source.RECONCILER)
@@ -47,7 +47,7 @@ def reconcile_leases(*, stuck_after: timedelta = STUCK_AFTER) -> dict:
 
 def _pods(stats: Counter) -> None:
     cluster = get_cluster()
-    for lease in Lease.objects.filter(state__in=[L.BOOTING, L.RUNNING]).select_related("tenant"):
+    for lease in selectors.leases_with_pods():
         try:
             pod = cluster.get_lease_pod(lease_id=str(lease.pk), tenant=lease.tenant.name)
         except HardwareError as exc:
@@ -59,8 +59,7 @@ def _pods(stats: Counter) -> None:
     # A lease that ended without its clean-up (failed, or a crash) may have left its pod and VM behind;
     # the GPUs cannot be scrubbed under a running VM.
     recent = timezone.now() - ORPHAN_POD_WINDOW
-    ended = Lease.objects.filter(Q(failed_at__gte=recent) | Q(released_at__gte=recent)).exclude(pod_name="")
-    for lease in ended.filter(state__in=[L.FAILED, L.RELEASED]).select_related("tenant"):
+    for lease in selectors.leases_ended_since(recent):
         try:
             if cluster.get_lease_pod(lease_id=str(lease.pk), tenant=lease.tenant.name) is not None:
                 cluster.delete_lease_pod(lease_id=str(lease.pk), tenant=lease.tenant.name)
@@ -80,8 +79,6 @@ def _stuck_leases(stats: Counter, stuck_after: timedelta) -> None:
 
 
 def _tenancies(stats: Counter) -> None:
-    for tenant_id in Tenant.objects.filter(state__in=[TenantState.PENDING, TenantState.FAILED]).values_list(
-        "pk", flat=True
-    ):
+    for tenant_id in selectors.tenants_to_onboard().values_list("pk", flat=True):
         dispatch.enqueue("tenancy_provision", tenant_id)
         stats["tenancies_retried"] += 1

@@ -1,20 +1,21 @@
-"""Validators for tenant input: names that become Kubernetes namespaces, and GPU counts."""
+"""Validators for tenant input: names that become Kubernetes namespaces, and GPU counts.
 
-import re
+The namespace rule itself (DNS-1123 label, `tenant-<name>` within 63 characters) is hardware's
+(`hardware.cluster`, `hardware.kube_constants`), written once; here it becomes a form error.
+"""
 
 from django.core.exceptions import ValidationError
 
+from hardware.cluster import DNS1123_LABEL, DNS1123_LABEL_MAX
+from hardware.kube_constants import TENANT_NAMESPACE_PREFIX, tenant_namespace
 from hardware.platforms import all_partition_sizes
 
-NAMESPACE_PREFIX = "tenant-"
-MAX_NAMESPACE_LENGTH = 63
-MAX_TENANT_NAME_LENGTH = MAX_NAMESPACE_LENGTH - len(NAMESPACE_PREFIX)  # 56
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MAX_TENANT_NAME_LENGTH = DNS1123_LABEL_MAX - len(TENANT_NAMESPACE_PREFIX)  # 56
 
 
 def validate_tenant_name(value: str) -> None:
     """A DNS-1123 label short enough that `tenant-<name>` is a valid namespace (≤ 63 characters)."""
-    if not value or not _DNS1123_LABEL.match(value):
+    if not value or not DNS1123_LABEL.match(value):
         raise ValidationError(
             "%(value)r is not a DNS-1123 label: use lower-case letters, digits and '-', "
             "starting and ending with a letter or digit",
@@ -39,5 +40,4 @@ def validate_gpu_count(value: int) -> None:
         )
 
 
-def namespace_for(tenant_name: str) -> str:
-    return f"{NAMESPACE_PREFIX}{tenant_name}"
+namespace_for = tenant_namespace

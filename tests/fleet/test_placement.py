@@ -384,3 +384,12 @@ def test_unknown_temperature_counts_as_hottest():
     busy = {2, 3, 4, 5, 6, 7, 8}
     fleet = [server(1, busy=busy, temps={1: float("nan")}), server(2, busy=busy, temps={1: 80.0})]
     assert both(fleet, Request(1)).server_id == 2
+
+
+def test_the_snapshot_state_names_are_the_models():
+    from fleet import snapshot
+    from fleet.states import SERVER_MACHINE, GpuState, ServerState
+
+    assert snapshot.GPU_FREE == GpuState.FREE and snapshot.GPU_RESERVED == GpuState.RESERVED
+    assert {ServerState.ACTIVE} == snapshot.SCHEDULABLE_SERVER_STATES
+    assert set(snapshot.SCHEDULABLE_SERVER_STATES) <= set(SERVER_MACHINE.states)

@@ -134,3 +134,16 @@ def test_release_of_pending_lease_ends_it(tasks, ready_tenant):
     services.lease_release(lease=lease, actor=TEST_ACTOR)
     lease.refresh_from_db()
     assert lease.state == LeaseState.RELEASED
+
+
+def test_lease_command_lists_where_each_lease_runs(tasks, ready_tenant):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    server = make_server()
+    placed = request(ready_tenant, 2)
+    out = StringIO()
+    call_command("lease", "list", stdout=out)
+    line = next(row for row in out.getvalue().splitlines() if row.split()[0] == str(placed.pk))
+    assert f"{server.hostname} p{placed.partition.partition_id}" in line and "placed" in line

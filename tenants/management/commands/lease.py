@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from console.audit import Actor
 from console.errors import DomainError
 from console.models import Source
-from tenants import services
+from tenants import selectors, services
 from tenants.models import Lease
 
 DEFAULT_IMAGE = "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0-ubi8"
@@ -40,8 +40,8 @@ class Command(BaseCommand):
                 lease = services.lease_release(lease=lease, actor=actor)
                 self.stdout.write(f"{lease} {lease.state}")
             else:
-                for lease in Lease.objects.select_related("tenant", "server", "partition")[:50]:
-                    where = f"{lease.server} p{lease.partition.partition_id}" if lease.partition else "-"
+                for lease in selectors.leases_recent():
+                    where = f"{lease.server} p{lease.partition.partition_id}" if lease.allocation_id else "-"
                     self.stdout.write(f"{lease.pk:>5} {lease.tenant} {lease.gpu_count} GPU {lease.state:<12} {where}")
         except ValidationError as exc:
             raise CommandError("; ".join(f"{k}: {', '.join(v)}" for k, v in exc.message_dict.items())) from exc
