@@ -111,7 +111,7 @@ class _GpuLease:
         )
 
 
-def _phase_of(vm: VmInfo) -> tuple[str, int | None, str]:
+def phase_of_vm(vm: VmInfo) -> tuple[str, int | None, str]:
     """(pod phase, exit code, reason) for a VM state."""
     if vm.state is VmState.BOOTING:
         return PodPhase.PENDING, None, "ContainerCreating"
@@ -269,7 +269,7 @@ class SimulatedCluster:
                     node.start_vm(pod.vm_id, pod_name=pod.name, gpu_module_ids=pod.modules,
                                   guest_ram_gib=self._guest_ram_gib, workload_seconds=self._workload_seconds)
                     pod.started = True
-                phase, exit_code, reason = _phase_of(node.get_vm(pod.vm_id))
+                phase, exit_code, reason = phase_of_vm(node.get_vm(pod.vm_id))
             except HardwareError as exc:
                 if exc.retryable:
                     reason = "NodeUnreachable"  # kubelet would retry; so do we, next refresh
