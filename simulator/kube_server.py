@@ -70,7 +70,9 @@ MAX_WATCH_SECONDS = 1800
 WATCH_WAKE_SECONDS = 0.25  # how often an idle watch checks whether the server is stopping
 MERGE_PATCHES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
 PDB_MESSAGE = "Cannot evict pod as it would violate the pod's disruption budget."
-VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0-gpuconsole-sim", "platform": "linux/amd64"}
+VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0-gpuconsole-sim", "gitCommit": "simulated",
+           "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "none",
+           "compiler": "none", "platform": "linux/amd64"}
 
 
 def node_object(name: str) -> dict[str, Any]:
