@@ -12,7 +12,6 @@ from fleet.agents import forget_agents
 from fleet.inventory import server_register_from_inventory
 from fleet.models import Server
 from hardware.agent_client import AgentClient
-from hardware.kube import KubernetesCluster, url_api_client
 from simulator.fleet import SimFleet
 from simulator.kube_server import KubeApiServer
 
@@ -42,8 +41,8 @@ def sim_kube() -> KubeApiServer:
 @contextlib.contextmanager
 def sim_fleet_with_cluster(settings, servers: int = 2) -> Iterator[SimFleet]:
     """`servers` simulated HGX H100 servers (insecure, accelerated clock) and the simulated cluster's
-    Kubernetes API server over them (port 0), which the console reaches through `KubernetesCluster`
-    over HTTP, as `manage.py simfleet` serves it; nothing registered yet."""
+    Kubernetes API server over them (port 0), as `manage.py simfleet` serves them; the console's
+    `get_cluster()` reaches it through `KubernetesCluster` over HTTP. Nothing registered yet."""
     global _kube
     settings.AGENT_INSECURE = True
     forget_agents()
@@ -53,8 +52,10 @@ def sim_fleet_with_cluster(settings, servers: int = 2) -> Iterator[SimFleet]:
     except Exception:
         fleet.stop()
         raise
+    # The product's own path: get_cluster() builds KubernetesCluster at SIM_KUBE_URL.
+    settings.CLUSTER_ADAPTER = "fleet.cluster.simulated_cluster"
     settings.SIM_KUBE_URL = _kube.url
-    cluster_access.set_cluster(KubernetesCluster(url_api_client(_kube.url), request_timeout=10))
+    cluster_access.set_cluster(None)
     try:
         yield fleet
     finally:
