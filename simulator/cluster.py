@@ -1,4 +1,9 @@
-"""`SimulatedCluster`: the `hardware.cluster.Cluster` seam over the simulated hosts.
+"""`SimulatedCluster`: the `hardware.cluster.Cluster` seam over the simulated hosts, in-process.
+
+The running product does not use it: `manage.py simfleet` serves the simulated cluster over the
+Kubernetes API (`simulator.kube_server`, pods through `simulator.kubelet`, which shares this
+module's node access and VM-to-pod-phase mapping) and the console drives that with
+`hardware.kube.KubernetesCluster`. This in-memory fake is for tests that want a cluster without HTTP.
 
 Cluster-level state (namespaces, network policies, tenancies, GpuLeases, cordons) lives in memory.
 Pods are backed by the simulated nodes, reached through an injected `nodes(node_name)` callable

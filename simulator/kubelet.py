@@ -82,12 +82,13 @@ class SimKubelet:
     def sync(self, pods: Iterable[tuple[str, str]] | None = None) -> None:
         """Bring the status of these (namespace, name) pods, or of all, up to date with their VMs."""
         with self._lock:
-            wanted = None if pods is None else set(pods)
+            if pods is None:
+                current = self._store.items(PODS)
+            else:
+                current = [p for ns, name in set(pods) if (p := self._store.find(PODS, ns, name)) is not None]
             listings: dict[str, dict[str, VmInfo] | None] = {}
-            for pod in self._store.items(PODS):
+            for pod in current:
                 meta = pod["metadata"]
-                if wanted is not None and (meta["namespace"], meta["name"]) not in wanted:
-                    continue
                 if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in (
                         PodPhase.SUCCEEDED, PodPhase.FAILED):
                     continue  # restartPolicy Never: an ended pod stays as it ended
@@ -105,12 +106,6 @@ class SimKubelet:
                 return
             with contextlib.suppress(HardwareError):
                 self._nodes(vm.node).stop_vm(vm.vm_id)
-
-    def forget(self, uids: Iterable[str]) -> None:
-        """Drop the records of pods that no longer exist."""
-        with self._lock:
-            for uid in uids:
-                self._vms.pop(uid, None)
 
     # -- one pod -----------------------------------------------------------------------------
     def _observe(self, pod: dict[str, Any], listings: dict[str, dict[str, VmInfo] | None]
