@@ -142,8 +142,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = TIME_ZONE
 
-# The simulated fleet is on unless switched off; it picks the simulated cluster adapter.
+# The simulated fleet is on unless switched off. Its cluster is served over the Kubernetes API by the
+# `simfleet` process (`--kube-port`, default the port of SIM_KUBE_URL); the console reaches it with the
+# same KubernetesCluster adapter as a real cluster, at SIM_KUBE_URL.
 SIMULATED_FLEET = env.bool("SIMULATED_FLEET", default=True)
+SIM_KUBE_URL = env.str("SIM_KUBE_URL", default="http://127.0.0.1:7690")
+KUBE_REQUEST_TIMEOUT_S = env.float("KUBE_REQUEST_TIMEOUT_S", default=10.0)
 CLUSTER_ADAPTER = env.str(
     "CLUSTER_ADAPTER",
     default="fleet.cluster.simulated_cluster" if SIMULATED_FLEET else "hardware.kube.KubernetesCluster",

@@ -1,4 +1,5 @@
-"""The one accessor for the cluster adapter: settings choose the real or the simulated cluster."""
+"""The one accessor for the cluster adapter: settings choose a real cluster or the simulated fleet's
+(both through `hardware.kube.KubernetesCluster`; tests may install an in-process fake)."""
 
 from __future__ import annotations
 
@@ -30,29 +31,9 @@ def set_cluster(cluster: Cluster | None) -> None:
         _cluster = cluster
 
 
-class _ServerEndpoints:
-    """node name → agent endpoint, read from the Server rows (what simfleet registered)."""
-
-    def get(self, node: str):
-        from types import SimpleNamespace
-
-        from fleet.models import Server
-
-        row = Server.objects.filter(k8s_node_name=node).values_list("agent_endpoint", "hostname").first()
-        if row is None or not row[0]:
-            return None
-        return SimpleNamespace(address=row[0], node=row[1])
-
-
 def simulated_cluster() -> Cluster:
-    """The simulated cluster over the simulated fleet's SimAdmin service (simulator mode only).
+    """The simulated fleet's cluster: `KubernetesCluster` over HTTP to the Kubernetes API server that
+    `manage.py simfleet` serves at settings.SIM_KUBE_URL, so its state outlives any console process."""
+    from hardware.kube import KubernetesCluster, url_api_client
 
-    Imported by name so production code never imports the simulator."""
-    from fleet.agents import _identity
-
-    cluster_cls = import_string("simulator.cluster.SimulatedCluster")
-    nodes = import_string("simulator.cluster.sim_admin_nodes")
-    identity = _identity()
-    access = nodes(_ServerEndpoints(), insecure=identity is None, credentials=identity,
-                   timeout=settings.AGENT_TIMEOUT_S)
-    return cluster_cls(access, workload_seconds=settings.SIM_WORKLOAD_S)
+    return KubernetesCluster(url_api_client(settings.SIM_KUBE_URL), request_timeout=settings.KUBE_REQUEST_TIMEOUT_S)

@@ -1,8 +1,9 @@
 """The cluster seam: what the console asks of Kubernetes, and the frozen values it gets back.
 
-`hardware.kube.KubernetesCluster` implements `Cluster` against a real API server;
-`simulator.cluster.SimulatedCluster` implements it over the simulated hosts. Both validate their
-arguments with the helpers at the bottom before touching anything.
+`hardware.kube.KubernetesCluster` implements `Cluster` against an API server: a real one, or the
+simulated cluster's (`simulator.kube_server`, served by `manage.py simfleet`);
+`simulator.cluster.SimulatedCluster` implements it in-process over the simulated hosts, for tests.
+Both validate their arguments with the helpers at the bottom before touching anything.
 """
 
 from __future__ import annotations

@@ -56,6 +56,16 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
     return client.ApiClient(configuration)
 
 
+def url_api_client(url: str, *, retries: int = 0) -> client.ApiClient:
+    """An ApiClient for an API server at `url` that takes no credentials (the simulated cluster on
+    loopback). No transport retries by default: a failure surfaces as `ClusterUnavailable` at once and
+    the caller's retry policy decides."""
+    configuration = client.Configuration()
+    configuration.host = url.rstrip("/")
+    configuration.retries = retries
+    return client.ApiClient(configuration)
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -1,4 +1,9 @@
-"""`SimulatedCluster`: the `hardware.cluster.Cluster` seam over the simulated hosts.
+"""`SimulatedCluster`: the `hardware.cluster.Cluster` seam over the simulated hosts, in-process.
+
+The running product does not use it: `manage.py simfleet` serves the simulated cluster over the
+Kubernetes API (`simulator.kube_server`, pods through `simulator.kubelet`, which shares this
+module's node access and VM-to-pod-phase mapping) and the console drives that with
+`hardware.kube.KubernetesCluster`. This in-memory fake is for tests that want a cluster without HTTP.
 
 Cluster-level state (namespaces, network policies, tenancies, GpuLeases, cordons) lives in memory.
 Pods are backed by the simulated nodes, reached through an injected `nodes(node_name)` callable
@@ -111,7 +116,7 @@ class _GpuLease:
         )
 
 
-def _phase_of(vm: VmInfo) -> tuple[str, int | None, str]:
+def phase_of_vm(vm: VmInfo) -> tuple[str, int | None, str]:
     """(pod phase, exit code, reason) for a VM state."""
     if vm.state is VmState.BOOTING:
         return PodPhase.PENDING, None, "ContainerCreating"
@@ -269,7 +274,7 @@ class SimulatedCluster:
                     node.start_vm(pod.vm_id, pod_name=pod.name, gpu_module_ids=pod.modules,
                                   guest_ram_gib=self._guest_ram_gib, workload_seconds=self._workload_seconds)
                     pod.started = True
-                phase, exit_code, reason = _phase_of(node.get_vm(pod.vm_id))
+                phase, exit_code, reason = phase_of_vm(node.get_vm(pod.vm_id))
             except HardwareError as exc:
                 if exc.retryable:
                     reason = "NodeUnreachable"  # kubelet would retry; so do we, next refresh

@@ -4,8 +4,9 @@ It stores any resource by URL shape (core `/api/v1/...` and `/apis/<group>/<vers
 cluster-scoped or namespaced, with `status` subresources), assigns uid and resourceVersion,
 answers 201 on create and 409 AlreadyExists / Conflict like the real server, applies JSON merge
 patches (and refuses a dict sent as json-patch, as the real server would), honours label and
-field selectors, serves watches as a stream of JSON lines from a resource version (410 Gone when
-the version is older than `compacted`), evicts pods (429 when `pdb_blocks` names the pod),
+field selectors, binds a pod to the node its hostname affinity names (the scheduler), serves
+watches as a stream of JSON lines from a resource version (410 Gone when the version is older
+than `compacted`), evicts pods (429 when `pdb_blocks` names the pod),
 keeps objects with finalizers until the finalizers are gone, and records every request.
 
 Tests script faults with `fail(method, path_regex, status, times)`.
@@ -265,7 +266,10 @@ class KubeMock:
         key = (*collection, name)
         if key in self.objects:
             return 409, _status(409, f"{collection[2]} {name!r} already exists", "AlreadyExists")
-        return 201, self._store(key, copy.deepcopy(body), "ADDED")
+        obj = copy.deepcopy(body)
+        if collection[2] == "pods":
+            _schedule(obj)
+        return 201, self._store(key, obj, "ADDED")
 
     def _patch(self, key: tuple, current: dict, body: Any, content_type: str, sub: str | None,
                replace: bool = False) -> tuple[int, dict]:
@@ -343,6 +347,16 @@ class _LoopbackServer(ThreadingHTTPServer):
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
+
+
+def _schedule(pod: dict) -> None:
+    """Bind a pod to the node its required hostname affinity names, as the scheduler would."""
+    spec = pod.setdefault("spec", {})
+    affinity = (spec.get("affinity") or {}).get("nodeAffinity") or {}
+    for term in (affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms", []):
+        for expr in term.get("matchExpressions") or []:
+            if expr.get("key") == "kubernetes.io/hostname" and expr.get("values") and not spec.get("nodeName"):
+                spec["nodeName"] = expr["values"][0]
 
 
 def _status(code: int, message: str, reason: str = "", success: bool = False) -> dict:

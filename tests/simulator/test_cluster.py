@@ -6,44 +6,10 @@ import pytest
 
 from hardware import kube_constants as kc
 from hardware.cluster import Cluster
-from hardware.exceptions import AgentUnavailable, ClusterError, FailedPrecondition, InvalidArgument
-from hardware.types import VmInfo, VmState
+from hardware.exceptions import ClusterError, FailedPrecondition, InvalidArgument
+from hardware.types import VmState
 from simulator.cluster import SimulatedCluster
-
-
-class FakeNode:
-    """start_vm / stop_vm / get_vm / list_vms with states the test sets."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.vms: dict[str, VmInfo] = {}
-        self.calls: list[tuple] = []
-        self.unreachable = False
-        self.refuse: str = ""
-
-    def start_vm(self, vm_id, *, pod_name, gpu_module_ids, guest_ram_gib, workload_seconds=0.0):
-        if self.unreachable:
-            raise AgentUnavailable("node away")
-        if self.refuse:
-            raise FailedPrecondition(self.refuse)
-        self.calls.append(("start", vm_id, pod_name, tuple(gpu_module_ids), guest_ram_gib, workload_seconds))
-        self.vms[vm_id] = VmInfo(vm_id, pod_name, tuple(gpu_module_ids), VmState.BOOTING)
-        return self.vms[vm_id]
-
-    def stop_vm(self, vm_id):
-        self.calls.append(("stop", vm_id))
-        self.set(vm_id, VmState.STOPPED, "stopped")
-        return self.vms[vm_id]
-
-    def get_vm(self, vm_id):
-        return self.vms[vm_id]
-
-    def list_vms(self):
-        return list(self.vms.values())
-
-    def set(self, vm_id, state, detail=""):
-        vm = self.vms[vm_id]
-        self.vms[vm_id] = VmInfo(vm.vm_id, vm.pod_name, vm.gpu_module_ids, state, (), detail)
+from tests.support.fake_nodes import FakeNode
 
 
 @pytest.fixture

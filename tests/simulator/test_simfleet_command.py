@@ -77,3 +77,34 @@ def test_simfleet_refuses_no_servers(db, servers):
 
     with pytest.raises(CommandError):
         call_command("simfleet", servers=servers, once=True, insecure=True)
+
+
+def test_simfleet_serves_the_simulated_cluster_over_the_kubernetes_api(transactional_db, settings, tmp_path,
+                                                                      monkeypatch):
+    """Next to its agents the command serves the cluster's API and writes a kubeconfig for it; pods
+    start their VMs through SimAdmin over the same mTLS the console uses."""
+    from hardware.kube import KubernetesCluster
+    from simulator.management.commands.simfleet import KUBECONFIG_NAME, Command
+
+    settings.AGENT_TLS_DIR = tmp_path / "pki"
+    settings.AGENT_INSECURE = False
+    settings.VAR_DIR = tmp_path
+    seen = {}
+
+    def serve(command):
+        cluster = KubernetesCluster(kubeconfig=str(tmp_path / KUBECONFIG_NAME), request_timeout=5)
+        seen["tenancy"] = cluster.ensure_tenancy("acme")
+        node = Server.objects.order_by("hostname").first().k8s_node_name
+        seen["pod"] = cluster.create_lease_pod(lease_id="1", tenant="acme", image="busybox", node=node,
+                                               gpu_indexes=[1])
+        seen["node"] = node
+
+    monkeypatch.setattr(Command, "_serve_until_signalled", serve)
+    out = io.StringIO()
+    call_command("simfleet", servers=1, racks=1, accel=2000.0, prefix="kube", kube_port=0, stdout=out)
+
+    assert "Kubernetes API at http://127.0.0.1:" in out.getvalue()
+    assert seen["tenancy"].ready
+    pod = seen["pod"]
+    # Bound to its node and its VM booting: SimAdmin's StartVm answered over mTLS.
+    assert (pod.node, pod.phase, pod.reason) == (seen["node"], "Pending", "ContainerCreating")

@@ -5,13 +5,21 @@ created as a development CA on first use), asks each one GetInventory over gRPC 
 AgentClient the console uses, upserts Server/Gpu/NvSwitch rows through fleet.inventory, records
 the partitions the fabric manager reports, then keeps serving until interrupted.
 
-    manage.py simfleet --servers 16 --platform hgx-h100-8 --variant supermicro --accel 60 --port-base 7700
+Next to the agents it serves the simulated cluster over the Kubernetes API on loopback
+(`simulator.kube_server.KubeApiServer`, port `--kube-port`, by default the port of
+settings.SIM_KUBE_URL, where the console looks for it): the console drives it through the same
+`KubernetesCluster` adapter as a real cluster, and the cluster's state lives in this process, so a
+console or worker crash loses nothing. A kubeconfig for it is written to `var/sim-kubeconfig.yaml`.
+
+    manage.py simfleet --servers 16 --platform hgx-h100-8 --variant supermicro --accel 60 --port-base 7700 \
+        --kube-port 7690
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -27,7 +35,9 @@ from hardware.exceptions import HardwareError
 from hardware.platforms import PLATFORMS, PlatformError, get_platform
 from hardware.tls import CA_CERT, TlsIdentity, issue_cert, make_dev_ca
 from simulator.fleet import DEFAULT_PER_PORT_LIMIT, SimFleet
+from simulator.kube_server import KubeApiServer
 
+KUBECONFIG_NAME = "sim-kubeconfig.yaml"
 CONSOLE_IDENTITY = "console"
 FLEET_IDENTITY = "simfleet"
 
@@ -69,6 +79,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--insecure", action="store_true", default=None, help="plaintext gRPC (default: settings.AGENT_INSECURE)"
         )
+        parser.add_argument(
+            "--kube-port",
+            type=int,
+            default=None,
+            help="port of the simulated cluster's Kubernetes API on 127.0.0.1 (default: SIM_KUBE_URL's; 0: any)",
+        )
         parser.add_argument("--once", action="store_true", help="register, then stop the agents and exit")
 
     def handle(self, *args, **opts):
@@ -101,13 +117,42 @@ class Command(BaseCommand):
             self._register(fleet, opts, console_tls, insecure)
             if opts["once"]:
                 return
-            self.stdout.write(f"serving {len(fleet.hosts)} simulated servers; Ctrl-C stops")
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-            stop.wait()
+            kube = self._serve_cluster(fleet, opts, console_tls, insecure)
+            try:
+                self.stdout.write(f"serving {len(fleet.hosts)} simulated servers; Ctrl-C stops")
+                self._serve_until_signalled()
+            finally:
+                kube.stop()
         finally:
             fleet.stop()
+
+    def _serve_until_signalled(self) -> None:
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+
+    def _serve_cluster(self, fleet: SimFleet, opts, console_tls: TlsIdentity | None, insecure: bool) -> KubeApiServer:
+        """The simulated cluster's Kubernetes API server; its VMs start through SimAdmin as the console's."""
+        port = opts["kube_port"]
+        if port is None:
+            port = urlsplit(settings.SIM_KUBE_URL).port or 7690
+        client_options = {"timeout": settings.AGENT_TIMEOUT_S}
+        if console_tls is not None:
+            client_options["credentials"] = console_tls
+        try:
+            kube = KubeApiServer.for_fleet(
+                fleet,
+                insecure=insecure,
+                client_options=client_options,
+                port=port,
+                workload_seconds=settings.SIM_WORKLOAD_S,
+            ).start()
+        except OSError as exc:
+            raise CommandError(f"cannot serve the simulated Kubernetes API on port {port}: {exc}") from exc
+        path = kube.write_kubeconfig(settings.VAR_DIR / KUBECONFIG_NAME)
+        self.stdout.write(f"simulated cluster: Kubernetes API at {kube.url} (kubeconfig {path})")
+        return kube
 
     def _register(self, fleet: SimFleet, opts, console_tls: TlsIdentity | None, insecure: bool) -> None:
         actor = Actor.system("simfleet", source=Source.SIMULATOR)
