@@ -11,11 +11,12 @@ import pytest
 
 from fleet import cluster as cluster_access
 from fleet.agents import agent_for
+from fleet.reconciler import reconcile_fleet
 from hardware import kube_constants as kc
 from hardware.kube import KubernetesCluster
 from hardware.types import VmState
 from tenants import services
-from tenants.reconciler import reconcile_fleet
+from tenants.reconciler import reconcile_leases
 from tenants.states import LeaseState
 from tests.tenants.conftest import SIM_ACTOR as ACTOR
 
@@ -45,7 +46,8 @@ def test_a_worker_killed_while_leases_boot_loses_nothing(sim, tasks):
         assert fresh.get_gpu_lease(str(held.pk)).gpu_module_ids == tuple(held.partition.module_ids)
         assert _vm_state(held) in (VmState.BOOTING, VmState.RUNNING)
 
-    reconcile_fleet(stuck_after=timedelta(0))  # finds the pods, resumes following the boots
+    reconcile_leases(stuck_after=timedelta(0))  # finds the pods, resumes following the boots
+    reconcile_fleet(stuck_after=timedelta(0))
     tasks.run()
     for held in leases:
         held.refresh_from_db()
