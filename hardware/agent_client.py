@@ -32,6 +32,7 @@ from hardware.types import (
     BootPhaseEvent,
     ClockInfo,
     FirmwareStatus,
+    GpuHolder,
     GpuLeaseBinding,
     HealthEvent,
     Inventory,
@@ -44,6 +45,7 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 10.0
 LONG_TIMEOUT_S = 600.0  # firmware flash, GPU reset, scrub: minutes on real hardware
+EVICT_TIMEOUT_S = 120.0  # the agent's SIGTERM grace and bounded wait for the device to be let go
 WATCH_TIMEOUT_S = 3600.0  # long-lived streams: the caller re-subscribes after this
 DEFAULT_RETRIES = 3
 DEFAULT_BACKOFF_S = 0.2
@@ -217,6 +219,23 @@ class AgentClient(_GrpcClient):
 
     def reset_gpu(self, module_id: int, *, timeout: float = LONG_TIMEOUT_S) -> None:
         self._unary(self._stub.ResetGpu, pb.GpuRequest(module_id=module_id), timeout)
+
+    def gpu_holders(self, module_id: int) -> tuple[GpuHolder, ...]:
+        """The processes holding the GPU's VFIO device open (by pid): a VM a teardown left behind.
+
+        Empty when nothing holds it. NotFound for an unknown GPU.
+        """
+        response = self._unary(self._stub.ListGpuHolders, pb.GpuRequest(module_id=module_id))
+        return convert.gpu_holders_from_pb(response)
+
+    def evict_gpu_holders(self, module_id: int, *, timeout: float = EVICT_TIMEOUT_S) -> tuple[GpuHolder, ...]:
+        """Have the agent tear down whatever holds the GPU's VFIO device; returns who was evicted.
+
+        Idempotent: nothing holding it answers (). FailedPrecondition when the device is still
+        held after the agent's bounded wait; NotFound for an unknown GPU.
+        """
+        response = self._unary(self._stub.EvictGpuHolders, pb.GpuRequest(module_id=module_id), timeout)
+        return convert.gpu_holders_from_pb(response)
 
     def watch_health(self, *, timeout: float = WATCH_TIMEOUT_S) -> AgentStream[HealthEvent]:
         """Health events of this node (or, on a multiplexed server without `node=`, of every host).

@@ -12,6 +12,7 @@ from typing import Protocol
 from hardware.types import (
     BootPhaseEvent,
     FirmwareStatus,
+    GpuHolder,
     HealthEvent,
     Inventory,
     PartitionInfo,
@@ -43,6 +44,14 @@ class HostBackend(Protocol):
     def level_firmware(self, module_id: int) -> FirmwareStatus: ...
 
     def reset_gpu(self, module_id: int) -> None: ...
+
+    def gpu_holders(self, module_id: int) -> tuple[GpuHolder, ...]:
+        """The processes holding the GPU's VFIO device open, by pid."""
+        ...
+
+    def evict_gpu_holders(self, module_id: int) -> tuple[GpuHolder, ...]:
+        """Tear the holders down and wait until the device is free; FailedPrecondition if it is not."""
+        ...
 
     def watch_health(self) -> Iterator[HealthEvent]: ...
 

@@ -77,6 +77,20 @@ class Inventory:
 
 
 @dataclass(frozen=True)
+class GpuHolder:
+    """A process holding a GPU's VFIO device open (`/dev/vfio/<group>` or its iommufd cdev).
+
+    `vm_id` is the guest name a QEMU (or Kata's QEMU) process was started with (`-name`), ""
+    when the process is not a VM or names no guest. A GPU with a holder is not safe to scrub or
+    to take out of its partition: the VM that holds it is still alive.
+    """
+
+    pid: int
+    name: str  # the process's `comm`, e.g. "qemu-system-x86"
+    vm_id: str = ""
+
+
+@dataclass(frozen=True)
 class PartitionInfo:
     """One row of the fabric manager's partition list, as it reports it (physical ids, no BDFs)."""
 

@@ -21,6 +21,7 @@ from hardware.types import (
     BootPhaseEvent,
     DeviceKind,
     FirmwareStatus,
+    GpuHolder,
     GpuInfo,
     HealthEvent,
     HealthKind,
@@ -46,6 +47,9 @@ _BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 SCRUB_STEPS = (("boot-vm", 25.0), ("reset", 5.0), ("clear", 0.05), ("verify", 3.0))
 FIRMWARE_FLASH_S = 90.0
 GPU_RESET_S = 5.0
+VM_PROCESS_NAME = "qemu-system-x86_64"  # what a simulated VM's process is called (GpuHolder.name)
+FIRST_VM_PID = 1000
+PID_SPAN = 4_000_000  # under the kernel's pid_max (4194304)
 
 
 @dataclass(slots=True)
@@ -87,6 +91,11 @@ class _GpuOperation(Iterator[ScrubProgress]):
 
 def _digest(*parts: object) -> bytes:
     return hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+
+
+def vm_pid(hostname: str, vm_id: str) -> int:
+    """The stable fake pid of a simulated VM's process."""
+    return FIRST_VM_PID + int.from_bytes(_digest(hostname, vm_id)[:4], "big") % PID_SPAN
 
 
 def gpu_identity(seed: int, hostname: str, module_id: int) -> tuple[str, str]:
@@ -332,6 +341,26 @@ class SimHost:
             self._apply_reset(gpu)
         finally:
             self._end_operation(gpu)
+
+    def gpu_holders(self, module_id: int) -> tuple[GpuHolder, ...]:
+        """The VM (booting or running) holding the GPU, as the process a real host would list."""
+        with self._lock:
+            self._gpu(module_id, present=False)
+            vm_id = self.busy_modules().get(module_id)
+        if vm_id is None:
+            return ()
+        return (GpuHolder(pid=vm_pid(self.hostname, vm_id), name=VM_PROCESS_NAME, vm_id=vm_id),)
+
+    def evict_gpu_holders(self, module_id: int) -> tuple[GpuHolder, ...]:
+        """Stop the VMs holding the GPU; returns them (empty when none did)."""
+        holders = self.gpu_holders(module_id)
+        for holder in holders:
+            self.stop_vm(holder.vm_id)
+        left = self.gpu_holders(module_id)
+        if left:
+            names = ", ".join(h.vm_id for h in left)
+            raise FailedPrecondition(f"{self.hostname}: GPU {module_id} is still held after eviction by VM {names}")
+        return holders
 
     def watch_health(self) -> Subscription:
         return self.hub.subscribe(self.hostname)

@@ -22,6 +22,7 @@ from hardware.agent.routing import SingleHost
 from hardware.agent.server import AgentServer, serve
 from hardware.deviceplugin.server import DEFAULT_PLUGIN_DIR, KUBELET_POLL_S
 from hardware.deviceplugin.servicer import AllocateMode
+from hardware.linux.holders import EVICT_GRACE_S
 from hardware.tls import TlsIdentity
 
 SIM_BACKEND = "simulator.agent"
@@ -50,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     linux = p.add_argument_group("linux backend")
     linux.add_argument("--sysfs-root", type=Path, default=Path("/sys"))
     linux.add_argument("--board-map", type=Path, help="module-id → BDF map recorded for this board")
+    linux.add_argument("--proc-root", type=Path, default=Path("/proc"),
+                       help="where the processes holding a GPU's VFIO device are found")
+    linux.add_argument("--evict-grace", type=float, default=EVICT_GRACE_S,
+                       help="seconds between SIGTERM and SIGKILL when evicting a GPU's holders")
     sim = p.add_argument_group("sim backend")
     sim.add_argument("--platform", default="hgx-h100-8")
     sim.add_argument("--variant", default=None)
@@ -74,7 +79,13 @@ def _serve_linux(args, tls: TlsIdentity | None):
     except BoardMapError as exc:
         print(exc, file=sys.stderr)
         return None
-    backend = LinuxHost(board_map=board_map, sysfs_root=args.sysfs_root, hostname=args.hostname)
+    backend = LinuxHost(
+        board_map=board_map,
+        sysfs_root=args.sysfs_root,
+        proc_root=args.proc_root,
+        evict_grace_s=args.evict_grace,
+        hostname=args.hostname,
+    )
     return serve(SingleHost(backend, args.hostname), args.listen, tls=tls, insecure=args.insecure)
 
 

@@ -6,6 +6,7 @@ round trip is the identity (tested). Optional fields use proto3 `optional` prese
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,6 +19,7 @@ from hardware.types import (
     ClockInfo,
     DeviceKind,
     FirmwareStatus,
+    GpuHolder,
     GpuInfo,
     GpuLeaseBinding,
     HealthEvent,
@@ -184,6 +186,15 @@ def firmware_to_pb(f: FirmwareStatus) -> pb.FirmwareStatus:
 
 def firmware_from_pb(m: pb.FirmwareStatus) -> FirmwareStatus:
     return FirmwareStatus(m.module_id, m.version, m.pinned, m.matches)
+
+
+# -- GPU holders ---------------------------------------------------------------------------
+def gpu_holders_to_pb(holders: Iterable[GpuHolder]) -> pb.GpuHolders:
+    return pb.GpuHolders(holders=[pb.GpuHolder(pid=h.pid, name=h.name, vm_id=h.vm_id) for h in holders])
+
+
+def gpu_holders_from_pb(m: pb.GpuHolders) -> tuple[GpuHolder, ...]:
+    return tuple(GpuHolder(pid=h.pid, name=h.name, vm_id=h.vm_id) for h in m.holders)
 
 
 # -- GPU leases (the device plugin's view) ------------------------------------------------

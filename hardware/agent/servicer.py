@@ -111,6 +111,14 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServicer):
         call(context, lambda: host.reset_gpu(request.module_id))
         return EMPTY
 
+    def ListGpuHolders(self, request, context):
+        host = self._host(context)
+        return convert.gpu_holders_to_pb(call(context, lambda: host.gpu_holders(request.module_id)))
+
+    def EvictGpuHolders(self, request, context):
+        host = self._host(context)
+        return convert.gpu_holders_to_pb(call(context, lambda: host.evict_gpu_holders(request.module_id)))
+
     def WatchHealth(self, request, context):
         node = node_of(context)
         if node:

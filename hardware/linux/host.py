@@ -5,6 +5,8 @@ file, partition calls through NVIDIA's `fmpm`, and the service VMs' libvirt life
 a guest (scrub, VBIOS read and flash) goes through an injected GuestRunner; health and boot events
 are read from a journal that other processes write (see journal.py), and a fabric-manager restart
 is detected by probing it (fabric_manager.RestartDetector) while the health stream is followed.
+Which processes hold a GPU's VFIO device, and their eviction, are read from a proc root
+(holders.py).
 """
 
 from __future__ import annotations
@@ -21,15 +23,24 @@ from hardware.exceptions import FailedPrecondition, HardwareError, NotFound
 from hardware.linux.boardmap import BoardMap
 from hardware.linux.fabric_manager import FabricManager, RestartDetector
 from hardware.linux.guest import GuestRunner
+from hardware.linux.holders import (
+    DEFAULT_PROC_ROOT,
+    EVICT_GRACE_S,
+    EVICT_WAIT_S,
+    Kill,
+    VfioHolders,
+    vfio_device_paths,
+)
 from hardware.linux.journal import EventJournal
 from hardware.linux.records import GpuRecordStore, GpuReport
 from hardware.linux.service_vm import ServiceVms, fabric_manager_vm_spec, gpu_vm_spec
-from hardware.linux.sysfs import DEFAULT_SYSFS_ROOT, DiscoveredGpu, Discovery, SysfsPci
+from hardware.linux.sysfs import DEFAULT_SYSFS_ROOT, DiscoveredGpu, Discovery, MalformedEntry, SysfsPci
 from hardware.linux.vfio import SysfsWrite, VfioBinder, write_sysfs
 from hardware.platforms import Platform
 from hardware.types import (
     BootPhaseEvent,
     FirmwareStatus,
+    GpuHolder,
     GpuInfo,
     HealthEvent,
     Inventory,
@@ -66,9 +77,15 @@ class LinuxHost:
         agent_version: str = "",
         fabric_manager_version: str = "",
         fabric_manager_poll_s: float = FABRIC_MANAGER_POLL_S,
+        proc_root: str | os.PathLike[str] = DEFAULT_PROC_ROOT,
+        kill: Kill = os.kill,
+        evict_grace_s: float = EVICT_GRACE_S,
+        evict_wait_s: float = EVICT_WAIT_S,
     ) -> None:
         """`fabric_manager_poll_s`: how often a followed health stream probes the fabric manager for
-        a restart (0: never); well inside its 60 s window, so the console has most of it to replay."""
+        a restart (0: never); well inside its 60 s window, so the console has most of it to replay.
+        `proc_root` and `kill` are where GPU holders are found and how they are signalled;
+        `evict_grace_s` is SIGTERM → SIGKILL, `evict_wait_s` the bounded wait after SIGKILL."""
         self.board_map = board_map
         self.platform: Platform = board_map.platform_data
         self.sysfs = SysfsPci(sysfs_root)
@@ -86,6 +103,7 @@ class LinuxHost:
         self.agent_version = agent_version
         self.fabric_manager_version = fabric_manager_version
         self.fabric_manager_poll_s = fabric_manager_poll_s
+        self.vfio_holders = VfioHolders(proc_root, kill=kill, grace_s=evict_grace_s, wait_s=evict_wait_s)
 
     # -- inventory -------------------------------------------------------------------------------
 
@@ -232,6 +250,22 @@ class LinuxHost:
         if not reset.exists():
             raise FailedPrecondition(f"GPU {module_id} ({address}) offers no reset method")
         self.write(reset, "1")
+
+    # -- holders ---------------------------------------------------------------------------------
+
+    def gpu_holders(self, module_id: int) -> tuple[GpuHolder, ...]:
+        return self.vfio_holders.holders(self._vfio_paths(self._address(module_id)))
+
+    def evict_gpu_holders(self, module_id: int) -> tuple[GpuHolder, ...]:
+        address = self._address(module_id)
+        return self.vfio_holders.evict(self._vfio_paths(address), what=f"GPU {module_id} ({address})")
+
+    def _vfio_paths(self, address: str) -> frozenset[str]:
+        try:
+            group = self.sysfs.read_function(address).iommu_group
+        except MalformedEntry as exc:
+            raise FailedPrecondition(f"{address}: unreadable sysfs entry: {exc}") from None
+        return vfio_device_paths(group, self.sysfs.device_dir(address))
 
     # -- events ----------------------------------------------------------------------------------
 

@@ -16,12 +16,14 @@ from hardware.exceptions import (
 from hardware.types import (
     BootPhaseEvent,
     FirmwareStatus,
+    GpuHolder,
     HealthKind,
     Inventory,
     PartitionInfo,
     ScrubProgress,
     VmState,
 )
+from simulator.host import vm_pid
 from tests.simulator.support import make_pki, served_host
 
 
@@ -137,6 +139,43 @@ def test_scrub_refuses_gpu_in_running_vm_and_reports_injected_failure(agent):
     last = list(client.scrub_gpu(2))[-1]
     assert last.done and not last.ok
     assert list(client.scrub_gpu(2))[-1].ok  # only the next scrub fails
+
+
+def test_a_vm_left_behind_is_listed_evicted_and_the_gpu_then_scrubs(agent):
+    host, client = agent
+    admin = client.sim_admin()
+    client.activate_partition(7)
+    admin.start_vm("vm-left", pod_name="p", gpu_module_ids=[1], guest_ram_gib=16)
+    holder = GpuHolder(pid=vm_pid(host.hostname, "vm-left"), name="qemu-system-x86_64", vm_id="vm-left")
+    assert client.gpu_holders(1) == (holder,)
+    assert client.gpu_holders(2) == ()
+    with pytest.raises(FailedPrecondition, match="in use by VM vm-left"):
+        list(client.scrub_gpu(1))
+    assert client.evict_gpu_holders(1) == (holder,)
+    assert admin.get_vm("vm-left").state is VmState.STOPPED
+    assert client.gpu_holders(1) == ()
+    assert client.evict_gpu_holders(1) == ()  # nothing left: idempotent
+    assert list(client.scrub_gpu(1))[-1].ok
+    client.deactivate_partition(7)
+
+
+def test_evicting_a_booting_vm_stops_it_and_frees_every_gpu_it_held(agent):
+    _, client = agent
+    admin = client.sim_admin()
+    client.activate_partition(1)
+    admin.start_vm("vm-4", pod_name="p", gpu_module_ids=[1, 2, 3, 4], guest_ram_gib=256)
+    assert [h.vm_id for h in client.gpu_holders(3)] == ["vm-4"]
+    assert [h.vm_id for h in client.evict_gpu_holders(3)] == ["vm-4"]
+    assert all(client.gpu_holders(m) == () for m in (1, 2, 3, 4))
+    client.deactivate_partition(1)  # no VM on its GPUs any more
+
+
+def test_gpu_holders_of_an_unknown_gpu_are_not_found(agent):
+    _, client = agent
+    with pytest.raises(NotFound, match="no GPU with module id 42"):
+        client.gpu_holders(42)
+    with pytest.raises(NotFound):
+        client.evict_gpu_holders(42)
 
 
 def test_firmware_check_and_level(agent):
@@ -267,7 +306,9 @@ def test_clock_admin(agent):
 
 def test_results_are_dataclasses_not_protobuf(agent):
     _, client = agent
-    values = [client.get_inventory(), *client.list_partitions(), client.check_firmware(1)]
+    client.activate_partition(7)
+    client.sim_admin().start_vm("vm-d", pod_name="p", gpu_module_ids=[1], guest_ram_gib=8)
+    values = [client.get_inventory(), *client.list_partitions(), client.check_firmware(1), *client.gpu_holders(1)]
     assert all(_is_plain_dataclass(v) for v in values)
 
 

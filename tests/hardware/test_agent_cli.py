@@ -7,6 +7,7 @@ import sys
 import time
 
 from hardware.agent_client import AgentClient
+from hardware.types import GpuHolder
 
 
 def test_sim_agent_process_serves_inventory(tmp_path):
@@ -59,13 +60,16 @@ def _start(args, port_file):
     return proc, f"127.0.0.1:{port_file.read_text().strip()}"
 
 
-def test_linux_agent_process_reads_a_simulated_sysfs(tmp_path):
+def test_linux_agent_process_reads_a_simulated_sysfs_and_proc_root(tmp_path):
     from simulator.host import SimHost
     from simulator.sysfs import write_board_map, write_sysfs
+    from tests.hardware.fixtures.proc_tree import FakeProc
 
     host = SimHost("lin-node", "hgx-h100-8", "supermicro")
     write_sysfs(host, tmp_path / "sys")
     write_board_map(host, tmp_path / "board.json")
+    group = host.gpus[3].pci.iommu_group
+    FakeProc(tmp_path / "proc").add(4242, "qemu-system-x86", ["qemu", "-name", "guest=vm-9"], {7: f"/dev/vfio/{group}"})
     proc, address = _start(
         [
             "--backend",
@@ -77,12 +81,16 @@ def test_linux_agent_process_reads_a_simulated_sysfs(tmp_path):
             str(tmp_path / "sys"),
             "--board-map",
             str(tmp_path / "board.json"),
+            "--proc-root",
+            str(tmp_path / "proc"),
         ],
         tmp_path / "port",
     )
     try:
         with AgentClient(address, insecure=True, timeout=5, node="lin-node") as client:
             inv = client.get_inventory()
+            holders = client.gpu_holders(3)
+        assert holders == (GpuHolder(4242, "qemu-system-x86", "vm-9"),)
         assert {g.pci.address: g.module_id for g in inv.gpus} == {
             g.pci.address: g.module_id for g in host.inventory().gpus
         }

@@ -11,6 +11,7 @@ from hardware.types import (
     BootPhaseEvent,
     ClockInfo,
     FirmwareStatus,
+    GpuHolder,
     HealthEvent,
     HealthKind,
     PartitionInfo,
@@ -55,6 +56,12 @@ PHASE = BootPhaseEvent("vm", "ram-pinning", AT, LATER, "64 GiB")
         (BootPhaseEvent("vm", "running", LATER, None, final=True), convert.boot_to_pb, convert.boot_from_pb),
         (VmInfo("vm", "pod", (1, 2), VmState.BOOTING, (PHASE,), ""), convert.vm_to_pb, convert.vm_from_pb),
         (ClockInfo(AT, 60.0), convert.clock_to_pb, convert.clock_from_pb),
+        (
+            (GpuHolder(4242, "qemu-system-x86", "vm-1"), GpuHolder(7, "python3", "")),
+            convert.gpu_holders_to_pb,
+            convert.gpu_holders_from_pb,
+        ),
+        ((), convert.gpu_holders_to_pb, convert.gpu_holders_from_pb),
     ],
 )
 def test_round_trip(value, to_pb, from_pb):

@@ -89,6 +89,16 @@ class NodeAgentStub:
                 request_serializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.GpuRequest.SerializeToString,
                 response_deserializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ListGpuHolders = channel.unary_unary(
+                '/gpuconsole.agent.v1.NodeAgent/ListGpuHolders',
+                request_serializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.GpuRequest.SerializeToString,
+                response_deserializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.GpuHolders.FromString,
+                _registered_method=True)
+        self.EvictGpuHolders = channel.unary_unary(
+                '/gpuconsole.agent.v1.NodeAgent/EvictGpuHolders',
+                request_serializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.GpuRequest.SerializeToString,
+                response_deserializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.GpuHolders.FromString,
+                _registered_method=True)
         self.WatchHealth = channel.unary_stream(
                 '/gpuconsole.agent.v1.NodeAgent/WatchHealth',
                 request_serializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.WatchHealthRequest.SerializeToString,
@@ -182,6 +192,23 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListGpuHolders(self, request, context):
+        """The processes that hold the GPU's VFIO device open (/dev/vfio/<IOMMU group>, or the iommufd
+        cdev /dev/vfio/devices/vfio<N>): a VM that a teardown left behind. Ordered by pid.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvictGpuHolders(self, request, context):
+        """Tear those processes down (SIGTERM, SIGKILL after a grace), wait (bounded) until the device
+        is no longer held, and answer who was evicted (empty when nobody held it).
+        FAILED_PRECONDITION when something still holds it after the wait.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchHealth(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -267,6 +294,16 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.ResetGpu,
                     request_deserializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.GpuRequest.FromString,
                     response_serializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'ListGpuHolders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGpuHolders,
+                    request_deserializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.GpuRequest.FromString,
+                    response_serializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.GpuHolders.SerializeToString,
+            ),
+            'EvictGpuHolders': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvictGpuHolders,
+                    request_deserializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.GpuRequest.FromString,
+                    response_serializer=gpuconsole_dot_agent_dot_v1_dot_agent__pb2.GpuHolders.SerializeToString,
             ),
             'WatchHealth': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchHealth,
@@ -586,6 +623,60 @@ class NodeAgent:
             '/gpuconsole.agent.v1.NodeAgent/ResetGpu',
             gpuconsole_dot_agent_dot_v1_dot_agent__pb2.GpuRequest.SerializeToString,
             gpuconsole_dot_agent_dot_v1_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGpuHolders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuconsole.agent.v1.NodeAgent/ListGpuHolders',
+            gpuconsole_dot_agent_dot_v1_dot_agent__pb2.GpuRequest.SerializeToString,
+            gpuconsole_dot_agent_dot_v1_dot_agent__pb2.GpuHolders.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvictGpuHolders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuconsole.agent.v1.NodeAgent/EvictGpuHolders',
+            gpuconsole_dot_agent_dot_v1_dot_agent__pb2.GpuRequest.SerializeToString,
+            gpuconsole_dot_agent_dot_v1_dot_agent__pb2.GpuHolders.FromString,
             options,
             channel_credentials,
             insecure,
