@@ -11,3 +11,7 @@ class Conflict(DomainError):
 
 class ServiceUnavailable(DomainError):
     """A dependency is down; try again later (HTTP 503)."""
+
+
+class NotFound(DomainError):
+    """The object named does not exist (HTTP 404)."""

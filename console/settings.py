@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_htmx",
     "template_partials",
     "channels",
@@ -62,6 +63,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "console.middleware.CorrelationIdMiddleware",
+    "console.api_errors.ProblemMiddleware",
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -159,21 +161,51 @@ SIM_CLOCK_ACCEL = env.float("SIM_CLOCK_ACCEL", default=60.0)
 # Simulated fleet only: how long a tenant's container runs (simulated seconds; 0 = until deleted).
 SIM_WORKLOAD_S = env.float("SIM_WORKLOAD_S", default=1800.0)
 
+# The REST API (tenants/api, console/api). Tokens first: its `Bearer` challenge makes a missing
+# credential a 401. Throttle state lives in the cache: Redis in production, per process otherwise.
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "tenants.api.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "console.api_errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
+    "DEFAULT_THROTTLE_CLASSES": ["tenants.api.throttles.TokenRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "api": env.str("API_RATE", default="6000/min"),
+        "create": env.str("API_CREATE_RATE", default="600/min"),
+    },
 }
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 SPECTACULAR_SETTINGS = {
     "TITLE": "GPU Console API",
-    "DESCRIPTION": "Containers as a Service on NVLink-partitioned GPU servers.",
+    "DESCRIPTION": (
+        "Containers as a Service on NVLink-partitioned GPU servers. Authenticate with "
+        "`Authorization: Bearer gpc_…` (a tenant's or an operator's token). Every non-2xx answer is an "
+        "RFC 9457 `application/problem+json` body (the `Problem` component)."
+    ),
     "VERSION": "1.0.0",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "console.api_schema.problem_responses",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        "LeaseStateEnum": "tenants.states.LeaseState",
+        "TenantStateEnum": "tenants.states.TenantState",
+    },
 }
 
 LOGGING = {

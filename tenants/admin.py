@@ -1,9 +1,11 @@
 """Admin for tenants and leases. State fields are read-only: states change only through services."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from console.admin import ServiceManagedAdmin
-from tenants.models import BootPhase, Lease, Tenant
+from console.audit import Actor
+from tenants.models import ApiToken, BootPhase, Lease, Tenant
+from tenants.tokens import api_token_create, api_token_revoke
 
 
 @admin.register(Tenant)
@@ -44,3 +46,37 @@ class BootPhaseAdmin(ServiceManagedAdmin):
     list_display = ("lease", "seq", "phase", "started_at", "ended_at")
     search_fields = ("lease__tenant__name", "phase")
     list_select_related = ("lease",)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Admins create tokens here (the token is shown once, in the confirmation message) and revoke them."""
+
+    list_display = ("prefix", "tenant", "user", "name", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("tenant",)
+    search_fields = ("prefix", "name", "tenant__name", "user__username")
+    list_select_related = ("tenant", "user")
+    fields = ("tenant", "user", "name", "prefix", "created_by", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("prefix", "created_by", "created_at", "last_used_at", "revoked_at")
+    actions = ["revoke"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return (*self.readonly_fields, "tenant", "user") if obj else self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            obj.save(update_fields=["name"])
+            return
+        token, raw = api_token_create(actor=Actor.for_user(request.user), tenant=obj.tenant, user=obj.user,
+                                      name=obj.name)
+        obj.pk, obj.prefix = token.pk, token.prefix
+        self.message_user(request, f"Token created. Copy it now, it is not shown again: {raw}", messages.WARNING)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request, queryset):
+        for token in queryset:
+            api_token_revoke(token=token, actor=Actor.for_user(request.user))
+        self.message_user(request, f"{queryset.count()} token(s) revoked.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -67,6 +68,12 @@ class Lease(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     workload_seconds = models.PositiveIntegerField(
         null=True, blank=True, help_text="Simulated fleet only: how long the container runs"
+    )
+    command = models.JSONField(default=list, blank=True, help_text="The container's entrypoint (argv list)")
+    args = models.JSONField(default=list, blank=True, help_text="Arguments to the entrypoint")
+    env = models.JSONField(default=dict, blank=True, help_text="Environment variables of the container")
+    max_pending_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Fail with PendingTimeout when still pending this long after the request"
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     placed_at = models.DateTimeField(null=True, blank=True)
@@ -140,3 +147,56 @@ class BootPhase(models.Model):
         if self.ended_at is None:
             return None
         return (self.ended_at - self.started_at).total_seconds()
+
+
+class ApiToken(models.Model):
+    """A bearer token of the REST API, bound to one tenant or to one operator (a user with a console
+    role). Only a SHA-256 digest is stored, with a short random lookup prefix; the secret is shown
+    once, at creation. Revoked tokens stay (the audit log and idempotency keys point at them)."""
+
+    name = models.CharField(max_length=100, blank=True, help_text="What the token is for")
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="api_tokens")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    prefix = models.CharField(max_length=16, unique=True, help_text="Public lookup part of the token")
+    digest = models.CharField(max_length=64, help_text="SHA-256 of the whole token, hex")
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, help_text="Written at most once a minute")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "API token"
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(tenant__isnull=False, user__isnull=True) | Q(tenant__isnull=True, user__isnull=False)),
+                name="apitoken_one_principal",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        who = f"tenant {self.tenant}" if self.tenant_id else f"user {self.user}"
+        return f"{self.prefix}… ({who})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class IdempotencyKey(models.Model):
+    """One `Idempotency-Key` a token sent with a create: the request's digest and the lease it made.
+    A row without a lease is a request still in flight. Kept at least IDEMPOTENCY_TTL."""
+
+    token = models.ForeignKey(ApiToken, on_delete=models.CASCADE, related_name="idempotency_keys")
+    key = models.CharField(max_length=255)
+    request_digest = models.CharField(max_length=64)
+    lease = models.ForeignKey(Lease, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["token", "key"], name="idempotency_key_unique_per_token")]
+
+    def __str__(self) -> str:
+        return f"{self.token_id}:{self.key}"

@@ -22,6 +22,7 @@ from fleet.cluster import get_cluster
 from hardware.cluster import PodPhase
 from hardware.exceptions import HardwareError
 from tenants import selectors, services
+from tenants.idempotency import idempotency_keys_purge
 from tenants.models import Lease
 from tenants.states import LEASE_HOLDS_GPUS, LeaseState
 
@@ -41,6 +42,8 @@ def reconcile_leases(*, stuck_after: timedelta = STUCK_AFTER) -> dict:
         _pods(stats)
         _stuck_leases(stats, stuck_after)
         _tenancies(stats)
+        stats["leases_timed_out"] += services.lease_cancel_overdue(actor=ACTOR)
+        idempotency_keys_purge()
         stats["leases_placed"] += services.leases_place_pending(actor=ACTOR)
         return dict(stats)
 

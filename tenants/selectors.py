@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db.models import Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
 
+from fleet.models import AllocationGpu
 from tenants.models import Lease, Tenant
-from tenants.states import LeaseState, TenantState
+from tenants.states import LEASE_UNFINISHED, LeaseState, TenantState
 
 L = LeaseState
 _WITH_ALLOCATION = ("tenant", "allocation__server", "allocation__partition")
@@ -35,5 +37,41 @@ def leases_ended_since(since: datetime) -> QuerySet[Lease]:
 
 
 def tenants_to_onboard() -> QuerySet[Tenant]:
-    """Tenants whose tenancy is not provisioned yet or failed (retried by the reconciler)."""
-    return Tenant.objects.filter(state__in=[TenantState.PENDING, TenantState.FAILED])
+    """Tenants whose tenancy failed, or was never provisioned though they asked for a container
+    (retried by the reconciler). An account without a container yet gets no tenancy."""
+    return Tenant.objects.filter(
+        Q(state=TenantState.FAILED) | Q(state=TenantState.PENDING, leases__isnull=False)
+    ).distinct()
+
+
+def _leases_for_api():
+    return Lease.objects.select_related(*_WITH_ALLOCATION).prefetch_related(
+        Prefetch("allocation__allocation_gpus", queryset=AllocationGpu.objects.select_related("gpu")),
+        "boot_phases",
+    )
+
+
+def leases_for_api_list(*, tenant: Tenant | None = None, tenant_name: str | None = None) -> QuerySet[Lease]:
+    """Leases as the API lists them (a tenant's own, or all for operators), with everything the
+    representation reads in a fixed number of queries."""
+    leases = _leases_for_api()
+    if tenant is not None:
+        leases = leases.filter(tenant=tenant)
+    elif tenant_name is not None:
+        leases = leases.filter(tenant__name=tenant_name)
+    return leases
+
+
+def lease_for_api(lease_id: int, *, tenant: Tenant | None = None) -> Lease:
+    """One lease as the API shows it; Lease.DoesNotExist when it is not the tenant's."""
+    leases = _leases_for_api()
+    if tenant is not None:
+        leases = leases.filter(tenant=tenant)
+    return leases.get(pk=lease_id)
+
+
+def tenancy_for_api(name: str) -> Tenant | None:
+    """The tenant by name with `gpus_held` (GPUs its unfinished leases hold or wait for)."""
+    return (Tenant.objects.filter(name=name)
+            .annotate(gpus_held=Coalesce(Sum("leases__gpu_count", filter=Q(leases__state__in=LEASE_UNFINISHED)), 0))
+            .first())

@@ -19,7 +19,7 @@ from django.utils import timezone
 from console import dispatch
 from console.audit import Actor, audit_batch, audit_record
 from console.db import insert_many
-from console.errors import Conflict
+from console.errors import Conflict, NotFound
 from fleet.allocations import allocation_abandon, allocation_claim
 from fleet.holders import holder_for
 from fleet.models import Server
@@ -35,6 +35,7 @@ from tenants.states import (
     LEASE_TERMINAL,
     LEASE_UNFINISHED,
     TENANT_MACHINE,
+    FailureReason,
     LeaseState,
     TenantState,
 )
@@ -51,6 +52,10 @@ class QuotaExceeded(Conflict):
     """The tenant would hold more GPUs than its quota."""
 
 
+class TenantNotFound(NotFound):
+    """No tenant account of that name: accounts are created by admins, never by a request."""
+
+
 class ClaimLost(Exception):
     """Another transaction holds or took the chosen partition's GPUs. The claim may have locked some
     of them before finding the rest taken, and only ending the transaction releases those locks, so
@@ -58,21 +63,32 @@ class ClaimLost(Exception):
 
 
 # ----------------------------------------------------------------------------- tenants
-def tenant_ensure(*, name: str, actor: Actor, display_name: str = "") -> Tenant:
-    """The tenant by name; an unknown tenant is created (pending) and its tenancy provisioned."""
-    tenant = Tenant.objects.filter(name=name).first()
-    if tenant is not None:
-        return tenant
-    tenant = Tenant(name=name, display_name=display_name or name, gpu_quota=DEFAULT_GPU_QUOTA)
+def tenant_create(
+    *, name: str, actor: Actor, display_name: str = "", gpu_quota: int = DEFAULT_GPU_QUOTA
+) -> Tenant:
+    """An admin opens a tenant account (pending). Its Kubernetes tenancy is provisioned on its first
+    container (`lease_request`), not here. Refuses a name already taken."""
+    tenant = Tenant(name=name, display_name=display_name or name, gpu_quota=gpu_quota)
     tenant.full_clean()
     try:
         with transaction.atomic():
             tenant.save()
-            audit_record(actor=actor, verb="tenants.tenant.created", target=tenant, message="first request")
-    except IntegrityError:  # created concurrently by another request
-        return Tenant.objects.get(name=name)
-    dispatch.on_commit("tenancy_provision", tenant.pk)
+            audit_record(actor=actor, verb="tenants.tenant.created", target=tenant, message="account opened")
+    except IntegrityError as exc:
+        raise Conflict(f"tenant {name} exists") from exc
     return tenant
+
+
+def tenant_ensure(*, name: str, actor: Actor, display_name: str = "") -> Tenant:
+    """The tenant by name, its account opened (as `tenant_create`) when there is none yet: for admins'
+    tools and tests. Requests never create tenants."""
+    tenant = Tenant.objects.filter(name=name).first()
+    if tenant is not None:
+        return tenant
+    try:
+        return tenant_create(name=name, actor=actor, display_name=display_name)
+    except Conflict:  # opened concurrently
+        return Tenant.objects.get(name=name)
 
 
 def tenancy_provision(*, tenant_id: int, actor: Actor, cluster) -> Tenant:
@@ -103,28 +119,27 @@ def tenancy_failed(*, tenant_id: int, actor: Actor, reason: str) -> None:
 
 # ----------------------------------------------------------------------------- leases
 def lease_request(
-    *, tenant_name: str, image: str, gpu_count: int, actor: Actor, workload_seconds: int | None = None
+    *, tenant_name: str, image: str, gpu_count: int, actor: Actor, workload_seconds: int | None = None,
+    command: list[str] | None = None, args: list[str] | None = None, env: dict[str, str] | None = None,
+    max_pending_seconds: int | None = None, on_record=None,
 ) -> Lease:
     """Validate, check quota, record the lease and place it, in one transaction: the lease is saved
     `placed` with its GPUs reserved, or `pending` with the reason (it is placed when capacity frees).
+    A database-only operation: no agent or cluster is called on this path.
 
-    An unknown tenant is onboarded first; its lease waits in `pending` until the tenancy is ready.
+    The tenant account must exist (TenantNotFound otherwise: admins open accounts). A tenant whose
+    tenancy was never provisioned gets it provisioned now, on its first container; the lease waits in
+    `pending` until the tenancy is ready. `on_record(lease)`, when given, runs in the transaction that
+    records the lease (the API binds its idempotency key there).
     """
     _validate_request(tenant_name=tenant_name, image=image, gpu_count=gpu_count, workload_seconds=workload_seconds)
+    extra = {"command": list(command or ()), "args": list(args or ()), "env": dict(env or {}),
+             "max_pending_seconds": max_pending_seconds}
     record = functools.partial(_lease_record, tenant_name=tenant_name, image=image, gpu_count=gpu_count,
-                               actor=actor, workload_seconds=workload_seconds)
+                               actor=actor, workload_seconds=workload_seconds, on_record=on_record, extra=extra)
     lease = _record_and_place(record, actor)
-    if lease is not None:
-        return lease
-    # An unknown tenant: onboard it (its own transaction), then record the lease, which waits for the tenancy.
-    tenant_ensure(name=tenant_name, actor=actor)
-    with transaction.atomic(), audit_batch():
-        lease = record()
     if lease is None:
-        raise Conflict(f"tenant {tenant_name} was removed while the request was recorded")
-    if lease.tenant.state == T.READY:  # provisioned meanwhile
-        lease_try_place(lease_id=lease.pk, actor=actor)
-        lease.refresh_from_db()
+        raise TenantNotFound(f"no tenant {tenant_name}")
     return lease
 
 
@@ -136,6 +151,8 @@ def _record_and_place(record, actor: Actor) -> Lease | None:
         try:
             with transaction.atomic(), audit_batch():
                 lease = record()
+                if lease is not None and lease.tenant.state == T.PENDING:
+                    dispatch.on_commit("tenancy_provision", lease.tenant_id)  # its first container
                 if lease is not None and lease.tenant.state == T.READY and not lease.tenant.waiting:
                     if attempt < PLACEMENT_ATTEMPTS - 1:
                         _place(lease, actor)
@@ -148,7 +165,8 @@ def _record_and_place(record, actor: Actor) -> Lease | None:
 
 
 def _lease_record(
-    *, tenant_name: str, image: str, gpu_count: int, actor: Actor, workload_seconds: int | None
+    *, tenant_name: str, image: str, gpu_count: int, actor: Actor, workload_seconds: int | None, on_record=None,
+    extra: dict | None = None,
 ) -> Lease | None:
     """Lock the tenant, check quota, save the pending lease and its audit event (in the caller's
     transaction). `lease.tenant.waiting` says whether the tenant had older pending leases (per-tenant
@@ -159,7 +177,7 @@ def _lease_record(
     if tenant.state == T.DELETING:
         raise Conflict(f"tenant {tenant.name} is being deleted")
     # Every field was checked by _validate_request; the rest are defaults (no full_clean on this path).
-    lease = Lease(tenant=tenant, image=image, gpu_count=gpu_count, workload_seconds=workload_seconds)
+    lease = Lease(tenant=tenant, image=image, gpu_count=gpu_count, workload_seconds=workload_seconds, **(extra or {}))
     if tenant.held + gpu_count > tenant.gpu_quota:
         raise QuotaExceeded(
             f"tenant {tenant.name} holds or waits for {tenant.held} GPUs; {gpu_count} more exceeds its quota "
@@ -167,11 +185,15 @@ def _lease_record(
         )
     if tenant.state != T.READY:
         lease.pending_reason = "waiting for the tenancy to be ready"
+        lease.conditions = [scheduled_condition(False, "TenancyNotReady", lease.pending_reason)]
     elif tenant.waiting:
         lease.pending_reason = "waiting behind the tenant's older pending leases"
+        lease.conditions = [scheduled_condition(False, "Queued", lease.pending_reason)]
     insert_many([lease])
     audit_record(actor=actor, verb="tenants.lease.requested", target=lease, parent=tenant,
                  after={"gpu_count": gpu_count, "image": image})
+    if on_record is not None:
+        on_record(lease)
     return lease
 
 
@@ -196,8 +218,8 @@ _TENANT_FOR_REQUEST = f"""
 def _validate_request(
     *, tenant_name: str, image: str, gpu_count: int, workload_seconds: int | None = None
 ) -> None:
-    """Refuse bad input before anything is written (an unknown tenant is created only for a valid
-    request). This is the lease's only validation: the record is saved without full_clean."""
+    """Refuse bad input before anything is written. This is the lease's only validation: the record
+    is saved without full_clean."""
     errors: dict[str, list[str]] = {}
     image_max = Lease._meta.get_field("image").max_length
     if isinstance(image, str) and len(image) > image_max:
@@ -246,7 +268,9 @@ def _place(lease: Lease, actor: Actor) -> bool:
     if isinstance(decision, NoFit):
         if lease.pending_reason != decision.reason:
             lease.pending_reason = decision.reason
-            Lease.objects.filter(pk=lease.pk).update(pending_reason=decision.reason)
+            lease.conditions = _with_condition(
+                lease.conditions, scheduled_condition(False, FailureReason.INSUFFICIENT_CAPACITY, decision.reason))
+            Lease.objects.filter(pk=lease.pk).update(pending_reason=decision.reason, conditions=lease.conditions)
         return False
     choice = decision.placement
     # A stand-in for the server row: its pk and hostname are all the claim (guard, audit text) reads.
@@ -266,7 +290,9 @@ def _place(lease: Lease, actor: Actor) -> bool:
     live_index.done(decision)
     LEASE_MACHINE.transition(
         lease, L.PLACED, actor=actor, locked=True,
-        fields={"allocation": allocation, "pending_reason": ""},
+        fields={"allocation": allocation, "pending_reason": "",
+                "conditions": _with_condition(lease.conditions, scheduled_condition(
+                    True, "Placed", f"{decision.hostname} partition {choice.partition_id}"))},
         message=f"{decision.hostname} partition {choice.partition_id} ({','.join(map(str, choice.gpu_module_ids))})",
     )
     dispatch.on_commit("lease_advance", lease.pk)
@@ -307,6 +333,36 @@ def lease_release(*, lease: Lease, actor: Actor, failure_reason: str = "") -> Le
                                      fields={"release_requested": True, "failure_reason": failure_reason[:2000]})
             dispatch.on_commit("lease_advance", lease.pk)
     return lease
+
+
+def lease_cancel_overdue(*, actor: Actor, now=None) -> int:
+    """Fail the pending leases that waited longer than their `max_pending_seconds` (PendingTimeout).
+    Returns how many. Run by tenants' reconciler."""
+    now = now or timezone.now()
+    failed = 0
+    overdue = Lease.objects.filter(state=L.PENDING, max_pending_seconds__isnull=False).values_list(
+        "pk", "created_at", "max_pending_seconds")
+    for pk, created_at, limit in overdue:
+        if (now - created_at).total_seconds() < limit:
+            continue
+        lease = lease_release(lease=Lease(pk=pk), actor=actor, failure_reason=(
+            f"{FailureReason.PENDING_TIMEOUT}: still pending after max_pending_seconds={limit}"))
+        failed += lease.state == L.FAILED
+    return failed
+
+
+def scheduled_condition(status: bool, reason: str, message: str) -> dict:
+    """The lease's `Scheduled` condition (Kubernetes' PodScheduled): placed on a partition or not, why."""
+    return {"type": "Scheduled", "status": "True" if status else "False", "reason": str(reason),
+            "message": message[:2000], "last_transition_time": timezone.now().isoformat()}
+
+
+def _with_condition(conditions: list[dict], new: dict) -> list[dict]:
+    """Conditions with `new` in place of its type's (its transition time kept while the status holds)."""
+    current = next((c for c in conditions if c.get("type") == new["type"]), None)
+    if current and current.get("status") == new["status"]:
+        new = {**new, "last_transition_time": current["last_transition_time"]}
+    return [*(c for c in conditions if c.get("type") != new["type"]), new]
 
 
 def lease_fail(*, lease: Lease, actor: Actor, reason: str) -> Lease:

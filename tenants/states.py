@@ -70,3 +70,37 @@ LEASE_HOLDS_GPUS = frozenset(
 )
 LEASE_UNFINISHED = frozenset(set(LeaseState.values) - LEASE_TERMINAL)
 LEASE_TENANT_OWNS = frozenset({L.PLACED, L.PARTITIONING, L.BOOTING, L.RUNNING})
+
+
+class FailureReason(models.TextChoices):
+    """Why a lease failed (or waits), machine-readable: the API's `failure_reason` and condition reasons."""
+
+    INSUFFICIENT_CAPACITY = "InsufficientCapacity", "No partition of that size is free now"
+    PENDING_TIMEOUT = "PendingTimeout", "Still pending after max_pending_seconds"
+    GPU_FAULT = "GpuFault", "A GPU of the lease faulted"
+    IMAGE_PULL_FAILED = "ImagePullFailed", "The container image could not be pulled"
+    BOOT_FAILED = "BootFailed", "The VM did not boot"
+    AGENT_UNAVAILABLE = "AgentUnavailable", "The server's node agent did not answer"
+    INTERNAL = "InternalError", "Another failure (see failure_message)"
+
+
+_FAILURE_PHRASES = (
+    ("imagepull", FailureReason.IMAGE_PULL_FAILED), ("errimage", FailureReason.IMAGE_PULL_FAILED),
+    ("image pull", FailureReason.IMAGE_PULL_FAILED), ("agentunavailable", FailureReason.AGENT_UNAVAILABLE),
+    ("agent unavailable", FailureReason.AGENT_UNAVAILABLE), ("xid", FailureReason.GPU_FAULT),
+    ("boot failed", FailureReason.BOOT_FAILED),
+)
+
+
+def failure_code(text: str) -> str:
+    """The machine-readable reason of a lease's failure text (`Code: message`, or known phrases)."""
+    if not text:
+        return ""
+    head = text.split(":", 1)[0].strip()
+    if head in FailureReason.values:
+        return head
+    lowered = text.lower()
+    for needle, code in _FAILURE_PHRASES:
+        if needle in lowered:
+            return code
+    return FailureReason.INTERNAL

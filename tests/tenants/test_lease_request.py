@@ -112,16 +112,16 @@ def test_bad_tenant_name_is_refused_before_anything_is_created(tasks):
     assert "tenant" in exc.value.message_dict
 
 
-@pytest.mark.parametrize("kwargs", [{"gpu_count": 3}, {"image": "no spaces allowed:tag"}])
-def test_unknown_tenant_with_bad_request_is_not_created(tasks, kwargs):
-    args = {"tenant_name": "newcomer", "image": IMAGE, "gpu_count": 1, "actor": TEST_ACTOR, **kwargs}
-    with pytest.raises(ValidationError):
-        services.lease_request(**args)
-    assert not Tenant.objects.exists() and tasks.queued == []
+def test_unknown_tenant_is_refused_and_nothing_is_created(tasks):
+    with pytest.raises(services.TenantNotFound):
+        services.lease_request(tenant_name="newcomer", image=IMAGE, gpu_count=1, actor=TEST_ACTOR)
+    assert not Tenant.objects.exists() and not Lease.objects.exists() and tasks.queued == []
 
 
-def test_unknown_tenant_is_onboarded_and_its_lease_waits(tasks):
+def test_first_container_provisions_the_tenancy_and_its_lease_waits(tasks):
     make_server()
+    services.tenant_create(name="newcomer", actor=TEST_ACTOR)
+    assert tasks.queued == []  # an account alone gets no tenancy
     lease = services.lease_request(tenant_name="newcomer", image=IMAGE, gpu_count=1, actor=TEST_ACTOR)
     assert lease.state == LeaseState.PENDING
     assert lease.tenant.state == TenantState.PENDING

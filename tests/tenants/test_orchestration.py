@@ -39,6 +39,7 @@ def _unschedulable(node: str) -> bool:
 
 
 def _run_to_running(tasks, n=2, tenant="acme"):
+    services.tenant_ensure(name=tenant, actor=ACTOR)
     lease = services.lease_request(tenant_name=tenant, image=IMAGE, gpu_count=n, actor=ACTOR)
     tasks.run()
     lease.refresh_from_db()
@@ -180,6 +181,7 @@ class FlakyCluster:
 def test_failed_onboarding_shows_its_reason_and_retries(sim, tasks):
     flaky = FlakyCluster(cluster_access.get_cluster(), failures=100)
     cluster_access.set_cluster(flaky)
+    services.tenant_ensure(name="late", actor=ACTOR)
     lease = services.lease_request(tenant_name="late", image=IMAGE, gpu_count=1, actor=ACTOR)
     tasks.run()
     lease.refresh_from_db()
@@ -195,7 +197,7 @@ def test_failed_onboarding_shows_its_reason_and_retries(sim, tasks):
 
 
 def test_agent_down_fails_the_lease_with_reason_and_quarantines(sim, tasks):
-    services.tenant_ensure(name="acme", actor=ACTOR)
+    tasks.enqueue("tenancy_provision", services.tenant_ensure(name="acme", actor=ACTOR).pk)
     tasks.run()
     lease = services.lease_request(tenant_name="acme", image=IMAGE, gpu_count=4, actor=ACTOR)
     assert lease.state == LeaseState.PLACED
@@ -241,6 +243,7 @@ def test_a_second_boot_follower_leaves_the_boot_to_the_first(sim, tasks):
     from tenants.orchestration import lease_follow_boot
     from tests.tenants.conftest import lock_held_elsewhere
 
+    services.tenant_ensure(name="acme", actor=ACTOR)
     services.lease_request(tenant_name="acme", image=IMAGE, gpu_count=1, actor=ACTOR)
     tasks.run(skip=("lease_follow_boot",))
     lease = Lease.objects.get()
@@ -288,6 +291,7 @@ def test_one_correlation_id_follows_a_lease_through_every_task(sim, tasks):
     from console import correlation
 
     with correlation.bound("req-0042"):
+        services.tenant_ensure(name="acme", actor=ACTOR)
         lease = services.lease_request(tenant_name="acme", image=IMAGE, gpu_count=2, actor=ACTOR)
     tasks.run()
     with correlation.bound("req-0043"):

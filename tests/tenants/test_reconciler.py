@@ -28,6 +28,7 @@ def _reconcile(stuck_after):
 
 
 def _running(tasks, n=1):
+    services.tenant_ensure(name="acme", actor=ACTOR)
     lease = services.lease_request(tenant_name="acme", image=IMAGE, gpu_count=n, actor=ACTOR)
     tasks.run()
     lease.refresh_from_db()
@@ -36,7 +37,7 @@ def _running(tasks, n=1):
 
 
 def test_a_lost_task_is_resumed(sim, tasks):
-    services.tenant_ensure(name="acme", actor=ACTOR)
+    tasks.enqueue("tenancy_provision", services.tenant_ensure(name="acme", actor=ACTOR).pk)
     tasks.run()
     lease = services.lease_request(tenant_name="acme", image=IMAGE, gpu_count=2, actor=ACTOR)
     assert lease.state == LeaseState.PLACED

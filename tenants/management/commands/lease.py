@@ -29,6 +29,8 @@ class Command(BaseCommand):
         actor = Actor.system("cli", source=Source.CLI)
         try:
             if opts["action"] == "request":
+                # An admin's tool: it opens the account of an unknown tenant (requests never do).
+                services.tenant_ensure(name=opts["tenant"], actor=actor)
                 lease = services.lease_request(
                     tenant_name=opts["tenant"], image=opts["image"], gpu_count=opts["gpus"], actor=actor
                 )

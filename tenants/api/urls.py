@@ -1,0 +1,10 @@
+from django.urls import path
+
+from tenants.api import views
+
+urlpatterns = [
+    path("containers", views.ContainerCreateView.as_view(), name="api-containers"),
+    path("leases", views.LeaseListView.as_view(), name="api-lease-list"),
+    path("leases/<int:pk>", views.LeaseDetailView.as_view(), name="api-lease-detail"),
+    path("tenancies/<str:name>", views.TenancyDetailView.as_view(), name="api-tenancy-detail"),
+]
