@@ -130,6 +130,7 @@ def exception_handler(exc, context):
             code = "not_authenticated" if isinstance(exc, exceptions.NotAuthenticated) else "authentication_failed"
     else:
         return None  # a bug: Django's 500 (turned into a problem by ProblemMiddleware)
+    code = code or getattr(exc, "code", "") if isinstance(exc, DomainError) else code
     body = problem(status_code, code=code, detail=detail, errors=errors, instance=instance,
                    **getattr(exc, "problem_extra", {}))
     return Response(body, status=status_code, headers=headers, content_type=PROBLEM_CONTENT_TYPE)

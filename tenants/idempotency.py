@@ -25,9 +25,14 @@ from tenants.models import ApiToken, IdempotencyKey, Lease
 class KeyInFlight(Conflict):
     """The first request with this key is still being processed (HTTP 409)."""
 
+    code = "idempotency_key_in_flight"
+
 
 class KeyReused(DomainError):
     """The key was used with a different request body (HTTP 422)."""
+
+    status_code = 422
+    code = "idempotency_key_reused"
 
 
 def request_digest(payload: dict) -> str:
