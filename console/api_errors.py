@@ -20,9 +20,9 @@ from http import HTTPStatus
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.http import Http404, HttpResponse
 from rest_framework import exceptions, status
-from rest_framework.response import Response
 
 from console import correlation
 from console.errors import Conflict, DomainError, NotFound, ServiceUnavailable
@@ -59,7 +59,7 @@ def problem(status_code: int, *, code: str = "", detail: str = "", errors: list[
 def problem_response(status_code: int, **kwargs) -> HttpResponse:
     """A plain Django response in the problem shape (outside DRF views)."""
     headers = kwargs.pop("headers", None) or {}
-    response = HttpResponse(json.dumps(problem(status_code, **kwargs)), status=status_code,
+    response = HttpResponse(json.dumps(problem(status_code, **kwargs), cls=DjangoJSONEncoder), status=status_code,
                             content_type=PROBLEM_CONTENT_TYPE)
     for name, value in headers.items():
         response[name] = value
@@ -131,9 +131,9 @@ def exception_handler(exc, context):
     else:
         return None  # a bug: Django's 500 (turned into a problem by ProblemMiddleware)
     code = code or getattr(exc, "code", "") if isinstance(exc, DomainError) else code
-    body = problem(status_code, code=code, detail=detail, errors=errors, instance=instance,
-                   **getattr(exc, "problem_extra", {}))
-    return Response(body, status=status_code, headers=headers, content_type=PROBLEM_CONTENT_TYPE)
+    # A plain response, rendered here: JSON whatever renderer the view negotiated (the schema view's is YAML).
+    return problem_response(status_code, code=code, detail=detail, errors=errors, instance=instance,
+                            headers=headers, **getattr(exc, "problem_extra", {}))
 
 
 class ProblemMiddleware:
