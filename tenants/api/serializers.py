@@ -251,3 +251,11 @@ class TenancySerializer(serializers.ModelSerializer):
         model = Tenant
         fields = ("name", "display_name", "state", "namespace", "gpu_quota", "gpus_held", "failure_reason",
                   "created_at", "provisioning_at", "ready_at", "failed_at")
+
+
+class LeasePageSerializer(serializers.Serializer):
+    """One page of leases (cursor pagination: follow `next` until it is null)."""
+
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = LeaseSerializer(many=True)

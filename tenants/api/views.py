@@ -26,6 +26,7 @@ from tenants.api.permissions import IsTenant, IsTenantOrOperator, caller_tenant,
 from tenants.api.serializers import (
     ContainerCreateSerializer,
     LeaseFilterSerializer,
+    LeasePageSerializer,
     LeaseSerializer,
     LeaseWaitSerializer,
     TenancySerializer,
@@ -121,7 +122,7 @@ class LeaseListView(APIView):
     permission_classes = [IsTenantOrOperator]
 
     @extend_schema(operation_id="leases_list", parameters=[LeaseFilterSerializer],
-                   responses=LeaseSerializer(many=True), tags=["leases"])
+                   responses=LeasePageSerializer, tags=["leases"])
     def get(self, request):
         filters = LeaseFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
