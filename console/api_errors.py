@@ -44,14 +44,14 @@ STATUS_CODES = {
 
 
 def problem(status_code: int, *, code: str = "", detail: str = "", errors: list[dict] | None = None,
-            instance: str = "", **extra) -> dict:
+            instance: str = "", request_id: str = "", **extra) -> dict:
     code = code or STATUS_CODES.get(status_code, "error")
     try:
         title = HTTPStatus(status_code).phrase
     except ValueError:
         title = "Error"
     body = {"type": PROBLEM_TYPE_BASE + code, "title": title, "status": status_code, "detail": detail or title,
-            "code": code, "instance": instance, "request_id": correlation.current(), "errors": errors or []}
+            "code": code, "instance": instance, "request_id": request_id or correlation.current(), "errors": errors or []}
     body.update(extra)
     return body
 
@@ -158,7 +158,8 @@ class ProblemMiddleware:
             detail = ""
             if response.status_code == 405:
                 detail = f"Method {request.method} is not allowed here."
-            converted = problem_response(response.status_code, detail=detail, instance=request.path)
+            converted = problem_response(response.status_code, detail=detail, instance=request.path,
+                                         request_id=response.get("X-Request-Id", ""))
             for header in ("Allow", "Retry-After", "WWW-Authenticate", "X-Request-Id"):
                 if response.has_header(header):
                     converted[header] = response[header]

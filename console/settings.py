@@ -53,6 +53,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: every non-2xx answer under /api/ becomes a problem (even those of the middleware
+    # below, e.g. a disallowed host), and a body over API_MAX_BODY_BYTES is refused before anything.
+    "console.api_errors.ProblemMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -63,7 +66,6 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "console.middleware.CorrelationIdMiddleware",
-    "console.api_errors.ProblemMiddleware",
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -93,6 +95,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
     )
+elif env.bool("DATABASE_POOL", default=False):
+    # A connection pool per process (psycopg_pool): under ASGI every request runs in a thread of its
+    # own, so without it every request opens (and PostgreSQL forks) a new connection.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DATABASE_POOL_MIN", default=2), "max_size": env.int("DATABASE_POOL_MAX", default=20),
+        "timeout": 10,
+    }
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

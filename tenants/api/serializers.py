@@ -259,3 +259,12 @@ class LeasePageSerializer(serializers.Serializer):
     next = serializers.URLField(allow_null=True)
     previous = serializers.URLField(allow_null=True)
     results = LeaseSerializer(many=True)
+
+
+class WhoAmISerializer(serializers.Serializer):
+    """Who the credentials are: a tenant's token or an operator (with its console role)."""
+
+    kind = serializers.ChoiceField(choices=["tenant", "operator"])
+    tenancy = serializers.CharField(allow_null=True)
+    username = serializers.CharField(allow_null=True)
+    role = serializers.CharField(allow_null=True)

@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 from console.audit import Actor
 from console.models import Source
 from tenants import selectors, services
-from tenants.api.permissions import IsTenant, IsTenantOrOperator, caller_tenant, has_role
+from tenants.api.permissions import IsTenant, IsTenantOrOperator, caller_role, caller_tenant, has_role
 from tenants.api.serializers import (
     ContainerCreateSerializer,
     LeaseFilterSerializer,
@@ -30,6 +30,7 @@ from tenants.api.serializers import (
     LeaseSerializer,
     LeaseWaitSerializer,
     TenancySerializer,
+    WhoAmISerializer,
 )
 from tenants.api.throttles import CreateRateThrottle, TokenRateThrottle
 from tenants.constants import IDEMPOTENCY_KEY_MAX, LEASE_WAIT_POLL_S, ROLE_VIEWER
@@ -210,3 +211,19 @@ class TenancyDetailView(APIView):
         return Response(TenancySerializer(found).data)
 
 
+
+
+class WhoAmIView(APIView):
+    """The cheapest authenticated call: who these credentials are (also the benchmark's baseline)."""
+
+    permission_classes = [IsTenantOrOperator]
+
+    @extend_schema(operation_id="me_retrieve", responses=WhoAmISerializer, tags=["tenancies"])
+    def get(self, request):
+        tenant = caller_tenant(request)
+        if tenant is not None:
+            data = {"kind": "tenant", "tenancy": tenant.name, "username": None, "role": None}
+        else:
+            data = {"kind": "operator", "tenancy": None, "username": request.user.get_username(),
+                    "role": caller_role(request)}
+        return Response(data)

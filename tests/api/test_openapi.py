@@ -89,6 +89,8 @@ def test_answers_conform_to_the_schema(schema, callers, tasks):
     _validate(schema, "/api/v1/leases/{id}", "get", landon.get(f"/api/v1/leases/{lease}"))
     _validate(schema, "/api/v1/leases/{id}", "get", callers["tenant_b"].get(f"/api/v1/leases/{lease}"))
     _validate(schema, "/api/v1/tenancies/{name}", "get", landon.get("/api/v1/tenancies/landon"))
+    _validate(schema, "/api/v1/me", "get", landon.get("/api/v1/me"))
+    _validate(schema, "/api/v1/me", "get", support.get("/api/v1/me"))
     for name in ("servers", "gpus", "partitions", "allocations", "events", "operations"):
         _validate(schema, f"/api/v1/{name}", "get", support.get(f"/api/v1/{name}"))
     _validate(schema, "/api/v1/servers", "get", callers["anonymous"].get("/api/v1/servers"))

@@ -25,6 +25,8 @@ MATRIX = [
      {"anonymous": 401, "tenant_a": 200, "tenant_b": 404, "viewer": 200, "support": 200, "admin": 200}),
     ("DELETE", "/api/v1/leases/{lease}", None,
      {"anonymous": 401, "tenant_a": 202, "tenant_b": 404, "viewer": 403, "support": 202, "admin": 202}),
+    ("GET", "/api/v1/me", None,
+     {"anonymous": 401, "tenant_a": 200, "tenant_b": 200, "viewer": 200, "support": 200, "admin": 200}),
     ("GET", "/api/v1/tenancies/landon", None,
      {"anonymous": 401, "tenant_a": 200, "tenant_b": 403, "viewer": 200, "support": 200, "admin": 200}),
     ("GET", "/api/v1/tenancies/nobody", None,

@@ -63,3 +63,13 @@ def test_throttled_is_a_429_with_retry_after(landon, tasks, monkeypatch):
 def test_ui_pages_keep_html_errors(client):
     response = client.get("/no-such-page/")
     assert response.status_code == 404 and not response["Content-Type"].startswith("application/problem+json")
+
+
+def test_disallowed_host_is_a_problem_400(db):
+    response = Client().get("/api/v1/leases", HTTP_HOST="evil.example")
+    assert_problem(response, 400)
+
+
+def test_every_answer_has_a_request_id(landon):
+    response = landon.get("/api/v1/nope", HTTP_X_REQUEST_ID="req-77")
+    assert response["X-Request-Id"] == "req-77" and response.json()["request_id"] == "req-77"

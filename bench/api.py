@@ -1,0 +1,240 @@
+"""REST API benchmark: the README's ASGI server (daphne, console.asgi) on PostgreSQL, 32 clients.
+
+Run: `.venv/bin/python bench/api.py` (PostgreSQL at DATABASE_URL, default
+postgres://postgres@127.0.0.1:5432/test; the bench creates and at the end drops a throwaway database
+`bench_api` next to it). It migrates it, seeds BENCH_SERVERS HGX H100 servers (default 128) and one
+READY tenant with its own API token per client, starts `daphne console.asgi:application` on a free
+loopback port (DEBUG off, tasks to an in-memory broker: the workers' side is not measured), and runs
+32 concurrent clients, each a thread with one keep-alive HTTP/1.1 connection, for BENCH_SECONDS
+(default 10, after 2 of warm-up).
+
+Each client loops over a tenant's life: POST /api/v1/containers (seed payload, 1/2/4/8 GPUs, an
+Idempotency-Key), GET the lease, GET /api/v1/leases (a page of 20), DELETE the lease.
+In the same run, the same clients then call GET /api/v1/me (the cheapest authenticated answer: token
+lookup, permission, a small JSON body) for the baseline, so the figure compares across machines.
+
+Prints readable figures, then as the last line one JSON object:
+* `api_req_per_s_c32`: requests answered per second (all four kinds), 32 clients;
+* `api_p50_ms`, `api_p99_ms`: their latency percentiles;
+* `api_errors`: answers that were not the expected 2xx (any 5xx included);
+* `double_allocations`: GPUs held by two open allocations, or leases whose GPUs are not their
+  partition (must be 0);
+* `auth_us_per_request`: microseconds to authenticate one token (digest lookup, constant-time
+  compare), in-process, averaged over 2,000 calls;
+* `baseline_req_per_s_c32`: GET /api/v1/me per second with the same 32 clients.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import lease_throughput
+from lease_throughput import _create_db, _drop_db, _setup_django, double_allocations
+
+lease_throughput.BENCH_DB = os.environ.get("BENCH_DB", "bench_api")  # its helpers create and drop this one
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/test"
+SERVERS = int(os.environ.get("BENCH_SERVERS", "128"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
+WARMUP_S = 2.0
+CLIENTS = 32
+IMAGE = "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0-ubi8"
+SIZES = (1, 1, 1, 1, 2, 2, 2, 4, 4, 8)
+
+
+def _seed(servers: int, clients: int) -> list[tuple[str, str]]:
+    from console.audit import Actor
+    from console.models import Source
+    from fleet.registration import ServerSpec, server_register_from_platform
+    from hardware.platforms import get_platform
+    from tenants.models import Tenant
+    from tenants.states import TenantState
+    from tenants.tokens import api_token_create
+
+    actor = Actor.system("bench", source=Source.CLI)
+    platform = get_platform("hgx-h100-8")
+    for i in range(servers):
+        server_register_from_platform(spec=ServerSpec(
+            hostname=f"bench-{i + 1:04d}", platform=platform.key, variant=platform.variants[0].key,
+            rack=f"bench-r{i // 32 + 1:02d}", slot=i % 32 + 1), actor=actor)
+    out = []
+    for i in range(clients):
+        tenant = Tenant.objects.create(name=f"bench{i:03d}", gpu_quota=100_000, state=TenantState.READY)
+        out.append((tenant.name, api_token_create(actor=actor, tenant=tenant)[1]))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(url: str, port: int) -> subprocess.Popen:
+    env = {**os.environ, "DATABASE_URL": url, "DEBUG": "", "SECRET_KEY": "bench-only-secret",
+           "ALLOWED_HOSTS": "127.0.0.1,localhost", "CELERY_BROKER_URL": "memory://", "LOG_LEVEL": "WARNING",
+           "API_RATE": "1000000/min", "API_CREATE_RATE": "1000000/min",
+           "DATABASE_POOL": os.environ.get("DATABASE_POOL", "1"), "DATABASE_POOL_MAX": "40"}
+    daphne = Path(sys.executable).with_name("daphne")
+    proc = subprocess.Popen([str(daphne), "-b", "127.0.0.1", "-p", str(port), "--verbosity", "0",
+                             "console.asgi:application"], cwd=ROOT, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("daphne did not start")
+
+
+class Client:
+    def __init__(self, port: int, tenant: str, token: str, index: int):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.tenant, self.headers, self.rng = tenant, {"Authorization": f"Bearer {token}"}, random.Random(index)
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.n = 0
+
+    def call(self, method: str, path: str, body: dict | None = None, expect=(200,), **headers) -> dict | None:
+        payload = json.dumps(body) if body is not None else None
+        hdrs = {**self.headers, **headers, **({"Content-Type": "application/json"} if payload else {})}
+        started = time.perf_counter()
+        self.conn.request(method, path, payload, hdrs)
+        response = self.conn.getresponse()
+        data = response.read()
+        self.latencies.append(time.perf_counter() - started)
+        if response.status not in expect:
+            self.errors += 1
+            return None
+        return json.loads(data) if data else None
+
+    def life(self) -> None:
+        self.n += 1
+        body = {"container-url": IMAGE, "tenancy": self.tenant, "gpus": self.rng.choice(SIZES)}
+        lease = self.call("POST", "/api/v1/containers", body, expect=(202,),
+                          **{"Idempotency-Key": f"{self.tenant}-{self.n}"})
+        if lease is None:
+            return
+        self.call("GET", f"/api/v1/leases/{lease['id']}")
+        self.call("GET", "/api/v1/leases?page_size=20")
+        self.call("DELETE", f"/api/v1/leases/{lease['id']}", expect=(202,))
+
+    def me(self) -> None:
+        self.call("GET", "/api/v1/me")
+
+    def health(self) -> None:
+        self.call("GET", "/healthz")
+
+
+def _round(clients: list[Client], work: str, seconds: float) -> tuple[float, list[float], int]:
+    stop = threading.Event()
+    measuring = threading.Event()
+    counts = [0] * len(clients)
+
+    def run(i: int, client: Client) -> None:
+        while not stop.is_set():
+            before = len(client.latencies)
+            getattr(client, work)()
+            if measuring.is_set():
+                counts[i] += len(client.latencies) - before
+
+    for c in clients:
+        c.latencies.clear()
+        c.errors = 0
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(WARMUP_S)
+    for c in clients:
+        c.latencies.clear()
+    measuring.set()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    for t in threads:
+        t.join()
+    latencies = sorted(x for c in clients for x in c.latencies)
+    return sum(counts) / elapsed, latencies, sum(c.errors for c in clients)
+
+
+def _auth_us(token: str, n: int = 2000) -> float:
+    from tenants.tokens import api_token_authenticate
+
+    api_token_authenticate(token)
+    started = time.perf_counter()
+    for _ in range(n):
+        assert api_token_authenticate(token) is not None
+    return (time.perf_counter() - started) / n * 1e6
+
+
+def _pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else 0.0
+
+
+def main() -> None:
+    base = os.environ.get("DATABASE_URL", DEFAULT_URL)
+    url = _create_db(base)
+    proc = None
+    try:
+        _setup_django(url)
+        tokens = _seed(SERVERS, CLIENTS)
+        auth_us = _auth_us(tokens[0][1])
+        from django.db import connections
+
+        connections.close_all()
+        port = _free_port()
+        proc = _start_server(url, port)
+        clients = [Client(port, tenant, token, i) for i, (tenant, token) in enumerate(tokens)]
+        rate, latencies, errors = _round(clients, "life", SECONDS)
+        baseline, base_latencies, base_errors = _round(clients, "me", SECONDS)
+        floor = _round(clients, "health", SECONDS)[0] if os.environ.get("BENCH_FLOOR") else None
+        doubles = double_allocations()
+        figures = {
+            "api_req_per_s_c32": round(rate, 1),
+            "api_p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else 0.0,
+            "api_p99_ms": round(_pct(latencies, 0.99), 2),
+            "api_errors": errors + base_errors,
+            "double_allocations": doubles,
+            "auth_us_per_request": round(auth_us, 1),
+            "baseline_req_per_s_c32": round(baseline, 1),
+            "baseline_p50_ms": round(statistics.median(base_latencies) * 1000, 2) if base_latencies else 0.0,
+            "api_to_baseline_c32": round(rate / baseline, 3) if baseline else 0.0,
+            **({"floor_healthz_req_per_s_c32": round(floor, 1)} if floor is not None else {}),
+            "servers": SERVERS, "clients": CLIENTS, "seconds": SECONDS,
+        }
+        print(f"API mix (create, get, list, delete): {rate:.1f} req/s, p50 {figures['api_p50_ms']} ms, "
+              f"p99 {figures['api_p99_ms']} ms, {errors} unexpected answers")
+        print(f"baseline GET /api/v1/me: {baseline:.1f} req/s; token authentication {auth_us:.1f} µs")
+        print(f"double allocations: {doubles}")
+        print(json.dumps(figures))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        from django.db import connections
+
+        connections.close_all()
+        _drop_db(base)
+
+
+if __name__ == "__main__":
+    main()
