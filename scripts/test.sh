@@ -9,6 +9,8 @@ B=.venv/bin
 
 echo "== ruff"; $B/ruff check .
 echo "== import contracts"; $B/lint-imports --no-cache
+echo "== OpenAPI schema (no warning allowed)"
+env -u DATABASE_URL -u REDIS_URL $B/python manage.py spectacular --validate --fail-on-warn --file /dev/null
 
 echo "== tests on SQLite (embedded default)"
 env -u DATABASE_URL -u REDIS_URL $B/pytest "$@"
