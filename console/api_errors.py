@@ -51,7 +51,8 @@ def problem(status_code: int, *, code: str = "", detail: str = "", errors: list[
     except ValueError:
         title = "Error"
     body = {"type": PROBLEM_TYPE_BASE + code, "title": title, "status": status_code, "detail": detail or title,
-            "code": code, "instance": instance, "request_id": request_id or correlation.current(), "errors": errors or []}
+            "code": code, "instance": instance, "request_id": request_id or correlation.current(),
+            "errors": errors or []}
     body.update(extra)
     return body
 
@@ -59,8 +60,8 @@ def problem(status_code: int, *, code: str = "", detail: str = "", errors: list[
 def problem_response(status_code: int, **kwargs) -> HttpResponse:
     """A plain Django response in the problem shape (outside DRF views)."""
     headers = kwargs.pop("headers", None) or {}
-    response = HttpResponse(json.dumps(problem(status_code, **kwargs), cls=DjangoJSONEncoder), status=status_code,
-                            content_type=PROBLEM_CONTENT_TYPE)
+    body = json.dumps(problem(status_code, **kwargs), cls=DjangoJSONEncoder)
+    response = HttpResponse(body, status=status_code, content_type=PROBLEM_CONTENT_TYPE)
     for name, value in headers.items():
         response[name] = value
     return response

@@ -1,7 +1,11 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from console.converters import IdConverter
+
+register_converter(IdConverter, "id")  # before the API's URL modules, which use it, are included
 
 urlpatterns = [
     path("", include("console.ui.urls")),

@@ -20,6 +20,8 @@ from fleet.states import AllocationState, GpuState, PartitionState, ServerState
 from tenants.api.permissions import IsOperator
 from tenants.api.views import api_actor
 
+MAX_ID = 2**63 - 1
+
 
 class IdCursorPagination(CursorPagination):
     ordering = "id"
@@ -73,16 +75,16 @@ ServerFilter = _filter_serializer("ServerFilter", {
 })
 GpuFilter = _filter_serializer("GpuFilter", {
     "state": serializers.ChoiceField(choices=GpuState.choices, required=False),
-    "server": serializers.IntegerField(required=False, min_value=1),
+    "server": serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID),
 })
 PartitionFilter = _filter_serializer("PartitionFilter", {
     "state": serializers.ChoiceField(choices=PartitionState.choices, required=False),
-    "server": serializers.IntegerField(required=False, min_value=1),
+    "server": serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID),
     "size": serializers.IntegerField(required=False, min_value=1, max_value=64),
 })
 AllocationFilter = _filter_serializer("AllocationFilter", {
     "state": serializers.ChoiceField(choices=AllocationState.choices, required=False),
-    "server": serializers.IntegerField(required=False, min_value=1),
+    "server": serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID),
     "owner": serializers.CharField(required=False, max_length=64),
 })
 EventFilter = _filter_serializer("EventFilter", {
