@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 
 from drf_spectacular.types import OpenApiTypes
@@ -36,6 +37,8 @@ from tenants.api.throttles import CreateRateThrottle, TokenRateThrottle
 from tenants.constants import IDEMPOTENCY_KEY_MAX, LEASE_WAIT_POLL_S, ROLE_VIEWER
 from tenants.idempotency import lease_request_once, request_digest
 from tenants.models import Lease
+
+TENANT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,54}[a-z0-9])?")  # what validate_tenant_name accepts
 
 
 def api_actor(request) -> Actor:
@@ -205,7 +208,7 @@ class TenancyDetailView(APIView):
             raise PermissionDenied("A tenant's token sees only its own tenancy.")
         if tenant is None and not has_role(request, ROLE_VIEWER):
             raise PermissionDenied()
-        found = selectors.tenancy_for_api(name)
+        found = selectors.tenancy_for_api(name) if TENANT_NAME.fullmatch(name) else None
         if found is None:
             raise NotFound(f"No tenancy {name}.")
         return Response(TenancySerializer(found).data)

@@ -73,3 +73,8 @@ def test_disallowed_host_is_a_problem_400(db):
 def test_every_answer_has_a_request_id(landon):
     response = landon.get("/api/v1/nope", HTTP_X_REQUEST_ID="req-77")
     assert response["X-Request-Id"] == "req-77" and response.json()["request_id"] == "req-77"
+
+
+@pytest.mark.parametrize("name", ["%00", "a%00b", "UPPER", "x" * 300])
+def test_odd_tenancy_names_are_404_not_500(callers, name):
+    assert_problem(callers["viewer"].get(f"/api/v1/tenancies/{name}"), 404)
