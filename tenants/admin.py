@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 from console.admin import ServiceManagedAdmin
 from console.audit import Actor
 from tenants.models import ApiToken, BootPhase, Lease, Tenant
+from tenants.services import tenant_create
 from tenants.tokens import api_token_create, api_token_revoke
 
 
@@ -14,6 +15,15 @@ class TenantAdmin(admin.ModelAdmin):
     list_filter = ("state",)
     search_fields = ("name", "display_name")
     readonly_fields = ("state", "failure_reason", "provisioning_at", "ready_at", "failed_at")
+
+    def save_model(self, request, obj, form, change):
+        """Admins open accounts here (through tenant_create, audited); the tenancy follows its first container."""
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        created = tenant_create(name=obj.name, display_name=obj.display_name, gpu_quota=obj.gpu_quota,
+                                actor=Actor.for_user(request.user))
+        obj.pk = created.pk
 
 
 class BootPhaseInline(admin.TabularInline):

@@ -24,7 +24,7 @@ from hardware.exceptions import HardwareError
 from tenants import selectors, services
 from tenants.idempotency import idempotency_keys_purge
 from tenants.models import Lease
-from tenants.states import LEASE_HOLDS_GPUS, LeaseState
+from tenants.states import LEASE_HOLDS_GPUS, FailureReason, LeaseState
 
 log = logging.getLogger(__name__)
 ACTOR = Actor.system("reconciler", source=Source.RECONCILER)
@@ -57,7 +57,7 @@ def _pods(stats: Counter) -> None:
             log.warning("cannot read pod of %s: %s", lease, exc)
             continue
         if pod is None or pod.phase in PodPhase.TERMINAL:
-            services.lease_release(lease=lease, actor=ACTOR)
+            services.lease_release(lease=lease, actor=ACTOR, failure_reason=pod_failure_reason(pod))
             stats["pods_ended"] += 1
     # A lease that ended without its clean-up (failed, or a crash) may have left its pod and VM behind;
     # the GPUs cannot be scrubbed under a running VM.
@@ -69,6 +69,16 @@ def _pods(stats: Counter) -> None:
                 stats["orphan_pods_deleted"] += 1
         except HardwareError as exc:
             log.warning("cannot clean up the pod of %s: %s", lease, exc)
+
+
+def pod_failure_reason(pod) -> str:
+    """Why an ended pod failed the lease, `Code: detail` (the API's failure_reason), or "" when it did
+    not: only an image that could not be pulled fails it; a container's own exit ends it normally."""
+    if pod is None or pod.phase != PodPhase.FAILED:
+        return ""
+    if any(word in pod.reason.lower() for word in ("imagepull", "errimage", "invalidimagename")):
+        return f"{FailureReason.IMAGE_PULL_FAILED}: {pod.reason}"
+    return ""
 
 
 def _stuck_leases(stats: Counter, stuck_after: timedelta) -> None:

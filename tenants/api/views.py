@@ -12,6 +12,7 @@ import json
 import re
 import time
 
+from django.db import connection
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -47,6 +48,12 @@ def api_actor(request) -> Actor:
     user_id = getattr(user, "pk", None)
     return Actor(name=user.get_username()[:150], source=Source.API, user_id=user_id,
                  correlation_id=getattr(request, "correlation_id", ""))
+
+
+def _release_pooled_connection() -> None:
+    """Between polls, hand a pooled connection back (DATABASE_POOL): waiters must not hold the pool."""
+    if connection.settings_dict.get("OPTIONS", {}).get("pool") and not connection.in_atomic_block:
+        connection.close()
 
 
 class LeaseCursorPagination(CursorPagination):
@@ -187,6 +194,7 @@ class LeaseDetailView(APIView):
             now = Lease.objects.filter(pk=lease.pk).values_list("state", "conditions").first()
             if now is not None and (now[0], now[1]) != start:
                 break
+            _release_pooled_connection()
         return self._lease(request, lease.pk)
 
     @extend_schema(operation_id="leases_destroy", request=None,

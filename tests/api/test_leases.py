@@ -162,3 +162,30 @@ def test_paging_1000_leases_while_inserting_has_no_duplicate_and_no_gap(landon, 
         url, params = body["next"], None
     assert len(seen) == len(set(seen)) == 1000 and set(seen) == before
     assert seen == sorted(seen, reverse=True)
+
+
+@pytest.mark.parametrize(("phase", "reason", "expected"), [
+    ("Failed", "ErrImagePull", "ImagePullFailed: ErrImagePull"),
+    ("Failed", "ImagePullBackOff", "ImagePullFailed: ImagePullBackOff"),
+    ("Failed", "Error", ""),
+    ("Succeeded", "Completed", ""),
+])
+def test_an_image_that_cannot_be_pulled_fails_the_lease(phase, reason, expected):
+    from hardware.cluster import PodStatus
+    from tenants.reconciler import pod_failure_reason
+    from tenants.states import failure_code
+
+    pod = PodStatus(name="p", namespace="tenant-x", node="n", phase=phase, reason=reason)
+    assert pod_failure_reason(pod) == expected
+    if expected:
+        assert failure_code(expected) == "ImagePullFailed"
+
+
+def test_failure_codes_of_known_texts():
+    from tenants.states import failure_code
+
+    assert failure_code("GpuFault: Xid 79 on gpu3") == "GpuFault"
+    assert failure_code("VM boot failed: kernel panic") == "BootFailed"
+    assert failure_code("AgentUnavailable: sim-1 did not answer") == "AgentUnavailable"
+    assert failure_code("PendingTimeout: still pending") == "PendingTimeout"
+    assert failure_code("something else") == "InternalError" and failure_code("") == ""

@@ -94,3 +94,13 @@ def test_admin_creates_a_token_and_shows_it_once(admin_client):
 def test_a_token_has_exactly_one_principal(admin_client):
     response = admin_client.post("/admin/tenants/apitoken/add/", {"name": "nobody"})
     assert response.status_code == 200 and not ApiToken.objects.exists()
+
+
+def test_admin_opens_a_tenant_account_audited_and_without_a_tenancy(admin_client, tasks):
+    from console.models import AuditEvent
+
+    response = admin_client.post("/admin/tenants/tenant/add/", {"name": "acme", "display_name": "Acme",
+                                                                "gpu_quota": 8})
+    assert response.status_code == 302
+    assert Tenant.objects.get(name="acme").state == "pending" and tasks.queued == []
+    assert AuditEvent.objects.filter(verb="tenants.tenant.created", target_repr="acme").exists()
