@@ -94,6 +94,8 @@ def _partitioning(lease: Lease, actor: Actor) -> None:
     gpus = list(Gpu.objects.filter(allocation_gpus__allocation=allocation).order_by("module_id"))
     cluster = get_cluster()
     pod = pod_name_for(lease)
+    # Level-based: the tenancy may have drifted since onboarding; a pod never goes to a missing namespace.
+    cluster.ensure_tenancy(lease.tenant.name)
     cluster.create_gpu_lease(
         lease_id=str(lease.pk), tenant=lease.tenant.name, node=server.k8s_node_name,
         gpu_module_ids=[g.module_id for g in gpus], pci_addresses=[g.pci_address for g in gpus], pod=pod,

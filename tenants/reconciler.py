@@ -22,8 +22,8 @@ from fleet.cluster import get_cluster
 from hardware.cluster import PodPhase
 from hardware.exceptions import HardwareError
 from tenants import selectors, services
-from tenants.models import Lease
-from tenants.states import LEASE_HOLDS_GPUS, LeaseState
+from tenants.models import Lease, Tenant
+from tenants.states import LEASE_HOLDS_GPUS, LeaseState, TenantState
 
 log = logging.getLogger(__name__)
 ACTOR = Actor.system("reconciler", source=Source.RECONCILER)
@@ -82,3 +82,14 @@ def _tenancies(stats: Counter) -> None:
     for tenant_id in selectors.tenants_to_onboard().values_list("pk", flat=True):
         dispatch.enqueue("tenancy_provision", tenant_id)
         stats["tenancies_retried"] += 1
+    # A ready tenancy whose namespace, policy or Tenancy went missing is not ready: provisioned again.
+    cluster = get_cluster()
+    for tenant in Tenant.objects.filter(state=TenantState.READY):
+        try:
+            missing = cluster.tenancy_drift(tenant.name)
+        except HardwareError as exc:
+            log.warning("cannot read the tenancy of %s: %s", tenant, exc)
+            continue
+        if missing:
+            services.tenancy_drifted(tenant=tenant, actor=ACTOR, missing=missing)
+            stats["tenancies_reensured"] += 1

@@ -94,6 +94,16 @@ def tenancy_provision(*, tenant_id: int, actor: Actor, cluster) -> Tenant:
     return tenant
 
 
+def tenancy_drifted(*, tenant: Tenant, actor: Actor, missing: tuple[str, ...]) -> Tenant:
+    """Part of a ready tenancy went missing in the cluster: it is not ready (new leases wait) until it
+    is provisioned again (level-based: `tenancy_provision` ensures all of it)."""
+    reason = f"re-ensuring: {', '.join(missing)} missing in the cluster"
+    if TENANT_MACHINE.transition(tenant, T.PROVISIONING, actor=actor, fields={"failure_reason": reason},
+                                 message=reason):
+        dispatch.on_commit("tenancy_provision", tenant.pk)
+    return tenant
+
+
 def tenancy_failed(*, tenant_id: int, actor: Actor, reason: str) -> None:
     tenant = Tenant.objects.get(pk=tenant_id)
     if tenant.state == T.PROVISIONING:

@@ -123,7 +123,9 @@ XID_TABLE = [
 def test_xid_table(fleet_servers, tasks, xid, gpu_state, server_state):
     server = fleet_servers[0]
     _deliver(server, lambda admin: admin.inject_xid(3, xid))
-    tasks.run()  # a reset-class Xid on an idle GPU: scrubbed and levelled on its way to drained
+    # A reset-class Xid on an idle GPU: scrubbed and levelled on its way to drained (this module's
+    # fleet has no cluster: the node's cordon is left out).
+    tasks.run(skip=("node_set_schedulable",))
     gpu = _gpu(server, 3)
     server.refresh_from_db()
     assert (gpu.state, server.state) == (gpu_state, server_state)
@@ -175,12 +177,12 @@ def test_xid48_on_an_idle_gpu_is_scrubbed_and_levelled_before_it_can_be_free(fle
 def test_repeated_events_change_nothing_more(fleet_servers, tasks):
     server = fleet_servers[0]
     drained = _deliver(server, lambda admin: admin.inject_xid(1, 48))
-    tasks.run()
+    tasks.run(skip=("node_set_schedulable",))
     lost = _deliver(server, lambda admin: admin.inject_xid(4, 79))
     assert [e.kind for e in lost] == [HealthKind.XID, HealthKind.GPU_LOST]
     for event in drained + lost:  # the agent reports them again (a re-subscribed stream)
         gpu_record_health(server=server, event=event, actor=ACTOR)
-    tasks.run()
+    tasks.run(skip=("node_set_schedulable",))
     assert _gpu(server, 1).state == G.DRAINED and _verbs(_gpu(server, 1)).count("fleet.gpu.drained") == 1
     assert _verbs(_gpu(server, 1)).count("fleet.gpu.scrubbing") == 1
     assert _gpu(server, 4).state == G.OFFLINE and _verbs(_gpu(server, 4)).count("fleet.gpu.offline") == 1

@@ -302,3 +302,39 @@ def test_one_correlation_id_follows_a_lease_through_every_task(sim, tasks):
     second = set(AuditEvent.objects.filter(correlation_id="req-0043").values_list("verb", flat=True))
     assert {"tenants.lease.releasing", "fleet.allocation.cleaning", "fleet.gpu.scrubbing", "fleet.gpu.leveled",
             "fleet.gpu.free", "fleet.allocation.returned", "tenants.lease.released"} <= second
+
+
+def test_a_vm_the_pod_delete_left_behind_is_torn_down_before_the_partition_goes(sim, tasks, monkeypatch):
+    """The pod's delete 'succeeded' but its VM still runs: the release finds it on the node, tears it
+    down (audited), then deactivates the partition and cleans the GPUs; nothing is quarantined."""
+    lease = _run_to_running(tasks, n=2)
+    cluster = cluster_access.get_cluster()
+    monkeypatch.setattr(cluster, "delete_lease_pod", lambda **kw: None)  # a teardown that left the VM
+    gpus = list(lease.gpus)
+    assert agent_for(lease.server).gpu_holders(gpus[0].module_id)  # the VM holds them
+    services.lease_release(lease=lease, actor=ACTOR)
+    tasks.run()
+    lease.refresh_from_db()
+    assert lease.state == LeaseState.RELEASED
+    assert {g.state for g in lease.gpus} == {GpuState.FREE}
+    # One VM held both GPUs: torn down once, at the first GPU found held.
+    [evicted] = AuditEvent.objects.filter(verb="fleet.gpu.leftover_vm_evicted")
+    assert int(evicted.target_id) == gpus[0].pk and evicted.parent_type == "fleet.allocation"
+    assert evicted.after["holders"][0]["vm_id"].endswith(lease.pod_name)
+    assert not agent_for(lease.server).gpu_holders(gpus[0].module_id)
+
+
+def test_an_operator_scrub_tears_down_a_stray_vm_instead_of_scrubbing_around_it(sim, tasks):
+    from fleet.models import Server
+    from fleet.services import gpu_scrub
+
+    server = Server.objects.order_by("pk").first()
+    gpu = server.gpus.get(module_id=5)
+    agent_for(server).sim_admin().start_vm("stray.vm", pod_name="stray", gpu_module_ids=[5], guest_ram_gib=8)
+    op = gpu_scrub(gpu=gpu, actor=ACTOR)
+    tasks.run()
+    gpu.refresh_from_db()
+    op.refresh_from_db()
+    assert gpu.state == GpuState.FREE and op.status == "succeeded"
+    event = AuditEvent.objects.get(verb="fleet.gpu.leftover_vm_evicted", target_id=str(gpu.pk))
+    assert "stray.vm" in event.message
