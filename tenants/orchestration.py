@@ -39,6 +39,7 @@ from fleet.models import Gpu
 from fleet.states import AllocationState, GpuState
 from hardware import kube_constants
 from hardware.boot_model import estimate_boot
+from hardware.types import BootPhaseEvent
 from tenants.models import BootPhase, Lease
 from tenants.selectors import lease_detail
 from tenants.services import lease_fail, lease_finish, lease_release, lease_set_condition, lease_try_place
@@ -112,16 +113,18 @@ def _partitioning(lease: Lease, actor: Actor) -> None:
 
 
 def _record_predicted_boot(lease: Lease, gpus: int) -> None:
+    """The model's phases as rows with their prediction and no times yet (a phase that never runs
+    never gets a start)."""
     server = lease.server
     estimate = estimate_boot(
         gpus, platform=server.platform, host_kernel=server.host_kernel, iommu_backend=server.iommu_backend,
         plug_mode=server.plug_mode, hugepages=server.hugepages, guest_ram_gib=GUEST_RAM_GIB,
     )
-    now = timezone.now()
     for seq, (phase, seconds) in enumerate(estimate.phases):
         BootPhase.objects.update_or_create(
             lease=lease, phase=phase,
-            defaults={"seq": seq, "predicted_seconds": seconds, "started_at": now, "ended_at": None},
+            defaults={"seq": seq, "predicted_seconds": seconds, "started_at": None, "ended_at": None,
+                      "duration_s": None},
         )
 
 
@@ -133,37 +136,44 @@ def lease_follow_boot(*, lease_id: int, actor: Actor) -> str:
         lease = _lease(lease_id)
         if not held or lease.state != L.BOOTING:
             return lease.state
-        return _follow_boot(lease, actor)
+        vm_id = kube_constants.vm_id_for_pod(lease.tenant.namespace, lease.pod_name)
+        for event in agent_for(lease.server).watch_boot(vm_id):
+            if lease_record_boot_event(lease=lease, event=event, actor=actor):
+                break
+        lease.refresh_from_db()
+        return lease.state
 
 
-def _follow_boot(lease: Lease, actor: Actor) -> str:
-    seq = BootPhase.objects.filter(lease=lease).count()
-    vm_id = kube_constants.vm_id_for_pod(kube_constants.tenant_namespace(lease.tenant.name), lease.pod_name)
-    origin = None
-    for event in agent_for(lease.server).watch_boot(vm_id):
-        # Phases keep the durations the agent reports, anchored at the moment the console started the
-        # boot (the stream replays from the VM's start): this absorbs the agent's clock skew and the
-        # simulator's accelerated clock.
-        origin = origin or event.started_at
-        shift = lease.booting_at - origin
-        if event.phase and not event.final:  # the final event is the VM's verdict, not a phase
-            values = {"started_at": event.started_at + shift, "detail": event.detail,
-                      "ended_at": event.ended_at + shift if event.ended_at else None}
-            _, created = BootPhase.objects.update_or_create(
-                lease=lease, phase=event.phase, defaults=values, create_defaults={**values, "seq": seq},
-            )
-            seq += created
-        if event.final:
-            lease.refresh_from_db()
-            if lease.state != L.BOOTING:
-                return lease.state
-            if event.ok:
-                LEASE_MACHINE.transition(lease, L.RUNNING, actor=actor, message="VM booted, container started")
-            else:
-                lease_fail(lease=lease, actor=actor, reason=f"VM boot failed: {event.detail}")
-            break
-    lease.refresh_from_db()
-    return lease.state
+def lease_record_boot_event(*, lease: Lease, event: BootPhaseEvent, actor: Actor) -> bool:
+    """Record one event of the VM's boot stream; True once the boot is over (running, or failed).
+
+    Times are the console's wall clock: a phase starts and ends when the console learns it did
+    (never before the boot began, never after it ended), so they line up with every other time the
+    console shows, whatever the host's clock or the simulator's acceleration. How long the phase
+    took is the host's own measure (`duration_s`: real seconds on a host, simulated ones in the
+    simulator), the length the timeline draws."""
+    if event.final:  # the VM's verdict, not a phase
+        lease.refresh_from_db()
+        if lease.state != L.BOOTING:
+            return True
+        if event.ok:
+            LEASE_MACHINE.transition(lease, L.RUNNING, actor=actor, message="VM booted, container started")
+        else:
+            lease_fail(lease=lease, actor=actor, reason=f"VM boot failed: {event.detail}")
+        return True
+    if not event.phase:
+        return False
+    now = timezone.now()
+    row = BootPhase.objects.filter(lease=lease, phase=event.phase).first()
+    if row is None:
+        row = BootPhase(lease=lease, phase=event.phase, seq=BootPhase.objects.filter(lease=lease).count())
+    row.detail = event.detail
+    row.started_at = row.started_at or now
+    if event.ended_at is not None:
+        row.ended_at = row.ended_at or now
+        row.duration_s = max((event.ended_at - event.started_at).total_seconds(), 0.0)
+    row.save()
+    return False
 
 
 def _booting(lease: Lease, actor: Actor) -> None:
