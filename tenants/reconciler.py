@@ -11,6 +11,7 @@ import logging
 from collections import Counter
 from datetime import timedelta
 
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
@@ -28,16 +29,18 @@ from tenants.states import LEASE_HOLDS_GPUS, LeaseState, TenantState
 log = logging.getLogger(__name__)
 ACTOR = Actor.system("reconciler", source=Source.RECONCILER)
 L = LeaseState
-STUCK_AFTER = timedelta(seconds=30)
 ORPHAN_POD_WINDOW = timedelta(hours=1)
 
 
-def reconcile_leases(*, stuck_after: timedelta = STUCK_AFTER) -> dict:
-    """One pass over tenancies, pods and leases. Returns counts of what it repaired."""
+def reconcile_leases(*, stuck_after: timedelta | None = None) -> dict:
+    """One pass over tenancies, pods and leases. Returns counts of what it repaired. `stuck_after`:
+    how long a step may take before it is resumed (default settings.RECONCILE_STUCK_AFTER_S)."""
     with try_lock("tenants-reconciler") as held:
         if not held:
             return {"skipped": 1}
         stats: Counter[str] = Counter()
+        if stuck_after is None:
+            stuck_after = timedelta(seconds=settings.RECONCILE_STUCK_AFTER_S)
         _pods(stats)
         _stuck_leases(stats, stuck_after)
         _tenancies(stats)
