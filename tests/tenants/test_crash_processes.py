@@ -96,7 +96,7 @@ class Processes:
                 proc.wait(5)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.tmp.glob("*.log")))
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-6000:]}" for p in sorted(self.tmp.glob("worker*.log")))
 
 
 def _wait(predicate, what: str, processes: Processes, timeout: float = SETTLE_S) -> None:
@@ -105,8 +105,14 @@ def _wait(predicate, what: str, processes: Processes, timeout: float = SETTLE_S)
         if predicate():
             return
         time.sleep(0.3)
+    from fleet.models import Allocation
+
     states = list(Lease.objects.order_by("pk").values_list("pk", "state", "failure_reason"))
-    pytest.fail(f"timed out waiting for {what}: leases {states}\n{processes.logs()}")
+    gpus = list(Gpu.objects.exclude(state=GpuState.FREE).values_list("server__hostname", "module_id", "state",
+                                                                      "quarantine_reason"))
+    allocations = list(Allocation.objects.values_list("pk", "state", "cleaning_at"))
+    pytest.fail(f"timed out waiting for {what}: leases {states}, GPUs not free {gpus}, allocations "
+                f"{allocations}\n{processes.logs()}")
 
 
 def _states() -> list[str]:
