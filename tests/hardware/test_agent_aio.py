@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from hardware.agent_aio import AsyncAgentStreams
+from hardware.agent_client import AgentClient
 from hardware.exceptions import AgentUnavailable, NotFound, PermissionDenied
 from hardware.types import BootPhaseEvent, HealthEvent, HealthKind
 from simulator.agent import serve_sim_host
@@ -147,3 +148,22 @@ async def _until(predicate, timeout: float = 5.0) -> None:
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+async def test_streams_of_every_host_on_one_channel_leave_room_for_other_calls(pki):
+    """More streams than the old fixed pool (64) and than a 100-stream HTTP/2 limit, on one channel."""
+    with SimFleet(120, tls=pki.node, per_port_limit=1, accel=FAST) as fleet:
+        address = next(iter(fleet.endpoints.values())).address
+        async with AsyncAgentStreams(credentials=pki.console, open_timeout=10) as streams:
+            opened = [streams.watch_health(address, name) for name in fleet.hosts]
+            await asyncio.gather(*(s.ready() for s in opened))
+            assert streams.endpoints == [address]
+            name = list(fleet.hosts)[-1]
+            with AgentClient(address, credentials=pki.console, node=name, timeout=2, retries=0) as client:
+                inventory = await asyncio.to_thread(client.get_inventory)
+            assert inventory.hostname == name
+            fleet.hosts[name].inject_xid(5, 13)
+            [event] = await _take(opened[-1], 1)
+            assert (event.hostname, event.module_id) == (name, 5)
+            for s in opened:
+                s.cancel()
