@@ -99,9 +99,13 @@ class AioAgentStream(AsyncIterator[T], Generic[T]):
             message = f"the agent did not open the stream within {self._open_timeout:g} s"
             raise AgentTimeout(f"{self.where}: {message}") from None
         except grpc.RpcError as exc:
+            if self._cancelled:
+                return
             raise self._error(exc) from None
         except asyncio.CancelledError:
             call.cancel()
+            if self._cancelled and not _task_cancelling():
+                return  # cancel() while opening: iterating then ends at once
             raise
 
     async def __anext__(self) -> T:

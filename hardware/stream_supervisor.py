@@ -207,7 +207,10 @@ class StreamSupervisor(Generic[K, T]):
             except Exception as exc:  # any failure re-opens the stream; cancellation passes through
                 stats.failures += 1
                 stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("%s %s: stream failed: %s", self.name, watch.key, stats.last_error)
+                # The first failure after a healthy stream is news; its retries are not (1,000 of them
+                # when an agent endpoint serving 1,000 nodes goes away).
+                level = logging.WARNING if attempt == 0 else logging.INFO
+                log.log(level, "%s %s: stream failed: %s", self.name, watch.key, stats.last_error)
             finally:
                 stats.connected = False
                 if stream is not None:
