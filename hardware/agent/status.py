@@ -62,3 +62,15 @@ def exception_for(code: grpc.StatusCode, message: str) -> HardwareError:
             return FabricManagerVersionMismatch(message)
     cls = _CODE_TO_EXCEPTION.get(code, HardwareError)
     return cls(f"{code.name}: {message}" if cls is HardwareError else message)
+
+
+def exception_at(where: str, code: grpc.StatusCode, message: str) -> HardwareError:
+    """`exception_for`, its message prefixed with where the call went (`node@endpoint`)."""
+    mapped = exception_for(code, message)
+    mapped.args = (f"{where}: {mapped.args[0] if mapped.args else ''}",)
+    return mapped
+
+
+def exception_for_rpc(exc: grpc.RpcError, where: str) -> HardwareError:
+    """The domain exception for a failed call (sync or grpc.aio)."""
+    return exception_at(where, exc.code(), exc.details() or "")
