@@ -9,7 +9,8 @@ at a time (a named lock per lease).
 placed → partitioning   (the lease's allocation was claimed with its placement)
 partitioning → booting  fleet activates the allocation (partition on the fabric manager, device
                         plugin's book); GpuLease + Kata pod with the partition's GPUs as CDI devices
-booting → running       the agent's WatchBoot stream, one BootPhase row per phase
+booting → running       the node watcher follows the agent's WatchBoot stream (not a task): one
+                        BootPhase row per phase, `lease_record_boot_event`
 running → releasing     the tenant deletes it, the pod ends, or a GPU fault ends it
 releasing → scrubbing   delete the pod; fleet releases the allocation (partition deactivated, one
                         clean task per GPU, in parallel)
@@ -29,10 +30,8 @@ import re
 from django.db import transaction
 from django.utils import timezone
 
-from console import dispatch
 from console.audit import Actor
 from console.locks import try_lock
-from fleet.agents import agent_for
 from fleet.allocations import allocation_activate, allocation_release
 from fleet.cluster import get_cluster
 from fleet.models import Gpu
@@ -107,9 +106,9 @@ def _partitioning(lease: Lease, actor: Actor) -> None:
     )
     with transaction.atomic():
         _record_predicted_boot(lease, len(gpus))
+        # The node watcher follows the VM's boot from here (fleet.holders.follow_boots).
         LEASE_MACHINE.transition(lease, L.BOOTING, actor=actor, fields={"pod_name": created.name or pod},
                                  message=f"pod {created.name or pod} on {server.k8s_node_name}")
-        dispatch.on_commit("lease_follow_boot", lease.pk)
 
 
 def _record_predicted_boot(lease: Lease, gpus: int) -> None:
@@ -126,22 +125,6 @@ def _record_predicted_boot(lease: Lease, gpus: int) -> None:
             defaults={"seq": seq, "predicted_seconds": seconds, "started_at": None, "ended_at": None,
                       "duration_s": None},
         )
-
-
-def lease_follow_boot(*, lease_id: int, actor: Actor) -> str:
-    """Record the VM's boot phases from the agent's stream; `running` when the VM is up.
-
-    One follower per lease: the reconciler re-enqueues long boots, and a second copy just returns."""
-    with try_lock(f"lease-{lease_id}-boot") as held:
-        lease = _lease(lease_id)
-        if not held or lease.state != L.BOOTING:
-            return lease.state
-        vm_id = kube_constants.vm_id_for_pod(lease.tenant.namespace, lease.pod_name)
-        for event in agent_for(lease.server).watch_boot(vm_id):
-            if lease_record_boot_event(lease=lease, event=event, actor=actor):
-                break
-        lease.refresh_from_db()
-        return lease.state
 
 
 def lease_record_boot_event(*, lease: Lease, event: BootPhaseEvent, actor: Actor) -> bool:
@@ -177,7 +160,7 @@ def lease_record_boot_event(*, lease: Lease, event: BootPhaseEvent, actor: Actor
 
 
 def _booting(lease: Lease, actor: Actor) -> None:
-    """Nothing to push here: the boot follower (or the reconciler) moves the lease on."""
+    """Nothing to push here: the node watcher moves the lease on when the VM's boot ends."""
 
 
 def _running(lease: Lease, actor: Actor) -> None:

@@ -76,8 +76,9 @@ def _stuck_leases(stats: Counter, stuck_after: timedelta) -> None:
     stale = Q()
     for state in LEASE_HOLDS_GPUS:
         stale |= Q(state=state, **{f"{state}_at__lt": cutoff})
-    for lease_id, state in Lease.objects.filter(stale).exclude(state=L.RUNNING).values_list("pk", "state"):
-        dispatch.enqueue("lease_follow_boot" if state == L.BOOTING else "lease_advance", lease_id)
+    # Booting and running leases wait on the outside (the node watcher follows boots; pods end).
+    for lease_id in Lease.objects.filter(stale).exclude(state__in=[L.BOOTING, L.RUNNING]).values_list("pk", flat=True):
+        dispatch.enqueue("lease_advance", lease_id)
         stats["leases_resumed"] += 1
 
 

@@ -27,6 +27,7 @@ from fleet.placement_live import live_index
 from fleet.snapshot import NoFit, Request
 from hardware.exceptions import InvalidArgument
 from hardware.oci import parse_image_reference
+from tenants.constants import LEASE_HOLDER
 from tenants.models import Lease, Tenant
 from tenants.states import (
     LEASE_HOLDS_GPUS,
@@ -38,7 +39,6 @@ from tenants.states import (
     LeaseState,
     TenantState,
 )
-from tenants.subscriptions import LEASE_HOLDER
 from tenants.validators import validate_gpu_count, validate_tenant_name
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
 """Crashes with real processes, as an operator would cause them: the simulated fleet (agents and the
-Kubernetes API) in its own process, a Celery worker, Celery beat running both reconcilers, all on
-PostgreSQL and Redis. The worker is SIGKILLed while leases boot, and again while they are cleaned;
-a fresh worker takes over. Afterwards every lease is running or cleanly finished, no VM runs
-without a lease, no GPU is quarantined because of the crash, and the tenant's next lease runs.
+Kubernetes API) in its own process, a Celery worker, Celery beat running both reconcilers, the node
+watcher following boots and health, all on PostgreSQL and Redis. The worker is SIGKILLed while
+leases boot, and again while they are cleaned; a fresh worker takes over. Afterwards every lease is
+running or cleanly finished, no VM runs without a lease, no GPU is quarantined because of the
+crash, and the tenant's next lease runs.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class Processes:
         self.start(name, PYTHON, "-m", "celery", "-A", "console", "worker", "--pool", "threads",
                    "--concurrency", "8", "--loglevel", "INFO", "--without-heartbeat", "--without-mingle",
                    "--without-gossip", "-n", f"{name}@%h")
+
+    def nodewatch(self) -> None:
+        self.start("nodewatch", PYTHON, "manage.py", "nodewatch", "--rescan", "0.5")
 
     def beat(self) -> None:
         self.start("beat", PYTHON, "-m", "celery", "-A", "console", "beat", "--loglevel", "INFO")
@@ -148,6 +152,7 @@ def test_worker_killed_while_leases_boot_and_again_while_they_clean(processes):
     _wait(lambda: Server.objects.count() == 2, "the fleet to register", processes, 60)
     processes.worker()
     processes.beat()
+    processes.nodewatch()
     for gpus in (2, 1, 4):
         processes.cli("lease", "request", "--tenant", "acme", "--gpus", str(gpus))
     _wait(lambda: LeaseState.BOOTING in _states(), "a lease to boot", processes)

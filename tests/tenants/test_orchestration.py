@@ -19,6 +19,7 @@ from tenants import services
 from tenants.models import BootPhase, Lease
 from tenants.reconciler import reconcile_leases
 from tenants.states import LeaseState, TenantState
+from tests.support.boots import follow_boots_now
 
 pytestmark = pytest.mark.slow
 IMAGE = "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0-ubi8"
@@ -143,7 +144,7 @@ def test_running_a_task_twice_changes_nothing(sim, tasks):
     events = AuditEvent.objects.count()
     for _ in range(2):
         dispatch.task("lease_advance").apply(args=(lease.pk,), throw=True)
-        dispatch.task("lease_follow_boot").apply(args=(lease.pk,), throw=True)
+        assert follow_boots_now() == 0  # a running lease's boot is over: nobody follows it
     assert AuditEvent.objects.count() == events
     services.lease_release(lease=lease, actor=ACTOR)
     tasks.run()
@@ -238,19 +239,27 @@ def test_drain_cordons_the_node_keeps_the_running_lease_then_drains(sim, tasks):
     assert not _unschedulable(server.k8s_node_name)
 
 
-def test_a_second_boot_follower_leaves_the_boot_to_the_first(sim, tasks):
-    from tenants.orchestration import lease_follow_boot
-    from tests.tenants.conftest import lock_held_elsewhere
-
+def test_a_replayed_boot_stream_records_each_phase_once(sim, tasks):
+    """A re-opened WatchBoot replays the phases already passed (the node watcher re-opens dropped
+    streams): each is recorded once, with its first times."""
     services.lease_request(tenant_name="acme", image=IMAGE, gpu_count=1, actor=ACTOR)
-    tasks.run(skip=("lease_follow_boot",))
+    tasks.run(boots=False)
     lease = Lease.objects.get()
     assert lease.state == LeaseState.BOOTING
-    with lock_held_elsewhere(f"lease-{lease.pk}-boot"):
-        assert lease_follow_boot(lease_id=lease.pk, actor=ACTOR) == LeaseState.BOOTING
-        assert not BootPhase.objects.filter(lease=lease, ended_at__isnull=False).exists()
-    assert lease_follow_boot(lease_id=lease.pk, actor=ACTOR) == LeaseState.RUNNING
+    vm_id = f"{lease.tenant.namespace}.{lease.pod_name}"
+    events = list(agent_for(lease.server).watch_boot(vm_id))
+    from tenants.orchestration import lease_record_boot_event
 
+    for event in events[:3]:
+        lease_record_boot_event(lease=lease, event=event, actor=ACTOR)
+    first = {p.phase: (p.started_at, p.ended_at) for p in BootPhase.objects.filter(lease=lease) if p.started_at}
+    for event in events:  # the stream again, from the start
+        lease_record_boot_event(lease=lease, event=event, actor=ACTOR)
+    lease.refresh_from_db()
+    assert lease.state == LeaseState.RUNNING
+    phases = BootPhase.objects.filter(lease=lease)
+    assert len({p.phase for p in phases}) == phases.count()
+    assert all((p.started_at, p.ended_at) == first[p.phase] for p in phases if p.phase in first)
 
 def _release_in_simulated_seconds(sim, tasks, n: int) -> float:
     """Simulated seconds from a running n-GPU lease's release to `released`, its GPUs cleaned by a
@@ -350,7 +359,7 @@ def test_boot_phases_carry_console_times_and_a_phase_that_never_ran_has_no_start
     from tenants.orchestration import lease_record_boot_event
 
     services.lease_request(tenant_name="acme", image=IMAGE, gpu_count=1, actor=ACTOR)
-    tasks.run(skip=("lease_follow_boot",))
+    tasks.run(boots=False)
     lease = Lease.objects.get()
     phases = list(BootPhase.objects.filter(lease=lease).order_by("seq"))
     assert phases and all(p.started_at is None and p.predicted_seconds for p in phases)  # predicted only
