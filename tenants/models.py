@@ -64,6 +64,9 @@ class Lease(models.Model):
     )
     pending_reason = models.TextField(blank=True, help_text="Why it is still waiting (no fit, tenancy)")
     release_requested = models.BooleanField(default=False)
+    correlation_id = models.CharField(
+        max_length=64, blank=True, help_text="The request's correlation id: work done outside it (the node "
+                                             "watcher) is audited under it too")
     attempts = models.PositiveSmallIntegerField(default=0)
     workload_seconds = models.PositiveIntegerField(
         null=True, blank=True, help_text="Simulated fleet only: how long the container runs"

@@ -16,7 +16,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from console import dispatch
+from console import correlation, dispatch
 from console.audit import Actor, audit_batch, audit_record
 from console.db import insert_many
 from console.errors import Conflict
@@ -169,7 +169,8 @@ def _lease_record(
     if tenant.state == T.DELETING:
         raise Conflict(f"tenant {tenant.name} is being deleted")
     # Every field was checked by _validate_request; the rest are defaults (no full_clean on this path).
-    lease = Lease(tenant=tenant, image=image, gpu_count=gpu_count, workload_seconds=workload_seconds)
+    lease = Lease(tenant=tenant, image=image, gpu_count=gpu_count, workload_seconds=workload_seconds,
+                  correlation_id=actor.correlation_id or correlation.current())
     if tenant.held + gpu_count > tenant.gpu_quota:
         raise QuotaExceeded(
             f"tenant {tenant.name} holds or waits for {tenant.held} GPUs; {gpu_count} more exceeds its quota "

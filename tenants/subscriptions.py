@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from console import dispatch
+from console import correlation, dispatch
 from console.audit import Actor
 from console.models import Source
 from fleet.holders import AllocationChange
@@ -42,4 +42,5 @@ def record_boot_event(allocation_id: int, event: BootPhaseEvent) -> bool:
     lease = lease_detail(lease_id)
     if lease.state != LeaseState.BOOTING:
         return True
-    return lease_record_boot_event(lease=lease, event=event, actor=BOOT_ACTOR)
+    with correlation.bound(lease.correlation_id):  # the watcher's work is part of the lease's request
+        return lease_record_boot_event(lease=lease, event=event, actor=BOOT_ACTOR)
