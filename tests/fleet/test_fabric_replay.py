@@ -12,7 +12,6 @@ import logging
 import time
 
 import pytest
-from django.db import OperationalError
 
 from console.audit import Actor
 from console.models import AuditEvent
@@ -26,6 +25,7 @@ from simulator.fabric_manager import RESTART_WINDOW_S, FmState
 from simulator.fleet import SimFleet
 from tests.support.boots import running_node_watch
 from tests.support.simfleet import register
+from tests.support.waiting import wait_for
 
 ACTOR = Actor.system("fabric-replay-test", source="agent")
 ACTIVE = {1, 5}  # GPUs 1-4 and {5,7}: disjoint
@@ -52,19 +52,6 @@ def served(transactional_db, settings, tasks):
         fleet.stop()
 
 
-def _wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except OperationalError:  # SQLite: the watcher's thread is writing
-            pass
-        time.sleep(0.005)
-    return None
-
-
 def _db_active(server) -> set[int]:
     return set(Partition.objects.filter(server=server, state=PartitionState.ACTIVE)
                .values_list("partition_id", flat=True))
@@ -73,10 +60,10 @@ def _db_active(server) -> set[int]:
 def test_the_watcher_replays_a_restart_within_the_window(served, caplog):
     host, server = served
     with running_node_watch(actor=ACTOR, rescan_s=0.1, backoff_s=0.05) as watch:
-        assert _wait_for(lambda: watch.health and watch.health.connected >= 1)  # subscribed
+        assert wait_for(lambda: watch.health and watch.health.connected >= 1)  # subscribed
         sim_start, real_start = host.clock.seconds(), time.monotonic()
         agent_for(server).sim_admin().restart_fabric_manager()
-        event = _wait_for(lambda: AuditEvent.objects.filter(verb=REPLAYED).first())
+        event = wait_for(lambda: AuditEvent.objects.filter(verb=REPLAYED).first())
         real_s, sim_s = time.monotonic() - real_start, host.clock.seconds() - sim_start
     assert event is not None, "no replay"
     print(f"restart -> replay audited: {real_s:.3f} s real, {sim_s:.1f} simulated s")  # the docstring's figure

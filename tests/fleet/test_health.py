@@ -7,11 +7,9 @@ tests run the long-running consumer's threads against the same simulated fleet.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 import pytest
-from django.db import OperationalError
 
 from console.audit import Actor
 from console.models import AuditEvent, Operation
@@ -28,7 +26,6 @@ ACTOR = Actor.system("health-test", source="agent")
 TENANT_ACTOR = Actor.system("tenant-api", source="api")
 IMAGE = "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0-ubi8"
 SENTINEL_MODULE, SENTINEL_C = 8, 31.25  # a temperature event that marks "everything before me arrived"
-POLL_S = 5.0
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -88,20 +85,6 @@ def _gpu(server: Server, module_id: int) -> Gpu:
 def _verbs(gpu: Gpu) -> list[str]:
     return list(AuditEvent.objects.filter(target_type="fleet.gpu", target_id=str(gpu.pk))
                 .order_by("id").values_list("verb", flat=True))
-
-
-def _wait_for(predicate, timeout: float = POLL_S) -> bool:
-    """Poll `predicate` up to `timeout` s (SQLite's shared in-memory test database may report a
-    table locked while the watcher thread writes: poll again)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except OperationalError:
-            pass
-        time.sleep(0.05)
-    return False
 
 
 # ----------------------------------------------------------------------------- the Xid table

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from django.db import OperationalError
 
 from console.audit import Actor
 from fleet.agents import agent_for, forget_agents
@@ -17,6 +16,7 @@ from tenants.models import BootPhase, Lease
 from tenants.states import LeaseState
 from tests.support.boots import running_node_watch
 from tests.support.simfleet import register, sim_fleet_with_cluster
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 ACTOR = Actor.system("node-watch-test", source="api")
@@ -29,19 +29,6 @@ def own_fleet(transactional_db, settings, tasks):
         yield fleet
 
 
-def _wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except OperationalError:  # SQLite: the watcher's thread is writing
-            pass
-        time.sleep(0.02)
-    return None
-
-
 def _gpu(server: Server, module_id: int) -> Gpu:
     return Gpu.objects.get(server=server, module_id=module_id)
 
@@ -50,17 +37,17 @@ def test_health_of_every_server_including_new_ones(own_fleet, tasks):
     first, second = own_fleet.endpoints
     [server] = register(own_fleet, actor=ACTOR, names={first})
     with running_node_watch(rescan_s=0.1) as watch:
-        assert _wait_for(lambda: watch.health and watch.health.connected == 1)
+        assert wait_for(lambda: watch.health and watch.health.connected == 1)
         agent_for(server).sim_admin().inject_xid(3, 48)
-        assert _wait_for(lambda: _gpu(server, 3).state == GpuState.SCRUBBING)  # reset on its way to drained
+        assert wait_for(lambda: _gpu(server, 3).state == GpuState.SCRUBBING)  # reset on its way to drained
         assert _gpu(server, 3).last_xid == 48
 
         [later] = register(own_fleet, actor=ACTOR, names={second})
-        assert _wait_for(lambda: watch.health.connected == 2)
+        assert wait_for(lambda: watch.health.connected == 2)
         assert len({key.endpoint for key in watch.health.keys}) >= 1
         agent_for(later).sim_admin().inject_xid(2, 79)
-        assert _wait_for(lambda: _gpu(later, 2).state == GpuState.OFFLINE)
-        assert _wait_for(lambda: Server.objects.get(pk=later.pk).state == ServerState.DRAINED)
+        assert wait_for(lambda: _gpu(later, 2).state == GpuState.OFFLINE)
+        assert wait_for(lambda: Server.objects.get(pk=later.pk).state == ServerState.DRAINED)
     assert watch.health.keys == []  # stopped: every stream closed
 
 
@@ -70,8 +57,8 @@ def test_a_lease_boots_to_running_through_the_watcher_not_a_task(own_fleet, task
         lease = services.lease_request(tenant_name="acme", image=IMAGE, gpu_count=2, actor=ACTOR)
         tasks.run(boots=False)  # the worker's part: partition, GpuLease, pod; nothing follows the boot
         assert "lease_follow_boot" not in [name for name, _ in tasks.ran]
-        assert _wait_for(lambda: Lease.objects.get(pk=lease.pk).state == LeaseState.RUNNING, timeout=20)
-        assert _wait_for(lambda: watch.boots.keys == [])  # the boot is over: its stream is gone
+        assert wait_for(lambda: Lease.objects.get(pk=lease.pk).state == LeaseState.RUNNING, timeout=20)
+        assert wait_for(lambda: watch.boots.keys == [])  # the boot is over: its stream is gone
     lease.refresh_from_db()
     phases = list(BootPhase.objects.filter(lease=lease).order_by("seq"))
     assert phases and all(lease.booting_at <= p.started_at <= p.ended_at <= lease.running_at for p in phases)
@@ -86,7 +73,7 @@ def test_an_unreachable_agent_is_retried_and_the_watch_stops_promptly(transactio
     server.full_clean()
     server.save()
     with running_node_watch(rescan_s=0.1, backoff_s=0.05) as watch:
-        assert _wait_for(lambda: watch.health and sum(s.failures for s in watch.health.stats.values()) >= 2)
+        assert wait_for(lambda: watch.health and sum(s.failures for s in watch.health.stats.values()) >= 2)
         started = time.monotonic()
     assert time.monotonic() - started < 5.0
 
@@ -107,7 +94,7 @@ def test_nodewatch_command_runs_until_sigterm(own_fleet, capsys):
             admin = agent_for(server).sim_admin()
             for _ in range(30):  # re-inject until recorded: the command may not have subscribed yet
                 admin.inject_thermal(5, 44.0)
-                if _wait_for(lambda: _gpu(server, 5).temperature_c == 44.0, timeout=0.3):
+                if wait_for(lambda: _gpu(server, 5).temperature_c == 44.0, timeout=0.3):
                     delivered.set()
                     break
         finally:
