@@ -78,8 +78,9 @@ class NodeWatch:
         self._boots_over: set[BootKey] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        identity = tls_identity()
-        streams = AsyncAgentStreams(credentials=identity, insecure=identity is None)
+        streams = await self._streams(stop)
+        if streams is None:
+            return
         self.health = StreamSupervisor(sync_to_async(self._record_health), backoff_s=self.backoff_s, name="health")
         self.boots = StreamSupervisor(sync_to_async(self._record_boot), backoff_s=self.backoff_s,
                                       restart_on_end=False, name="boot")
@@ -93,12 +94,24 @@ class NodeWatch:
                         key: partial(streams.watch_boot, key.endpoint, key.hostname, key.vm_id) for key in boots})
                 except Exception:  # the database being away must not end the process; try again later
                     log.exception("node watch: could not read what to follow")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.rescan_s)
+                await _wait(stop, self.rescan_s)
         finally:
             await self.health.stop()
             await self.boots.stop()
             await streams.close()
+
+    async def _streams(self, stop: asyncio.Event) -> AsyncAgentStreams | None:
+        """The agents' client, once the console's TLS material exists (`make run` starts the fleet,
+        which makes the development CA, beside this process); None if stopped first."""
+        while not stop.is_set():
+            try:
+                identity = tls_identity()
+            except FileNotFoundError as exc:
+                log.warning("node watch: waiting for the agents' TLS material (%s)", exc)
+                await _wait(stop, self.rescan_s)
+                continue
+            return AsyncAgentStreams(credentials=identity, insecure=identity is None)
+        return None
 
     # -- in the database thread ------------------------------------------------------------
     def _desired(self) -> tuple[list[HealthKey], list[BootKey]]:
@@ -146,6 +159,11 @@ class NodeWatch:
                     raise
                 time.sleep(self.backoff_s * 2**attempt)
         return None
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def run_node_watch(stop: threading.Event, *, watch: NodeWatch | None = None, **options) -> NodeWatch:

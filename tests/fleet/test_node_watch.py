@@ -109,3 +109,20 @@ def test_nodewatch_command_runs_until_sigterm(own_fleet, capsys):
     assert delivered.is_set()
     assert signal.getsignal(signal.SIGTERM) is previous
     assert "node watch stopped" in capsys.readouterr().out
+
+
+def test_the_watch_waits_for_the_agents_tls_material_then_starts(transactional_db, settings, tmp_path):
+    """`make run` starts the fleet (which makes the development CA) beside the watcher: no crash."""
+    from fleet.agents import tls_identity
+
+    settings.AGENT_INSECURE = False
+    settings.AGENT_TLS_DIR = str(tmp_path / "pki")  # nothing there yet
+    tls_identity.cache_clear()
+    try:
+        with running_node_watch(rescan_s=0.05) as watch:
+            time.sleep(0.3)
+            assert watch.health is None  # still waiting, alive
+            settings.AGENT_INSECURE = True  # the material is there (here: none is needed any more)
+            assert wait_for(lambda: watch.health is not None)
+    finally:
+        tls_identity.cache_clear()
