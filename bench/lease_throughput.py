@@ -199,28 +199,39 @@ def double_allocations() -> int:
 def baseline_round(clients: int, transactions: int) -> float:
     """One-row INSERT transactions per second on the same database, `clients` threads spread over
     PROCESSES forked processes as the lease rounds are: what this machine's database does today."""
-    import multiprocessing as mp
-
-    from django.db import connection, connections
+    from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute("CREATE TABLE IF NOT EXISTS bench_baseline (id bigserial PRIMARY KEY, v integer)")
+    elapsed = max(_forked(clients, lambda n, first, shared: (_baseline_process, (n, transactions, *shared))))
+    return transactions / elapsed if elapsed else 0.0
+
+
+def _forked(clients: int, target_for) -> list:
+    """Run `clients` client threads in up to PROCESSES forked processes, released together; returns
+    what each process put on the results queue. `target_for(threads, first, shared)` gives a
+    process's (function, args); `shared` is (next work index, start barrier, results queue)."""
+    import multiprocessing as mp
+
+    from django.db import connections
+
     processes = max(1, min(clients, PROCESSES))
     threads_per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
     ctx = mp.get_context("fork")
-    next_index = ctx.Value("i", 0)
-    barrier = ctx.Barrier(processes + 1)
-    results = ctx.Queue()
-    connections.close_all()
-    procs = [ctx.Process(target=_baseline_process, args=(n, transactions, next_index, barrier, results))
-             for n in threads_per]
+    shared = (ctx.Value("i", 0), ctx.Barrier(processes + 1), ctx.Queue())
+    connections.close_all()  # children open their own; a forked socket must not be shared
+    procs, first = [], 0
+    for n in threads_per:
+        target, args = target_for(n, first, shared)
+        procs.append(ctx.Process(target=target, args=args))
+        first += n
     for proc in procs:
         proc.start()
-    barrier.wait()
-    elapsed = max(results.get() for _ in procs)
+    shared[1].wait()
+    results = [shared[2].get() for _ in procs]
     for proc in procs:
         proc.join()
-    return transactions / elapsed if elapsed else 0.0
+    return results
 
 
 def _baseline_process(threads: int, transactions: int, next_index, barrier, results) -> None:
@@ -271,30 +282,10 @@ def run_round(clients: int, requests: int, tenants: list[str], rnd: random.Rando
     """`requests` lease_request calls shared by `clients` concurrent clients, spread over up to
     PROCESSES forked worker processes (threads within each), as a web tier runs several workers;
     returns timing and outcome."""
-    import multiprocessing as mp
-
-    from django.db import connections
-
     work = _sizes(requests, rnd)
     processes = max(1, min(clients, PROCESSES))
-    threads_per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
-    ctx = mp.get_context("fork")
-    next_index = ctx.Value("i", 0)
-    barrier = ctx.Barrier(processes + 1)
-    results = ctx.Queue()
-    connections.close_all()  # children open their own; a forked socket must not be shared
-    first = 0
-    procs = []
-    for n in threads_per:
-        names = tenants[first:first + n]
-        first += n
-        procs.append(ctx.Process(target=_client_process, args=(names, work, next_index, barrier, results)))
-    for proc in procs:
-        proc.start()
-    barrier.wait()
-    outcomes = [results.get() for _ in procs]
-    for proc in procs:
-        proc.join()
+    outcomes = _forked(clients, lambda n, first, shared: (
+        _client_process, (tenants[first:first + n], work, *shared)))
     errors = [o["error"] for o in outcomes if o["error"]]
     if errors:
         raise RuntimeError(f"a client failed: {errors[0]}")

@@ -10,11 +10,21 @@ on one multiplexed loopback port. Prints readable figures, then as the last line
   through every server of the 1,000-server fleet.
 * `health_events_per_s`: health events per second one fleet-wide WatchHealth subscriber receives
   while the seeded fault process fires as fast as it can across the 1,000-server fleet.
+* `watcher_streams_1000`: streams one watcher process (another child: `AsyncAgentStreams` on one
+  grpc.aio channel + `StreamSupervisor`, as the console's node watcher) holds open against the
+  1,000-server fleet: a WatchHealth per server plus a WatchBoot for each of `BOOT_VMS` booting
+  8-GPU VMs; `watcher_ready_s` how long opening them all took, `watcher_rss_mib` its memory.
+* `inventory_p99_ms_while_watching_1000` (and `_p50_`): GetInventory from this process while those
+  streams are held; `inventory_p99_ms_without_watching` the same calls just before the watcher
+  started, for comparison (the VMs already booting).
+* `watcher_health_events_per_s`: health events per second the watcher's 1,000 per-server streams
+  deliver to its callbacks while the fault process fires `WATCH_FAULTS_PER_S` across the fleet.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import subprocess
@@ -26,15 +36,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hardware.agent_aio import AsyncAgentStreams
 from hardware.agent_client import AgentClient
+from hardware.stream_supervisor import StreamSupervisor
 from hardware.tls import TlsIdentity, issue_cert, make_dev_ca
+
+BOOT_VMS = 200  # 8-GPU VMs booting (about 29 real seconds each at 60x) while the watcher holds its streams
+WATCH_FAULTS_PER_S = 500
+
+
+def _status(field: str, pid: str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return float("nan")
 
 
 def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return _status("VmRSS") / 1024
 
 
 def child(servers: int, tls_dir: Path) -> int:
@@ -53,6 +72,15 @@ def child(servers: int, tls_dir: Path) -> int:
         if faults:
             faults.stop()
             faults = None
+        if command == "vms":
+            # One 8-GPU VM on each of the first N hosts; WatchBoot follows it for ~29 real seconds.
+            vms = {}
+            for name in list(fleet.hosts)[: int(value)]:
+                host = fleet.hosts[name]
+                host.start_vm(f"vm-{name}", f"pod-{name}", sorted(host.gpus), guest_ram_gib=64)
+                vms[f"vm-{name}"] = name
+            print(json.dumps(vms), flush=True)
+            continue
         if command == "faults":
             # Faults per real second → faults per GPU per simulated hour on this clock.
             per_gpu_hour = float(value) * 3600 / (gpus * fleet.clock.acceleration)
@@ -134,6 +162,142 @@ def health_rate(address: str, console: TlsIdentity, child: Child, offered: float
     return received / elapsed
 
 
+def watcher(address: str, tls_dir: Path) -> int:
+    """The node watcher's hardware side in its own process: stdin gets the hosts and VMs (one JSON
+    line), then `report` (print the counters) or `stop`."""
+    console = TlsIdentity.from_dir(tls_dir, "console")
+    job = json.loads(sys.stdin.readline())
+    return asyncio.run(_watch(address, console, job["hosts"], job["vms"]))
+
+
+async def _watch(address: str, console: TlsIdentity, hosts: list[str], vms: dict[str, str]) -> int:
+    counts = {"health": 0, "boot": 0}
+
+    def count(kind: str):
+        def record(key, item) -> None:
+            counts[kind] += 1
+
+        return record
+
+    loop = asyncio.get_running_loop()
+    t0 = time.perf_counter()
+    async with AsyncAgentStreams(credentials=console) as streams:
+        health = StreamSupervisor(count("health"), name="health")
+        boot = StreamSupervisor(count("boot"), name="boot", restart_on_end=False)
+        await health.set_desired({h: (lambda h=h: streams.watch_health(address, h)) for h in hosts})
+        await boot.set_desired({vm: (lambda h=h, vm=vm: streams.watch_boot(address, h, vm)) for vm, h in vms.items()})
+        while health.connected < len(hosts) or boot.connected + _finished(boot) < len(vms):
+            await asyncio.sleep(0.05)
+            if time.perf_counter() - t0 > 120:
+                break
+        ready_s = time.perf_counter() - t0
+
+        def report() -> dict:
+            return {
+                "ready_s": round(ready_s, 2),
+                "health_connected": health.connected,
+                "boot_connected": boot.connected,
+                "boot_finished": _finished(boot),
+                "channels": len(streams.endpoints),
+                "failures": sum(st.failures for sup in (health, boot) for st in sup.stats.values()),
+                "health_events": counts["health"],
+                "boot_events": counts["boot"],
+                "rss_mib": round(_rss_mib(), 1),
+                "threads": int(_status("Threads")),
+            }
+
+        print(json.dumps(report()), flush=True)
+        while True:
+            line = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+            if line != "report":
+                break
+            print(json.dumps(report()), flush=True)
+        await health.stop()
+        await boot.stop()
+    return 0
+
+
+def _finished(sup: StreamSupervisor) -> int:
+    return sum(st.finished for st in sup.stats.values())
+
+
+class Watcher:
+    def __init__(self, address: str, tls_dir: Path, hosts: list[str], vms: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--watcher", address, "--tls-dir", str(tls_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.proc.stdin.write(json.dumps({"hosts": hosts, "vms": vms}) + "\n")
+        self.proc.stdin.flush()
+        self.info = json.loads(self.proc.stdout.readline())
+
+    def report(self) -> dict:
+        self.proc.stdin.write("report\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def watching(big: Child, tls_dir: Path, console: TlsIdentity, calls: int, window_s: float) -> dict:
+    """GetInventory latency without and with a watcher holding every server's streams."""
+    address, hosts = big.info["address"], big.info["hosts"]
+    vms = json.loads(big.send(f"vms {BOOT_VMS}"))
+    before = inventory_latency(address, hosts, console, calls)
+    w = Watcher(address, tls_dir, hosts, vms)
+    try:
+        held = w.info["health_connected"] + w.info["boot_connected"]
+        print(
+            f"watcher: {w.info['health_connected']:,} health + {w.info['boot_connected']} boot streams open in"
+            f" {w.info['ready_s']:.1f} s on {w.info['channels']} channel, one process"
+            f" ({w.info['rss_mib']:.0f} MiB RSS, {w.info['threads']} threads); fleet"
+            f" {_rss_mib_of(big):.0f} MiB RSS, {int(_status('Threads', str(big.proc.pid)))} threads"
+        )
+        during = inventory_latency(address, hosts, console, calls)
+        after = w.report()
+        start = after["health_events"]
+        big.send(f"faults {WATCH_FAULTS_PER_S}")
+        time.sleep(window_s)
+        events = w.report()["health_events"] - start
+        big.send("stop")
+    finally:
+        w.close()
+    result = {
+        "watcher_streams_1000": held,
+        "watcher_streams_still_open": after["health_connected"] + after["boot_connected"],
+        "watcher_boot_streams": w.info["boot_connected"],
+        "watcher_boot_events": after["boot_events"],
+        "watcher_failures": after["failures"],
+        "watcher_ready_s": w.info["ready_s"],
+        "watcher_rss_mib": w.info["rss_mib"],
+        "inventory_p99_ms_without_watching": round(pct(before, 0.99), 3),
+        "inventory_p50_ms_while_watching_1000": round(statistics.median(during), 3),
+        "inventory_p99_ms_while_watching_1000": round(pct(during, 0.99), 3),
+        "watcher_health_events_per_s": round(events / window_s, 1),
+    }
+    print(
+        f"GetInventory, {calls} calls, without the watcher: p50 {statistics.median(before):.2f} ms,"
+        f" p99 {result['inventory_p99_ms_without_watching']:.2f} ms; while it holds {held:,} streams:"
+        f" p50 {result['inventory_p50_ms_while_watching_1000']:.2f} ms,"
+        f" p99 {result['inventory_p99_ms_while_watching_1000']:.2f} ms"
+    )
+    print(
+        f"streams still open after the calls: {result['watcher_streams_still_open']:,} (boot phases received:"
+        f" {after['boot_events']:,}, stream failures: {after['failures']}); health events through the 1,000"
+        f" per-server streams: {result['watcher_health_events_per_s']:,.0f}/s with {WATCH_FAULTS_PER_S}"
+        " faults/s fired"
+    )
+    return result
+
+
+def _rss_mib_of(child: Child) -> float:
+    return _status("VmRSS", str(child.proc.pid)) / 1024
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -142,11 +306,14 @@ def pct(samples: list[float], q: float) -> float:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--child", type=int)
+    p.add_argument("--watcher", help="(internal) run the watcher process against this address")
     p.add_argument("--tls-dir", type=Path)
     p.add_argument("--quick", action="store_true", help="fewer calls and a shorter health window")
     args = p.parse_args()
     if args.child:
         return child(args.child, args.tls_dir)
+    if args.watcher:
+        return watcher(args.watcher, args.tls_dir)
 
     with tempfile.TemporaryDirectory() as tmp:
         tls_dir = Path(tmp)
@@ -178,6 +345,12 @@ def main() -> int:
                     break
         finally:
             big.close()
+        # A fresh fleet for the watcher (the fault storm above took GPUs off the bus).
+        fresh = Child(1000, tls_dir)
+        try:
+            watched = watching(fresh, tls_dir, console, calls, 1.5 if args.quick else 3.0)
+        finally:
+            fresh.close()
 
     result = {
         "rss_mib_100": round(rss_100, 1),
@@ -185,6 +358,7 @@ def main() -> int:
         "inventory_p50_ms": round(p50, 3),
         "inventory_p99_ms": round(p99, 3),
         "health_events_per_s": round(rate, 1),
+        **watched,
     }
     print(json.dumps(result))
     return 0

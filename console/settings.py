@@ -150,7 +150,7 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 CELERY_TIMEZONE = TIME_ZONE
 
 # The simulated fleet is on unless switched off. Its cluster is served over the Kubernetes API by the
@@ -231,6 +231,8 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 # The reconciler runs as a periodic singleton (console.locks keeps a second copy from running).
 RECONCILE_EVERY_S = env.float("RECONCILE_EVERY_S", default=15.0)
+# How long a lease, allocation or GPU may sit in a step before a reconciler resumes it (a lost task).
+RECONCILE_STUCK_AFTER_S = env.float("RECONCILE_STUCK_AFTER_S", default=30.0)
 # How stale a process's in-memory placement index may grow before it reads the fleet again (other
 # processes' releases; its own are seen at once, and a refusal always reads again first).
 PLACEMENT_INDEX_MAX_AGE_S = env.float("PLACEMENT_INDEX_MAX_AGE_S", default=2.0)

@@ -17,7 +17,8 @@ CONSOLE_IDENTITY = "console"
 
 
 @cache
-def _identity() -> TlsIdentity | None:
+def tls_identity() -> TlsIdentity | None:
+    """The console's mTLS identity for agents (settings), or None when AGENT_INSECURE."""
     if settings.AGENT_INSECURE:
         return None
     return TlsIdentity.from_dir(settings.AGENT_TLS_DIR, CONSOLE_IDENTITY)
@@ -30,7 +31,7 @@ def agent_for(server: Server) -> AgentClient:
     with _lock:
         client = _clients.get(key)
         if client is None:
-            identity = _identity()
+            identity = tls_identity()
             client = AgentClient(
                 server.agent_endpoint,
                 credentials=identity,
@@ -48,4 +49,4 @@ def forget_agents() -> None:
         for client in _clients.values():
             client.close()
         _clients.clear()
-    _identity.cache_clear()
+    tls_identity.cache_clear()

@@ -26,6 +26,7 @@ from console.db import insert_many
 from console.statemachine import Guard
 from fleet import holders
 from fleet.lease_book import lease_book_push
+from fleet.leftovers import gpus_evict_leftovers
 from fleet.models import Allocation, AllocationGpu, Gpu, Server
 from fleet.services import partition_activate, partition_release, server_check_drained
 from fleet.snapshot import SCHEDULABLE_SERVER_STATES
@@ -109,6 +110,8 @@ def allocation_release(*, allocation: Allocation, actor: Actor) -> Allocation:
         _transition(allocation, A.RELEASING, actor=actor, notify=False)
     if allocation.state != A.RELEASING:
         return allocation
+    # The holder's workload is gone; no VM of it may still hold a GPU when the partition goes.
+    gpus_evict_leftovers(gpus=_gpus(allocation).select_related("server"), actor=actor, parent=allocation)
     partition_release(server=allocation.server, partition_id=allocation.partition.partition_id, actor=actor,
                       parent=allocation)
     with transaction.atomic():

@@ -1,6 +1,8 @@
 """The one cleaning path: one task per GPU carries it through scrub, then firmware level, then out.
 
-Released allocations and operators' scrubs, re-levels and quarantine clears all end here
+Before the scrub the agent confirms that no VM still holds the GPU (`fleet.leftovers`: a holder a
+teardown left behind is reported and torn down, never scrubbed around). Released allocations and
+operators' scrubs, re-levels and quarantine clears all end here
 (`fleet.tasks.gpu_clean` → `gpu_clean`), one task per GPU, so an 8-GPU release cleans its GPUs in
 parallel. Each step is its own GPU state (`scrubbing`, then `leveling`); a GPU of an allocation
 stays `leveling` once levelled until every GPU of the allocation is clean, and then they go free
@@ -19,6 +21,7 @@ from console.operations import operation_finish, operation_log
 from fleet import holders
 from fleet.agents import agent_for
 from fleet.allocations import allocation_return_if_clean, allocation_scrubbed, open_allocation_of
+from fleet.leftovers import gpus_evict_leftovers
 from fleet.models import Gpu
 from fleet.states import GPU_MACHINE, GpuState
 from hardware.exceptions import HardwareError
@@ -38,6 +41,7 @@ def gpu_clean(*, gpu_id: int, actor: Actor, operation_id: int | None = None) -> 
     agent = agent_for(gpu.server)
     pinned = gpu.server.platform_spec.pinned_firmware
     if gpu.state == G.SCRUBBING:
+        gpus_evict_leftovers(gpus=[gpu], actor=actor, parent=allocation)  # never scrub under a VM
         failure = _scrub(gpu, agent, operation_id)
         if failure:
             return _quarantine_failed(gpu, actor, failure, operation_id, allocation)

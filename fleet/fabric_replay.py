@@ -3,7 +3,7 @@
 After a restart Fabric Manager (resiliency mode) knows nothing of what was active and refuses every
 partition call until it is told (`SetActivatedPartitions`); after 60 s it exits, and every VM on
 the server loses its NVLink partition. The agent announces the restart on its health stream
-(HealthKind.FABRIC_MANAGER_RESTARTED, module id 0); the health watcher (fleet/health_watch.py)
+(HealthKind.FABRIC_MANAGER_RESTARTED, module id 0); the node watcher (fleet/node_watch.py)
 hands that event here instead of to `gpu_record_health`.
 
 `fabric_manager_replay` reads the server's partitions the database holds as active or activating

@@ -6,15 +6,21 @@ fleet never names who holds an allocation: `Allocation.holder` is opaque (`<kind
 steps) fleet calls the handler with the allocation's id, holder and state. Handlers are cheap and
 level-based: they enqueue a step that reads the allocation, so a lost call is caught up by the
 holder's reconciler. `capacity_freed` listeners hear that GPUs became free (pending work may fit).
+
+Boots: a holder that waits for the VM on its allocation to boot says which allocations it waits on
+(`follow_boots(kind, booting=..., record=...)`); the node watcher (fleet/node_watch.py) follows
+those VMs' boot streams and hands each event to `record`, which returns True once the boot is over.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.db import transaction
+
+from hardware.types import BootPhaseEvent
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,15 @@ _handlers: dict[str, Handler] = {}
 _capacity_listeners: list[Callable[[], None]] = []
 
 
+@dataclass(frozen=True)
+class BootFollower:
+    booting: Callable[[], Iterable[int]]  # ids of the allocations whose VM boot the holder waits on now
+    record: Callable[[int, BootPhaseEvent], bool]  # one event of that boot; True once it is over
+
+
+_boot_followers: dict[str, BootFollower] = {}
+
+
 def holder_for(kind: str, ident: object) -> str:
     return f"{kind}/{ident}"
 
@@ -47,6 +62,24 @@ def holder_for(kind: str, ident: object) -> str:
 def register(kind: str, handler: Handler) -> None:
     """Call `handler(change)` after every committed change of an allocation held by `<kind>/…`."""
     _handlers[kind] = handler
+
+
+def follow_boots(kind: str, *, booting: Callable[[], Iterable[int]],
+                 record: Callable[[int, BootPhaseEvent], bool]) -> None:
+    """The holders of kind `kind` wait on their VMs' boots: `booting()` names the allocations now,
+    `record(allocation_id, event)` takes each boot event."""
+    _boot_followers[kind] = BootFollower(booting, record)
+
+
+def booting_allocations() -> list[int]:
+    """Every allocation whose VM boot a holder waits on now."""
+    return sorted({pk for follower in _boot_followers.values() for pk in follower.booting()})
+
+
+def record_boot_event(*, allocation_id: int, holder: str, event: BootPhaseEvent) -> bool:
+    """Hand one boot event to the allocation's holder; True once the boot is over (or nobody waits)."""
+    follower = _boot_followers.get(holder.partition("/")[0])
+    return True if follower is None else follower.record(allocation_id, event)
 
 
 def on_capacity_freed(listener: Callable[[], None]) -> None:

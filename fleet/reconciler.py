@@ -13,6 +13,7 @@ import logging
 from collections import Counter
 from datetime import timedelta
 
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
@@ -32,17 +33,19 @@ from hardware.exceptions import HardwareError
 log = logging.getLogger(__name__)
 ACTOR = Actor.system("fleet-reconciler", source=Source.RECONCILER)
 A, G, P = AllocationState, GpuState, PartitionState
-STUCK_AFTER = timedelta(seconds=30)
 # Allocations whose partition must be active on the fabric manager.
 PARTITION_NEEDED = (A.ACTIVE, A.FAULTED)
 
 
-def reconcile_fleet(*, stuck_after: timedelta = STUCK_AFTER) -> dict:
-    """One pass over the fleet. Returns counts of what it repaired."""
+def reconcile_fleet(*, stuck_after: timedelta | None = None) -> dict:
+    """One pass over the fleet. Returns counts of what it repaired. `stuck_after`: how long a step
+    may take before it is resumed (default settings.RECONCILE_STUCK_AFTER_S)."""
     with try_lock("fleet-reconciler") as held:
         if not held:
             return {"skipped": 1}
         stats: Counter[str] = Counter()
+        if stuck_after is None:
+            stuck_after = timedelta(seconds=settings.RECONCILE_STUCK_AFTER_S)
         _agents(stats)
         _orphan_gpus(stats)
         _stuck_allocations(stats, stuck_after)

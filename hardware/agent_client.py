@@ -22,7 +22,7 @@ import grpc
 
 from hardware.agent import convert
 from hardware.agent.routing import NODE_METADATA_KEY
-from hardware.agent.status import exception_for
+from hardware.agent.status import exception_for_rpc
 from hardware.proto.gen.gpuconsole.agent.v1 import agent_pb2 as pb
 from hardware.proto.gen.gpuconsole.agent.v1 import agent_pb2_grpc
 from hardware.proto.gen.gpuconsole.simulator.v1 import simadmin_pb2 as simpb
@@ -50,6 +50,21 @@ WATCH_TIMEOUT_S = 3600.0  # long-lived streams: the caller re-subscribes after t
 DEFAULT_RETRIES = 3
 DEFAULT_BACKOFF_S = 0.2
 MAX_BACKOFF_S = 2.0
+
+
+def channel_security(
+    credentials: TlsIdentity | grpc.ChannelCredentials | None,
+    *,
+    insecure: bool = False,
+    server_name: str | None = None,
+) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, str]]]:
+    """Channel credentials (None: plaintext, only with `insecure=True`) and options, for sync and aio channels."""
+    if credentials is None:
+        if not insecure:
+            raise ValueError("mTLS credentials required; pass insecure=True for a plaintext channel")
+        return None, []
+    creds = credentials.channel_credentials() if isinstance(credentials, TlsIdentity) else credentials
+    return creds, [("grpc.ssl_target_name_override", server_name)] if server_name else []
 
 
 class AgentStream(Iterator[T], Generic[T]):
@@ -125,23 +140,19 @@ class _GrpcClient:
         self._owns_channel = channel is None
         if channel is not None:
             self._channel = channel
-        elif credentials is not None:
-            creds = credentials.channel_credentials() if isinstance(credentials, TlsIdentity) else credentials
-            options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-            self._channel = grpc.secure_channel(endpoint, creds, options=options)
-        elif insecure:
-            self._channel = grpc.insecure_channel(endpoint)
         else:
-            raise ValueError("mTLS credentials required; pass insecure=True for a plaintext channel")
+            creds, options = channel_security(credentials, insecure=insecure, server_name=server_name)
+            if creds is not None:
+                self._channel = grpc.secure_channel(endpoint, creds, options=options)
+            else:
+                self._channel = grpc.insecure_channel(endpoint, options=options)
 
     # -- plumbing ----------------------------------------------------------------------
     def _where(self) -> str:
         return f"{self.node}@{self.endpoint}" if self.node else self.endpoint
 
     def _mapped(self, exc: grpc.RpcError) -> Exception:
-        mapped = exception_for(exc.code(), exc.details() or "")
-        mapped.args = (f"{self._where()}: {mapped.args[0] if mapped.args else ''}",)
-        return mapped
+        return exception_for_rpc(exc, self._where())
 
     def _should_retry(self, exc: grpc.RpcError, attempt: int) -> bool:
         return exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries

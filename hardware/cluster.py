@@ -106,6 +106,10 @@ class Cluster(Protocol):
     def get_tenancy(self, name: str) -> TenancyStatus | None:
         """The tenancy, or None if it does not exist."""
 
+    def tenancy_drift(self, name: str) -> tuple[str, ...]:
+        """What of a provisioned tenancy is missing now ("tenancy", "namespace", "network policy");
+        empty when all is there. Read-only: `ensure_tenancy` repairs it."""
+
     def create_lease_pod(self, *, lease_id: str, tenant: str, image: str, node: str,
                          gpu_indexes: Sequence[int], command: Sequence[str] = ()) -> PodStatus:
         """Start a lease's container in a Kata VM on `node` with exactly these GPUs."""

@@ -29,6 +29,13 @@ class FailedPrecondition(HardwareError):
     """The host is not in a state that allows it: partition in use, GPU in a running lease, ..."""
 
 
+class GpuBusy(HardwareError):
+    """Another operation (scrub, reset, firmware flash) on the GPU is still running on the host, e.g.
+    one started for a worker that died: try again once it is done."""
+
+    retryable = True
+
+
 class PartitionInUse(FailedPrecondition):
     """The fabric manager refuses: the partition or one of its GPUs is already in an active partition."""
 

@@ -321,6 +321,27 @@ class KubernetesCluster:
         except ApiException:
             return None
 
+    def tenancy_drift(self, name: str) -> tuple[str, ...]:
+        validate_tenant(name)
+        body = network_policy_body(name)
+        namespace, policy = body["metadata"]["namespace"], body["metadata"]["name"]
+        reads = (
+            ("tenancy", lambda: self._custom_cluster(f"get tenancy {name}", "get", kc.TENANCY_PLURAL, name,
+                                                     expect=(404,))),
+            ("namespace", lambda: self._call(f"get namespace {namespace}", self._core.read_namespace, namespace,
+                                             expect=(404,))),
+            ("network policy", lambda: self._call(
+                f"get network policy {namespace}/{policy}", self._custom.get_namespaced_custom_object,
+                kc.CILIUM_GROUP, kc.CILIUM_VERSION, namespace, kc.CILIUM_POLICY_PLURAL, policy, expect=(404,))),
+        )
+        missing = []
+        for what, read in reads:
+            try:
+                read()
+            except ApiException:  # the expected 404
+                missing.append(what)
+        return tuple(missing)
+
     def _create_or_adopt_tenancy(self, name: str) -> dict[str, Any]:
         try:
             created = self._custom_cluster(f"create tenancy {name}", "create", kc.TENANCY_PLURAL,

@@ -181,6 +181,14 @@ class SimulatedCluster:
         with self._lock:
             return self.tenancies.get(name)
 
+    def tenancy_drift(self, name: str) -> tuple[str, ...]:
+        validate_tenant(name)
+        namespace = kc.tenant_namespace(name)
+        with self._lock:
+            present = {"tenancy": name in self.tenancies, "namespace": namespace in self.namespaces,
+                       "network policy": namespace in self.policies}
+        return tuple(what for what, there in present.items() if not there)
+
     # -- pods -------------------------------------------------------------------------------
     def create_lease_pod(self, *, lease_id: str, tenant: str, image: str, node: str,
                          gpu_indexes: Sequence[int], command: Sequence[str] = ()) -> PodStatus:

@@ -29,6 +29,14 @@ from simulator.faults import FaultProcess
 from simulator.host import SimHost
 
 DEFAULT_PER_PORT_LIMIT = 16
+# The agent's gRPC server is synchronous: every open stream (WatchHealth, WatchBoot, ScrubGpu)
+# holds one of its worker threads until it ends, and a call that finds every worker busy waits in
+# the server's queue. With a fixed pool of 64 a console following 1,000 multiplexed hosts got 64
+# streams and every other call (GetInventory, ...) timed out. So the multiplexed port's pool is
+# sized from the fleet: STREAM_SLOTS_PER_HOST workers per host for streams (a health watch and a
+# boot watch) plus UNARY_WORKERS that streams alone cannot take up.
+UNARY_WORKERS = 64
+STREAM_SLOTS_PER_HOST = 2
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class SimFleet:
         listen_host: str = "127.0.0.1",
         port_base: int = 0,
         fault_rate_per_gpu_hour: float = 0.0,
+        stream_slots_per_host: int = STREAM_SLOTS_PER_HOST,
         **host_options,
     ) -> None:
         if servers < 1:
@@ -74,6 +83,7 @@ class SimFleet:
         self.tls, self.insecure = tls, insecure
         self.per_port_limit, self.listen_host, self.port_base = per_port_limit, listen_host, port_base
         self.multiplexed = servers > per_port_limit
+        self.stream_slots_per_host = stream_slots_per_host
         self.servers: list[AgentServer] = []
         self.endpoints: dict[str, Endpoint] = {}
         self.faults = (
@@ -81,6 +91,11 @@ class SimFleet:
             if fault_rate_per_gpu_hour > 0
             else None
         )
+
+    @property
+    def multiplexed_workers(self) -> int:
+        """Worker threads of the multiplexed port: stream slots for every host plus unary headroom."""
+        return UNARY_WORKERS + self.stream_slots_per_host * len(self.hosts)
 
     def _listen(self, offset: int) -> str:
         return f"{self.listen_host}:{self.port_base + offset if self.port_base else 0}"
@@ -94,7 +109,7 @@ class SimFleet:
                     self._listen(0),
                     tls=self.tls,
                     insecure=self.insecure,
-                    workers=64,
+                    workers=self.multiplexed_workers,
                     extra_servicers=(add_sim_admin(table, self.clock),),
                 )
                 self.servers.append(server)
@@ -136,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port-base", type=int, default=0)
     p.add_argument("--per-port-limit", type=int, default=DEFAULT_PER_PORT_LIMIT)
     p.add_argument("--fault-rate", type=float, default=0.0, help="random faults per GPU per simulated hour")
+    p.add_argument(
+        "--stream-slots-per-host",
+        type=int,
+        default=STREAM_SLOTS_PER_HOST,
+        help="open streams per host the multiplexed port holds besides its unary workers",
+    )
     p.add_argument("--tls-dir", type=Path, help="folder with ca.pem and a server certificate")
     p.add_argument("--tls-name", default="simfleet")
     p.add_argument("--insecure", action="store_true")
@@ -152,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         per_port_limit=args.per_port_limit,
         port_base=args.port_base,
         fault_rate_per_gpu_hour=args.fault_rate,
+        stream_slots_per_host=args.stream_slots_per_host,
     ).start()
     for ep in fleet.endpoints.values():
         print(f"{ep.hostname} {ep.address} {ep.node or '-'}", flush=True)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from hardware.boot_model import estimate_boot
-from hardware.exceptions import FailedPrecondition, InvalidArgument, NotFound
+from hardware.exceptions import FailedPrecondition, GpuBusy, InvalidArgument, NotFound
 from hardware.isolation import GroupMember, group_blockers, isolation_reason
 from hardware.platforms import Platform, get_platform
 from hardware.types import (
@@ -177,7 +177,7 @@ class SimHost:
             raise FailedPrecondition(f"{self.hostname}: cannot {doing} GPU {module_id}: in use by VM {vm}")
         busy = self.gpus[module_id].operation
         if busy:
-            raise FailedPrecondition(f"{self.hostname}: cannot {doing} GPU {module_id}: {busy} in progress")
+            raise GpuBusy(f"{self.hostname}: cannot {doing} GPU {module_id}: {busy} in progress")
 
     def _begin_operation(self, module_id: int, doing: str) -> SimGpu:
         """Check the GPU is present and idle and mark it busy (call with the lock held)."""
@@ -398,7 +398,7 @@ class SimHost:
                 if m in busy:
                     raise FailedPrecondition(f"{self.hostname}: GPU {m} in use by VM {busy[m]}")
                 if gpu.operation:
-                    raise FailedPrecondition(f"{self.hostname}: GPU {m}: {gpu.operation} in progress")
+                    raise GpuBusy(f"{self.hostname}: GPU {m}: {gpu.operation} in progress")
                 if gpu.pci.driver != PASSTHROUGH_DRIVER:
                     raise FailedPrecondition(f"{self.hostname}: GPU {m} is not bound to vfio-pci")
                 reason = self._isolation_reason(gpu.pci)

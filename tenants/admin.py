@@ -29,7 +29,7 @@ class TenantAdmin(admin.ModelAdmin):
 class BootPhaseInline(admin.TabularInline):
     model = BootPhase
     extra = 0
-    readonly_fields = ("seq", "phase", "started_at", "ended_at", "detail", "predicted_seconds")
+    readonly_fields = ("seq", "phase", "started_at", "ended_at", "duration_s", "predicted_seconds", "detail")
     can_delete = False
 
     def has_add_permission(self, request, obj=None):
@@ -53,7 +53,7 @@ class LeaseAdmin(ServiceManagedAdmin):
 
 @admin.register(BootPhase)
 class BootPhaseAdmin(ServiceManagedAdmin):
-    list_display = ("lease", "seq", "phase", "started_at", "ended_at")
+    list_display = ("lease", "seq", "phase", "started_at", "ended_at", "duration_s")
     search_fields = ("lease__tenant__name", "phase")
     list_select_related = ("lease",)
 

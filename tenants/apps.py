@@ -10,15 +10,17 @@ class TenantsConfig(AppConfig):
         from console import dispatch, realtime
         from fleet import holders
         from tenants import subscriptions
+        from tenants.constants import LEASE_HOLDER
 
         dispatch.register({
             "lease_advance": "tenants.tasks.lease_advance",
-            "lease_follow_boot": "tenants.tasks.lease_follow_boot",
             "tenancy_provision": "tenants.tasks.tenancy_provision",
             "leases_place_pending": "tenants.tasks.leases_place_pending",
         })
-        holders.register(subscriptions.LEASE_HOLDER, subscriptions.allocation_changed)
+        holders.register(LEASE_HOLDER, subscriptions.allocation_changed)
         holders.on_capacity_freed(subscriptions.capacity_freed)
+        holders.follow_boots(LEASE_HOLDER, booting=subscriptions.booting_allocations,
+                             record=subscriptions.record_boot_event)
         realtime.register_collections({
             "tenants.lease": "tenants.leases",
             "tenants.tenant": "tenants.tenants",

@@ -17,3 +17,6 @@ LEASE_WAIT_MAX_S = 30
 LEASE_WAIT_POLL_S = 0.1
 
 MAX_PENDING_SECONDS_MAX = 7 * 24 * 3600
+
+# The kind of fleet allocation holder a lease is (`lease/<id>`, fleet.holders).
+LEASE_HOLDER = "lease"

@@ -65,6 +65,9 @@ class Lease(models.Model):
     )
     pending_reason = models.TextField(blank=True, help_text="Why it is still waiting (no fit, tenancy)")
     release_requested = models.BooleanField(default=False)
+    correlation_id = models.CharField(
+        max_length=64, blank=True, help_text="The request's correlation id: work done outside it (the node "
+                                             "watcher) is audited under it too")
     attempts = models.PositiveSmallIntegerField(default=0)
     workload_seconds = models.PositiveIntegerField(
         null=True, blank=True, help_text="Simulated fleet only: how long the container runs"
@@ -125,13 +128,17 @@ class Lease(models.Model):
 
 
 class BootPhase(models.Model):
-    """One phase of a lease's VM boot, as the node agent streamed it (real-scale times)."""
+    """One phase of a lease's VM boot, as the node agent streamed it: when (console wall clock) and
+    how long (the host's measure), beside the boot model's prediction."""
 
     lease = models.ForeignKey(Lease, on_delete=models.CASCADE, related_name="boot_phases")
     seq = models.PositiveSmallIntegerField(validators=[MinValueValidator(0)])
     phase = models.CharField(max_length=64)
-    started_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True, help_text="Console time; empty until it starts")
     ended_at = models.DateTimeField(null=True, blank=True)
+    duration_s = models.FloatField(
+        null=True, blank=True, help_text="How long it took, as its host measured it (simulated seconds if simulated)"
+    )
     detail = models.TextField(blank=True)
     predicted_seconds = models.FloatField(null=True, blank=True)
 
@@ -144,9 +151,7 @@ class BootPhase(models.Model):
 
     @property
     def seconds(self) -> float | None:
-        if self.ended_at is None:
-            return None
-        return (self.ended_at - self.started_at).total_seconds()
+        return self.duration_s
 
 
 class ApiToken(models.Model):

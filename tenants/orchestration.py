@@ -9,7 +9,8 @@ at a time (a named lock per lease).
 placed → partitioning   (the lease's allocation was claimed with its placement)
 partitioning → booting  fleet activates the allocation (partition on the fabric manager, device
                         plugin's book); GpuLease + Kata pod with the partition's GPUs as CDI devices
-booting → running       the agent's WatchBoot stream, one BootPhase row per phase
+booting → running       the node watcher follows the agent's WatchBoot stream (not a task): one
+                        BootPhase row per phase, `lease_record_boot_event`
 running → releasing     the tenant deletes it, the pod ends, or a GPU fault ends it
 releasing → scrubbing   delete the pod; fleet releases the allocation (partition deactivated, one
                         clean task per GPU, in parallel)
@@ -29,16 +30,15 @@ import re
 from django.db import transaction
 from django.utils import timezone
 
-from console import dispatch
 from console.audit import Actor
 from console.locks import try_lock
-from fleet.agents import agent_for
 from fleet.allocations import allocation_activate, allocation_release
 from fleet.cluster import get_cluster
 from fleet.models import Gpu
 from fleet.states import AllocationState, GpuState
 from hardware import kube_constants
 from hardware.boot_model import estimate_boot
+from hardware.types import BootPhaseEvent
 from tenants.models import BootPhase, Lease
 from tenants.selectors import lease_detail
 from tenants.services import lease_fail, lease_finish, lease_release, lease_set_condition, lease_try_place
@@ -94,6 +94,8 @@ def _partitioning(lease: Lease, actor: Actor) -> None:
     gpus = list(Gpu.objects.filter(allocation_gpus__allocation=allocation).order_by("module_id"))
     cluster = get_cluster()
     pod = pod_name_for(lease)
+    # Level-based: the tenancy may have drifted since onboarding; a pod never goes to a missing namespace.
+    cluster.ensure_tenancy(lease.tenant.name)
     cluster.create_gpu_lease(
         lease_id=str(lease.pk), tenant=lease.tenant.name, node=server.k8s_node_name,
         gpu_module_ids=[g.module_id for g in gpus], pci_addresses=[g.pci_address for g in gpus], pod=pod,
@@ -104,68 +106,61 @@ def _partitioning(lease: Lease, actor: Actor) -> None:
     )
     with transaction.atomic():
         _record_predicted_boot(lease, len(gpus))
+        # The node watcher follows the VM's boot from here (fleet.holders.follow_boots).
         LEASE_MACHINE.transition(lease, L.BOOTING, actor=actor, fields={"pod_name": created.name or pod},
                                  message=f"pod {created.name or pod} on {server.k8s_node_name}")
-        dispatch.on_commit("lease_follow_boot", lease.pk)
 
 
 def _record_predicted_boot(lease: Lease, gpus: int) -> None:
+    """The model's phases as rows with their prediction and no times yet (a phase that never runs
+    never gets a start)."""
     server = lease.server
     estimate = estimate_boot(
         gpus, platform=server.platform, host_kernel=server.host_kernel, iommu_backend=server.iommu_backend,
         plug_mode=server.plug_mode, hugepages=server.hugepages, guest_ram_gib=GUEST_RAM_GIB,
     )
-    now = timezone.now()
     for seq, (phase, seconds) in enumerate(estimate.phases):
         BootPhase.objects.update_or_create(
             lease=lease, phase=phase,
-            defaults={"seq": seq, "predicted_seconds": seconds, "started_at": now, "ended_at": None},
+            defaults={"seq": seq, "predicted_seconds": seconds, "started_at": None, "ended_at": None,
+                      "duration_s": None},
         )
 
 
-def lease_follow_boot(*, lease_id: int, actor: Actor) -> str:
-    """Record the VM's boot phases from the agent's stream; `running` when the VM is up.
+def lease_record_boot_event(*, lease: Lease, event: BootPhaseEvent, actor: Actor) -> bool:
+    """Record one event of the VM's boot stream; True once the boot is over (running, or failed).
 
-    One follower per lease: the reconciler re-enqueues long boots, and a second copy just returns."""
-    with try_lock(f"lease-{lease_id}-boot") as held:
-        lease = _lease(lease_id)
-        if not held or lease.state != L.BOOTING:
-            return lease.state
-        return _follow_boot(lease, actor)
-
-
-def _follow_boot(lease: Lease, actor: Actor) -> str:
-    seq = BootPhase.objects.filter(lease=lease).count()
-    vm_id = kube_constants.vm_id_for_pod(kube_constants.tenant_namespace(lease.tenant.name), lease.pod_name)
-    origin = None
-    for event in agent_for(lease.server).watch_boot(vm_id):
-        # Phases keep the durations the agent reports, anchored at the moment the console started the
-        # boot (the stream replays from the VM's start): this absorbs the agent's clock skew and the
-        # simulator's accelerated clock.
-        origin = origin or event.started_at
-        shift = lease.booting_at - origin
-        if event.phase and not event.final:  # the final event is the VM's verdict, not a phase
-            values = {"started_at": event.started_at + shift, "detail": event.detail,
-                      "ended_at": event.ended_at + shift if event.ended_at else None}
-            _, created = BootPhase.objects.update_or_create(
-                lease=lease, phase=event.phase, defaults=values, create_defaults={**values, "seq": seq},
-            )
-            seq += created
-        if event.final:
-            lease.refresh_from_db()
-            if lease.state != L.BOOTING:
-                return lease.state
-            if event.ok:
-                LEASE_MACHINE.transition(lease, L.RUNNING, actor=actor, message="VM booted, container started")
-            else:
-                lease_fail(lease=lease, actor=actor, reason=f"VM boot failed: {event.detail}")
-            break
-    lease.refresh_from_db()
-    return lease.state
+    Times are the console's wall clock: a phase starts and ends when the console learns it did
+    (never before the boot began, never after it ended), so they line up with every other time the
+    console shows, whatever the host's clock or the simulator's acceleration. How long the phase
+    took is the host's own measure (`duration_s`: real seconds on a host, simulated ones in the
+    simulator), the length the timeline draws."""
+    if event.final:  # the VM's verdict, not a phase
+        lease.refresh_from_db()
+        if lease.state != L.BOOTING:
+            return True
+        if event.ok:
+            LEASE_MACHINE.transition(lease, L.RUNNING, actor=actor, message="VM booted, container started")
+        else:
+            lease_fail(lease=lease, actor=actor, reason=f"VM boot failed: {event.detail}")
+        return True
+    if not event.phase:
+        return False
+    now = timezone.now()
+    row = BootPhase.objects.filter(lease=lease, phase=event.phase).first()
+    if row is None:
+        row = BootPhase(lease=lease, phase=event.phase, seq=BootPhase.objects.filter(lease=lease).count())
+    row.detail = event.detail
+    row.started_at = row.started_at or now
+    if event.ended_at is not None:
+        row.ended_at = row.ended_at or now
+        row.duration_s = max((event.ended_at - event.started_at).total_seconds(), 0.0)
+    row.save()
+    return False
 
 
 def _booting(lease: Lease, actor: Actor) -> None:
-    """Nothing to push here: the boot follower (or the reconciler) moves the lease on."""
+    """Nothing to push here: the node watcher moves the lease on when the VM's boot ends."""
 
 
 def _running(lease: Lease, actor: Actor) -> None:

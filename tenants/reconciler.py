@@ -11,6 +11,7 @@ import logging
 from collections import Counter
 from datetime import timedelta
 
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
@@ -23,22 +24,24 @@ from hardware.cluster import PodPhase
 from hardware.exceptions import HardwareError
 from tenants import selectors, services
 from tenants.idempotency import idempotency_keys_purge
-from tenants.models import Lease
-from tenants.states import LEASE_HOLDS_GPUS, FailureReason, LeaseState
+from tenants.models import Lease, Tenant
+from tenants.states import LEASE_HOLDS_GPUS, FailureReason, LeaseState, TenantState
 
 log = logging.getLogger(__name__)
 ACTOR = Actor.system("reconciler", source=Source.RECONCILER)
 L = LeaseState
-STUCK_AFTER = timedelta(seconds=30)
 ORPHAN_POD_WINDOW = timedelta(hours=1)
 
 
-def reconcile_leases(*, stuck_after: timedelta = STUCK_AFTER) -> dict:
-    """One pass over tenancies, pods and leases. Returns counts of what it repaired."""
+def reconcile_leases(*, stuck_after: timedelta | None = None) -> dict:
+    """One pass over tenancies, pods and leases. Returns counts of what it repaired. `stuck_after`:
+    how long a step may take before it is resumed (default settings.RECONCILE_STUCK_AFTER_S)."""
     with try_lock("tenants-reconciler") as held:
         if not held:
             return {"skipped": 1}
         stats: Counter[str] = Counter()
+        if stuck_after is None:
+            stuck_after = timedelta(seconds=settings.RECONCILE_STUCK_AFTER_S)
         _pods(stats)
         _stuck_leases(stats, stuck_after)
         _tenancies(stats)
@@ -86,8 +89,9 @@ def _stuck_leases(stats: Counter, stuck_after: timedelta) -> None:
     stale = Q()
     for state in LEASE_HOLDS_GPUS:
         stale |= Q(state=state, **{f"{state}_at__lt": cutoff})
-    for lease_id, state in Lease.objects.filter(stale).exclude(state=L.RUNNING).values_list("pk", "state"):
-        dispatch.enqueue("lease_follow_boot" if state == L.BOOTING else "lease_advance", lease_id)
+    # Booting and running leases wait on the outside (the node watcher follows boots; pods end).
+    for lease_id in Lease.objects.filter(stale).exclude(state__in=[L.BOOTING, L.RUNNING]).values_list("pk", flat=True):
+        dispatch.enqueue("lease_advance", lease_id)
         stats["leases_resumed"] += 1
 
 
@@ -95,3 +99,14 @@ def _tenancies(stats: Counter) -> None:
     for tenant_id in selectors.tenants_to_onboard().values_list("pk", flat=True):
         dispatch.enqueue("tenancy_provision", tenant_id)
         stats["tenancies_retried"] += 1
+    # A ready tenancy whose namespace, policy or Tenancy went missing is not ready: provisioned again.
+    cluster = get_cluster()
+    for tenant in Tenant.objects.filter(state=TenantState.READY):
+        try:
+            missing = cluster.tenancy_drift(tenant.name)
+        except HardwareError as exc:
+            log.warning("cannot read the tenancy of %s: %s", tenant, exc)
+            continue
+        if missing:
+            services.tenancy_drifted(tenant=tenant, actor=ACTOR, missing=missing)
+            stats["tenancies_reensured"] += 1

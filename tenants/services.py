@@ -16,7 +16,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from console import dispatch
+from console import correlation, dispatch
 from console.audit import Actor, audit_batch, audit_record
 from console.db import insert_many
 from console.errors import Conflict, NotFound
@@ -27,6 +27,7 @@ from fleet.placement_live import live_index
 from fleet.snapshot import NoFit, Request
 from hardware.exceptions import InvalidArgument
 from hardware.oci import parse_image_reference
+from tenants.constants import LEASE_HOLDER
 from tenants.models import Lease, Tenant
 from tenants.states import (
     LEASE_HOLDS_GPUS,
@@ -39,7 +40,6 @@ from tenants.states import (
     LeaseState,
     TenantState,
 )
-from tenants.subscriptions import LEASE_HOLDER
 from tenants.validators import validate_gpu_count, validate_tenant_name
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,16 @@ def tenancy_provision(*, tenant_id: int, actor: Actor, cluster) -> Tenant:
     return tenant
 
 
+def tenancy_drifted(*, tenant: Tenant, actor: Actor, missing: tuple[str, ...]) -> Tenant:
+    """Part of a ready tenancy went missing in the cluster: it is not ready (new leases wait) until it
+    is provisioned again (level-based: `tenancy_provision` ensures all of it)."""
+    reason = f"re-ensuring: {', '.join(missing)} missing in the cluster"
+    if TENANT_MACHINE.transition(tenant, T.PROVISIONING, actor=actor, fields={"failure_reason": reason},
+                                 message=reason):
+        dispatch.on_commit("tenancy_provision", tenant.pk)
+    return tenant
+
+
 def tenancy_failed(*, tenant_id: int, actor: Actor, reason: str) -> None:
     tenant = Tenant.objects.get(pk=tenant_id)
     if tenant.state == T.PROVISIONING:
@@ -177,7 +187,8 @@ def _lease_record(
     if tenant.state == T.DELETING:
         raise Conflict(f"tenant {tenant.name} is being deleted")
     # Every field was checked by _validate_request; the rest are defaults (no full_clean on this path).
-    lease = Lease(tenant=tenant, image=image, gpu_count=gpu_count, workload_seconds=workload_seconds, **(extra or {}))
+    lease = Lease(tenant=tenant, image=image, gpu_count=gpu_count, workload_seconds=workload_seconds,
+                  correlation_id=actor.correlation_id or correlation.current(), **(extra or {}))
     if tenant.held + gpu_count > tenant.gpu_quota:
         raise QuotaExceeded(
             f"tenant {tenant.name} holds or waits for {tenant.held} GPUs; {gpu_count} more exceeds its quota "

@@ -43,16 +43,6 @@ def lease_advance(self, lease_id: int) -> str:
 
 
 @shared_task(bind=True, max_retries=MAX_TRIES, acks_late=True)
-def lease_follow_boot(self, lease_id: int) -> str:
-    try:
-        return orchestration.lease_follow_boot(lease_id=lease_id, actor=TASK_ACTOR)
-    except InvalidTransition:
-        return Lease.objects.get(pk=lease_id).state
-    except Exception as exc:
-        return _retry_or_fail(self, exc, lease_id)
-
-
-@shared_task(bind=True, max_retries=MAX_TRIES, acks_late=True)
 def tenancy_provision(self, tenant_id: int) -> None:
     try:
         services.tenancy_provision(tenant_id=tenant_id, actor=TASK_ACTOR, cluster=get_cluster())

@@ -13,6 +13,7 @@ from hardware.exceptions import (
     AgentUnavailable,
     FabricManagerVersionMismatch,
     FailedPrecondition,
+    GpuBusy,
     HardwareError,
     InvalidArgument,
     NotFound,
@@ -31,6 +32,7 @@ _EXCEPTION_TO_CODE: tuple[tuple[type[HardwareError], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (GpuBusy, grpc.StatusCode.ABORTED),  # gRPC's "a concurrency conflict: retry at a higher level"
 )
 
 _CODE_TO_EXCEPTION: dict[grpc.StatusCode, type[HardwareError]] = {
@@ -40,6 +42,7 @@ _CODE_TO_EXCEPTION: dict[grpc.StatusCode, type[HardwareError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ABORTED: GpuBusy,
     grpc.StatusCode.ALREADY_EXISTS: FailedPrecondition,
     grpc.StatusCode.UNAUTHENTICATED: PermissionDenied,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
@@ -62,3 +65,15 @@ def exception_for(code: grpc.StatusCode, message: str) -> HardwareError:
             return FabricManagerVersionMismatch(message)
     cls = _CODE_TO_EXCEPTION.get(code, HardwareError)
     return cls(f"{code.name}: {message}" if cls is HardwareError else message)
+
+
+def exception_at(where: str, code: grpc.StatusCode, message: str) -> HardwareError:
+    """`exception_for`, its message prefixed with where the call went (`node@endpoint`)."""
+    mapped = exception_for(code, message)
+    mapped.args = (f"{where}: {mapped.args[0] if mapped.args else ''}",)
+    return mapped
+
+
+def exception_for_rpc(exc: grpc.RpcError, where: str) -> HardwareError:
+    """The domain exception for a failed call (sync or grpc.aio)."""
+    return exception_at(where, exc.code(), exc.details() or "")

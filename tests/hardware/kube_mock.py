@@ -31,6 +31,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from kubernetes import client
 
+from simulator.kube_store import merge_patch  # the same RFC 7386 rule as the simulated API server
+
 
 @dataclass
 class Recorded:
@@ -61,19 +63,6 @@ class Event:
 
 KINDS = {"namespaces": "Namespace", "pods": "Pod", "nodes": "Node", "tenancies": "Tenancy",
          "gpuleases": "GpuLease", "ciliumnetworkpolicies": "CiliumNetworkPolicy"}
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 def _labels_match(labels: dict, selector: str) -> bool:

@@ -13,6 +13,7 @@ from hardware.exceptions import (
     AgentUnavailable,
     FabricManagerVersionMismatch,
     FailedPrecondition,
+    GpuBusy,
     HardwareError,
     InvalidArgument,
     NotFound,
@@ -92,14 +93,17 @@ def test_deadline_maps_to_agent_timeout(pki):
         host.clock.advance(10)  # let the server's handler finish
 
 
-def test_a_gpu_under_an_operation_is_not_free(pki):
+def test_a_gpu_under_an_operation_is_busy_and_that_is_worth_a_retry(pki):
+    """A scrub still running (e.g. started for a worker that died) answers ABORTED → GpuBusy, which
+    is retryable: the next try finds it done, instead of quarantining a GPU over a crash."""
     with served_host(pki, accel=1.0) as (host, client):
         stream = client.scrub_gpu(1)
         assert next(stream).phase == "boot-vm"  # the scrub VM is booting
-        with pytest.raises(FailedPrecondition, match="scrub in progress"):
+        with pytest.raises(GpuBusy, match="scrub in progress") as busy:
             list(client.scrub_gpu(1))
+        assert busy.value.retryable
         host.activate_partition(7)
-        with pytest.raises(FailedPrecondition, match="scrub in progress"):
+        with pytest.raises(GpuBusy, match="scrub in progress"):
             host.start_vm("v", "pod", [1], 8)
         host.clock.set_acceleration(100_000)  # finish the scrub quickly
         assert list(stream)[-1].ok

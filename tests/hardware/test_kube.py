@@ -6,6 +6,7 @@ or script faults, run against the mock only (`mock_only`); every other test runs
 from __future__ import annotations
 
 import pytest
+from kubernetes import client
 
 from hardware import kube_constants as kc
 from hardware.cluster import Cluster, PodPhase
@@ -77,6 +78,17 @@ def test_ensure_tenancy_creates_namespace_policy_and_ready_tenancy(backend, clus
     assert stored["status"]["phase"] == "Ready" and stored["status"]["namespace"] == "tenant-landon"
     assert stored["metadata"]["uid"] and stored["metadata"]["resourceVersion"]
     assert cluster.get_tenancy("landon") == status
+
+
+def test_tenancy_drift_names_what_went_missing(backend, cluster):
+    assert cluster.tenancy_drift("landon") == ("tenancy", "namespace", "network policy")
+    cluster.ensure_tenancy("landon")
+    assert cluster.tenancy_drift("landon") == ()
+    client.CustomObjectsApi(backend.api_client()).delete_namespaced_custom_object(
+        "cilium.io", "v2", "tenant-landon", "ciliumnetworkpolicies", "ingress-egress-rules")
+    assert cluster.tenancy_drift("landon") == ("network policy",)
+    cluster.ensure_tenancy("landon")
+    assert cluster.tenancy_drift("landon") == ()
 
 
 def test_ensure_tenancy_is_idempotent_and_adopts_existing_objects(backend, cluster):

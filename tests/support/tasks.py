@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from console import correlation, dispatch
+from tests.support.boots import follow_boots_now
 
 
 class _Args(tuple):
@@ -31,9 +32,18 @@ class TaskQueue:
     def names(self) -> list[str]:
         return [name for name, _ in self.queued]
 
-    def run(self, limit: int = 500, skip: tuple[str, ...] = (), parallel: tuple[str, ...] = ()) -> int:
+    def run(self, limit: int = 500, skip: tuple[str, ...] = (), parallel: tuple[str, ...] = (),
+            boots: bool = True) -> int:
         """Run what is queued, in order. Tasks named in `parallel` run as a worker pool runs them:
-        every queued one of that name at once, each in its own thread (and database connection)."""
+        every queued one of that name at once, each in its own thread (and database connection).
+        `boots`: once the queue is empty, follow the VM boots leases wait on, as the node watcher
+        process would (tests/support/boots.py), and go on with what that enqueued."""
+        done = self._run(limit, skip, parallel)
+        while boots and done < limit and follow_boots_now():
+            done += self._run(limit - done, skip, parallel)
+        return done
+
+    def _run(self, limit: int, skip: tuple[str, ...], parallel: tuple[str, ...]) -> int:
         done = 0
         while self.queued and done < limit:
             name, args = self.queued.pop(0)

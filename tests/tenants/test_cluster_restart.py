@@ -32,7 +32,7 @@ def _vm_state(lease):
 def test_a_worker_killed_while_leases_boot_loses_nothing(sim, tasks):
     services.tenant_ensure(name="acme", actor=ACTOR)
     leases = [services.lease_request(tenant_name="acme", image=IMAGE, gpu_count=n, actor=ACTOR) for n in (2, 1)]
-    tasks.run(skip=("lease_follow_boot",))
+    tasks.run(boots=False)  # the node watcher is down too
     for lease in leases:
         lease.refresh_from_db()
         assert lease.state == LeaseState.BOOTING

@@ -227,15 +227,17 @@ def test_invariants_hold_under_random_operations(fleet, tasks):
                 events = list(AuditEvent.objects.filter(target_type="fleet.gpu", target_id=str(gpu.pk))
                               .order_by("id").values_list("verb", "after"))
                 verbs = [verb for verb, _ in events]
-                # After its last lease, and after its last fault that needs a reset: scrub, then level.
+                # After its last lease, and after its last fault that needs a reset: scrub, then level,
+                # then out of cleaning (levelled for its allocation, free or drained).
                 for i in reversed(range(len(events))):
                     verb, after = events[i]
                     if verb == "fleet.gpu.reserved" or (verb == "fleet.gpu.xid" and after["action"] in RESET_CLASS):
                         tail = verbs[i:]
                         assert "fleet.gpu.scrubbing" in tail, tail
                         tail = tail[tail.index("fleet.gpu.scrubbing"):]
-                        assert "fleet.gpu.leveling" in tail and ("fleet.gpu.leveled" in tail or
-                                                                   tail[-1] == "fleet.gpu.free"), tail
+                        assert "fleet.gpu.leveling" in tail, tail
+                        tail = tail[tail.index("fleet.gpu.leveling"):]
+                        assert {"fleet.gpu.leveled", "fleet.gpu.free", "fleet.gpu.drained"} & set(tail), tail
 
         @invariant()
         def lease_gpus_are_one_partition(self):

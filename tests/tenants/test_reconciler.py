@@ -132,3 +132,30 @@ def test_a_second_pass_changes_nothing(sim, tasks):
     _reconcile(stuck_after=timedelta(hours=1))
     tasks.run()
     assert AuditEvent.objects.count() == events
+
+
+def test_a_ready_tenancy_whose_namespace_went_missing_is_reensured(sim, tasks):
+    """Level-based: the tenancy is not treated as ready while its namespace is gone; it is provisioned
+    again, and the tenant's next lease runs (before, every later lease failed 'namespace not found'
+    and quarantined its GPUs)."""
+    from console.models import AuditEvent
+    from fleet import cluster as cluster_access
+    from hardware import kube_constants as kc
+    from tenants.models import Tenant
+    from tenants.states import TenantState
+
+    _running(tasks)
+    cluster = cluster_access.get_cluster()
+    cluster._core.delete_namespace(kc.tenant_namespace("acme"))
+    assert cluster.tenancy_drift("acme") == ("namespace", "network policy")  # the policy went with it
+    stats = _reconcile(stuck_after=timedelta(hours=1))
+    assert stats["tenancies_reensured"] == 1
+    tenant = Tenant.objects.get(name="acme")
+    assert tenant.state == TenantState.PROVISIONING and "namespace, network policy missing" in tenant.failure_reason
+    tasks.run()
+    tenant.refresh_from_db()
+    assert tenant.state == TenantState.READY and cluster.tenancy_drift("acme") == ()
+    assert AuditEvent.objects.filter(verb="tenants.tenant.provisioning", message__contains="namespace").exists()
+    later = _running(tasks)
+    assert later.state == LeaseState.RUNNING
+    assert _reconcile(stuck_after=timedelta(hours=1)).get("tenancies_reensured", 0) == 0

@@ -1,19 +1,20 @@
-"""`manage.py watchhealth`: follow every node agent's health stream until SIGINT/SIGTERM."""
+"""`manage.py nodewatch`: follow every agent's health stream and the boots holders wait on, until
+SIGINT/SIGTERM (fleet/node_watch.py)."""
 
 import signal
 import threading
 
 from django.core.management.base import BaseCommand, CommandError
 
-from fleet.health_watch import RESCAN_S, watch_fleet_health
+from fleet.node_watch import RESCAN_S, run_node_watch
 
 
 class Command(BaseCommand):
-    help = "Record GPU health (Xids, ECC, row remaps, temperature) from the agents and act on it."
+    help = "Record GPU health and VM boots from the node agents' streams (one asyncio process)."
 
     def add_arguments(self, parser):
         parser.add_argument("--rescan", type=float, default=RESCAN_S,
-                            help="seconds between looks for added or removed servers")
+                            help="seconds between looks for added or removed servers and new boots")
 
     def handle(self, *args, **opts):
         if opts["rescan"] <= 0:
@@ -21,14 +22,14 @@ class Command(BaseCommand):
         stop = threading.Event()
 
         def _stop(signum, frame):
-            self.stdout.write(f"{signal.Signals(signum).name}: stopping the health watch")
+            self.stdout.write(f"{signal.Signals(signum).name}: stopping the node watch")
             stop.set()
 
         previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            self.stdout.write("watching GPU health")
-            watch_fleet_health(stop, rescan_s=opts["rescan"])
+            self.stdout.write("watching the nodes' health and boot streams")
+            run_node_watch(stop, rescan_s=opts["rescan"])
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        self.stdout.write("health watch stopped")
+        self.stdout.write("node watch stopped")
