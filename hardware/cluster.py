@@ -9,7 +9,7 @@ Both validate their arguments with the helpers at the bottom before touching any
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -111,8 +111,10 @@ class Cluster(Protocol):
         empty when all is there. Read-only: `ensure_tenancy` repairs it."""
 
     def create_lease_pod(self, *, lease_id: str, tenant: str, image: str, node: str,
-                         gpu_indexes: Sequence[int], command: Sequence[str] = ()) -> PodStatus:
-        """Start a lease's container in a Kata VM on `node` with exactly these GPUs."""
+                         gpu_indexes: Sequence[int], command: Sequence[str] = (),
+                         env: Mapping[str, str] | None = None) -> PodStatus:
+        """Start a lease's container in a Kata VM on `node` with exactly these GPUs (`command`: its
+        argv; `env`: its environment variables)."""
 
     def get_lease_pod(self, *, lease_id: str, tenant: str) -> PodStatus | None:
         """The lease's pod, or None."""

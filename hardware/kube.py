@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -130,7 +130,7 @@ def tenancy_body(tenant: str) -> dict[str, Any]:
 
 
 def lease_pod_body(*, lease_id: str, tenant: str, image: str, node: str, gpu_indexes: Sequence[int],
-                   command: Sequence[str] = ()) -> dict[str, Any]:
+                   command: Sequence[str] = (), env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The pod of a lease: Kata runtime, exactly these GPUs, pinned to `node`, never restarted.
 
     The GPUs reach the container two ways: the device plugin's Allocate answers their CDI names
@@ -146,6 +146,8 @@ def lease_pod_body(*, lease_id: str, tenant: str, image: str, node: str, gpu_ind
     }
     if command:
         container["command"] = list(command)
+    if env:
+        container["env"] = [{"name": name, "value": value} for name, value in sorted(env.items())]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -384,12 +386,13 @@ class KubernetesCluster:
 
     # -- pods -------------------------------------------------------------------------------
     def create_lease_pod(self, *, lease_id: str, tenant: str, image: str, node: str,
-                         gpu_indexes: Sequence[int], command: Sequence[str] = ()) -> PodStatus:
+                         gpu_indexes: Sequence[int], command: Sequence[str] = (),
+                         env: Mapping[str, str] | None = None) -> PodStatus:
         """Create the lease's pod; an existing pod of the same lease is adopted, another is a conflict."""
         lease_id, indexes = validate_pod_request(lease_id=lease_id, tenant=tenant, image=image, node=node,
                                                  gpu_indexes=gpu_indexes)
         body = lease_pod_body(lease_id=lease_id, tenant=tenant, image=image, node=node, gpu_indexes=indexes,
-                              command=command)
+                              command=command, env=env)
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
             created = self._call(f"create pod {namespace}/{name}", self._core.create_namespaced_pod,

@@ -191,7 +191,8 @@ class SimulatedCluster:
 
     # -- pods -------------------------------------------------------------------------------
     def create_lease_pod(self, *, lease_id: str, tenant: str, image: str, node: str,
-                         gpu_indexes: Sequence[int], command: Sequence[str] = ()) -> PodStatus:
+                         gpu_indexes: Sequence[int], command: Sequence[str] = (),
+                         env: Mapping[str, str] | None = None) -> PodStatus:
         lease_id, indexes = validate_pod_request(lease_id=lease_id, tenant=tenant, image=image, node=node,
                                                  gpu_indexes=gpu_indexes)
         self._check_node(node)

@@ -103,6 +103,7 @@ def _partitioning(lease: Lease, actor: Actor) -> None:
     created = cluster.create_lease_pod(
         lease_id=str(lease.pk), tenant=lease.tenant.name, image=lease.image, node=server.k8s_node_name,
         gpu_indexes=[g.module_id for g in gpus], command=[*lease.command, *lease.args],
+        env=lease.env,
     )
     with transaction.atomic():
         _record_predicted_boot(lease, len(gpus))

@@ -127,6 +127,14 @@ def test_longest_tenant_name_fits_the_namespace(cluster):
 
 
 @mock_only
+def test_create_lease_pod_carries_the_containers_environment(mock, cluster):
+    cluster.create_lease_pod(lease_id="43", tenant="landon", image=IMAGE, node="gpu-node-1", gpu_indexes=[1],
+                             env={"B": "2", "A": "1"})
+    [sent] = mock.sent("POST", "/api/v1/namespaces/tenant-landon/pods$")
+    assert sent.body["spec"]["containers"][0]["env"] == [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
+
+
+@mock_only
 def test_create_lease_pod_sends_the_exact_pod(mock, cluster):
     status = cluster.create_lease_pod(lease_id="42", tenant="landon", image=IMAGE, node="gpu-node-1",
                                       gpu_indexes=[6, 7], command=["python", "train.py"])
