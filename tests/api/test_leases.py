@@ -189,3 +189,12 @@ def test_failure_codes_of_known_texts():
     assert failure_code("AgentUnavailable: sim-1 did not answer") == "AgentUnavailable"
     assert failure_code("PendingTimeout: still pending") == "PendingTimeout"
     assert failure_code("something else") == "InternalError" and failure_code("") == ""
+
+
+def test_link_paths_match_the_urlconf():
+    from django.urls import reverse
+
+    from tenants.api.serializers import LEASES_PATH, TENANCIES_PATH
+
+    assert reverse("api-lease-detail", args=[7]) == f"{LEASES_PATH}/7"
+    assert reverse("api-tenancy-detail", args=["x"]) == f"{TENANCIES_PATH}/x"
