@@ -38,7 +38,8 @@ def test_reproduces_the_seeds_points_within_a_quarter(gpus, observed_s):
 
 # HARDWARE.md, "Orderings the measurements show", as (name, faster, slower, factor): faster × factor < slower.
 ORDERINGS = [
-    ("1 GiB huge pages < IOMMUFD on 6.8", (8, dict(HOST_68, hugepages=True)), (8, dict(HOST_68, iommu_backend="iommufd")), 1),
+    ("1 GiB huge pages < IOMMUFD on 6.8", (8, dict(HOST_68, hugepages=True)),
+     (8, dict(HOST_68, iommu_backend="iommufd")), 1),
     ("IOMMUFD <= legacy on 6.8", (8, dict(HOST_68, iommu_backend="iommufd")), (8, HOST_68), 1),
     ("8 GPUs: old host > 5x the 6.8 host", (8, HOST_68), (8, SEED), 5),
     ("old host: 1 GPU < an eighth of 8 GPUs", (1, SEED), (8, SEED), 8),
@@ -108,7 +109,8 @@ def test_guest_bar_sizing_toggles_cost_seconds_not_milliseconds():
 
 
 def test_ram_pinning_is_a_quarter_second_per_gb_with_small_pages():
-    small = phases(1, **dict(SEED, guest_ram_gib=100))["ram_pinning"] - phases(1, **dict(SEED, guest_ram_gib=0))["ram_pinning"]
+    with_ram = phases(1, **dict(SEED, guest_ram_gib=100))["ram_pinning"]
+    small = with_ram - phases(1, **dict(SEED, guest_ram_gib=0))["ram_pinning"]
     assert small == pytest.approx(100 * 1.073741824 * 0.25)
 
 
