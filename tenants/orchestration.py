@@ -94,11 +94,14 @@ class BootLimits:
     timeout_factor: float
     timeout_extra_s: float
 
-    def startup_timeout_s(self, predicted_s: float) -> int:
+    def pod_timeout_s(self, predicted_s: float) -> int:
+        """The pod's start-up timeout for a VM predicted to boot in `predicted_s`."""
         return startup_timeout_s(predicted_s, factor=self.timeout_factor, extra_s=self.timeout_extra_s)
 
 
 def boot_limits() -> BootLimits:
+    """MAX_PREDICTED_BOOT_S, BOOT_TIMEOUT_FACTOR and BOOT_TIMEOUT_EXTRA_S from settings, else
+    `tenants.constants`."""
     names = ("MAX_PREDICTED_BOOT_S", "BOOT_TIMEOUT_FACTOR", "BOOT_TIMEOUT_EXTRA_S")
     return BootLimits(*(float(getattr(settings, name, getattr(constants, name))) for name in names))
 
@@ -149,7 +152,7 @@ def _partitioning(lease: Lease, actor: Actor) -> None:
     created = cluster.create_lease_pod(
         lease_id=str(lease.pk), tenant=lease.tenant.name, image=lease.image, node=server.k8s_node_name,
         gpu_indexes=[g.module_id for g in gpus], predicted_boot_s=estimate.total_seconds,
-        startup_timeout_s=boot_limits().startup_timeout_s(estimate.total_seconds),
+        startup_timeout_s=boot_limits().pod_timeout_s(estimate.total_seconds),
     )
     with transaction.atomic():
         _record_predicted_boot(lease, estimate)
