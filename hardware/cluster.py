@@ -111,8 +111,10 @@ class Cluster(Protocol):
         empty when all is there. Read-only: `ensure_tenancy` repairs it."""
 
     def create_lease_pod(self, *, lease_id: str, tenant: str, image: str, node: str,
-                         gpu_indexes: Sequence[int], command: Sequence[str] = ()) -> PodStatus:
-        """Start a lease's container in a Kata VM on `node` with exactly these GPUs."""
+                         gpu_indexes: Sequence[int], command: Sequence[str] = (),
+                         startup_timeout_s: int | None = None, predicted_boot_s: float | None = None) -> PodStatus:
+        """Start a lease's container in a Kata VM on `node` with exactly these GPUs; the runtime
+        gives up on a VM not up after `startup_timeout_s` (None: the runtime's default)."""
 
     def get_lease_pod(self, *, lease_id: str, tenant: str) -> PodStatus | None:
         """The lease's pod, or None."""

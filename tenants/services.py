@@ -119,6 +119,9 @@ def lease_request(
     `placed` with its GPUs reserved, or `pending` with the reason (it is placed when capacity frees).
 
     An unknown tenant is onboarded first; its lease waits in `pending` until the tenancy is ready.
+    The boot time is judged once the lease is placed (`tenants.orchestration`): a VM predicted to
+    boot longer than MAX_PREDICTED_BOOT_S on its server ends the lease `failed` ("BootTooSlow: ...")
+    before any pod is created, so the request path reads no more rows than before.
     """
     _validate_request(tenant_name=tenant_name, image=image, gpu_count=gpu_count, workload_seconds=workload_seconds)
     record = functools.partial(_lease_record, tenant_name=tenant_name, image=image, gpu_count=gpu_count,
