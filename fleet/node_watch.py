@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections, connection
+from django.db import close_old_connections
 
 from console.audit import Actor
 from console.models import Source
@@ -99,7 +99,6 @@ class NodeWatch:
             await self.health.stop()
             await self.boots.stop()
             await streams.close()
-            await sync_to_async(connection.close)()  # the database thread's connection
 
     async def _streams(self, stop: asyncio.Event) -> AsyncAgentStreams | None:
         """The agents' client, once the console's TLS material exists (`make run` starts the fleet,
