@@ -289,6 +289,7 @@ def test_an_eight_gpu_release_takes_at_most_one_and_a_half_one_gpu_releases(sim,
     """One clean task per GPU, in parallel: 8 GPUs are scrubbed and levelled side by side."""
     one = _release_in_simulated_seconds(sim, tasks, 1)
     eight = _release_in_simulated_seconds(sim, tasks, 8)
+    print(f"release in simulated seconds: 1 GPU {one:.1f}, 8 GPUs {eight:.1f}, ratio {eight / one:.2f}")
     assert one > 30  # a scrub's steps alone take 33 simulated seconds
     assert eight <= 1.5 * one, (one, eight)
     # One clean task per GPU, each its own GPU's scrub then level.
