@@ -231,6 +231,8 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 # The reconciler runs as a periodic singleton (console.locks keeps a second copy from running).
 RECONCILE_EVERY_S = env.float("RECONCILE_EVERY_S", default=15.0)
+# The longest predicted VM boot a lease may start with (tenants/constants.py explains the default).
+MAX_PREDICTED_BOOT_S = env.float("MAX_PREDICTED_BOOT_S", default=45 * 60)
 # How long a lease, allocation or GPU may sit in a step before a reconciler resumes it (a lost task).
 RECONCILE_STUCK_AFTER_S = env.float("RECONCILE_STUCK_AFTER_S", default=30.0)
 # How stale a process's in-memory placement index may grow before it reads the fleet again (other

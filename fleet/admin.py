@@ -20,7 +20,7 @@ class GpuInline(admin.TabularInline):
 
 @admin.register(Server)
 class ServerAdmin(ServiceManagedAdmin):
-    list_display = ("hostname", "platform", "variant", "rack", "slot", "state", "host_kernel", "plug_mode")
+    list_display = ("hostname", "platform", "variant", "rack", "slot", "state", "host_kernel_version", "plug_mode")
     list_filter = ("platform", "variant", "state", "rack", "host_kernel", "plug_mode", "iommu_backend")
     search_fields = ("hostname", "k8s_node_name", "agent_endpoint")
     readonly_fields = ("state", "last_seen_at", "created_at")

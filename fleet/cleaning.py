@@ -109,5 +109,6 @@ def _quarantine_failed(gpu: Gpu, actor: Actor, reason: str, operation_id: int | 
                            parent=allocation)
     operation_finish(operation_id, ok=False, line=reason)
     if allocation is not None:
+        allocation_scrubbed(allocation_id=allocation.pk)  # it is no longer being scrubbed either
         allocation_return_if_clean(allocation=allocation, actor=actor)
     return G.QUARANTINED

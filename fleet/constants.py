@@ -14,8 +14,19 @@ class PlugMode(models.TextChoices):
 
 
 class KernelGeneration(models.TextChoices):
-    """Host kernel generation: `old` maps large BARs in 4 KiB steps (seconds per GPU); `fixed` does not."""
+    """A coarse class shown next to the host kernel's version (`fixed`: huge-pfnmap VFIO, 6.12+).
+    The boot prediction reads the version itself (`Server.host_kernel_version`)."""
 
     OLD = "old", "Old (4 KiB BAR mapping)"
     FIXED = "fixed", "Fixed (huge-chunk BAR mapping)"
 
+
+
+class GuestFirmware(models.TextChoices):
+    OVMF = "ovmf", "OVMF (UEFI)"
+    SEABIOS = "seabios", "SeaBIOS"
+
+
+class InitSystem(models.TextChoices):
+    SYSTEMD = "systemd", "systemd"
+    NVRC = "nvrc", "NVRC"

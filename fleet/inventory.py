@@ -1,8 +1,9 @@
 """Write what a node agent reports (GetInventory) into Server, Gpu and NvSwitch rows.
 
 The agent is the source of truth for hardware identity: BDFs, IOMMU groups, UUIDs, serials,
-firmware, host features, and whether each GPU is isolated (`Gpu.isolated`, `isolation_reason`:
-alone in its IOMMU group and on vfio-pci); placement never chooses a GPU that is not.
+firmware, host features (those that decide how fast a VM boots: `fleet.boot`), and whether
+each GPU is isolated (`Gpu.isolated`, `isolation_reason`: alone in its IOMMU group and on
+vfio-pci); placement never chooses a GPU that is not.
 Idempotent: a second sync of the same inventory changes nothing and writes no audit event. GPUs
 the agent no longer reports (e.g. fell off the bus, Xid 79) keep their rows — leases and history
 point at them — and are returned as `missing_modules` for the caller to act on through the GPU
@@ -19,6 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from console.audit import Actor, audit_record
+from fleet.constants import GuestFirmware, InitSystem
 from fleet.models import Gpu, NvSwitch, Server
 from fleet.placement_live import fleet_changed
 from fleet.registration import partitions_ensure
@@ -33,6 +35,10 @@ _SERVER_FIELDS = (
     "iommu_backend",
     "plug_mode",
     "hugepages",
+    "qemu_version",
+    "guest_kernel_version",
+    "guest_firmware",
+    "init_system",
     "fabric_manager_version",
     "agent_endpoint",
 )
@@ -64,6 +70,11 @@ def _server_values(inventory: Inventory, agent_endpoint: str | None, server: Ser
         "iommu_backend": inventory.iommu_backend or server.iommu_backend,
         "plug_mode": inventory.plug_mode or server.plug_mode,
         "hugepages": inventory.hugepages,
+        "qemu_version": inventory.qemu_version,
+        "guest_kernel_version": inventory.guest_kernel,
+        # A value the fleet does not know is recorded as unknown ("") rather than refusing the sync.
+        "guest_firmware": inventory.guest_firmware if inventory.guest_firmware in GuestFirmware.values else "",
+        "init_system": inventory.init_system if inventory.init_system in InitSystem.values else "",
         "fabric_manager_version": inventory.fabric_manager_version,
         "agent_endpoint": server.agent_endpoint if agent_endpoint is None else agent_endpoint,
     }

@@ -11,7 +11,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-from fleet.constants import IommuBackend, KernelGeneration, PlugMode
+from fleet.constants import GuestFirmware, InitSystem, IommuBackend, KernelGeneration, PlugMode
 from fleet.states import ALLOCATION_OPEN, AllocationState, GpuState, PartitionState, ServerState
 from fleet.validators import validate_hostname, validate_pci_address, validate_platform_key
 from hardware.platforms import PLATFORMS, Platform, PlatformError
@@ -41,7 +41,15 @@ class Server(models.Model):
     host_kernel = models.CharField(
         max_length=8, choices=KernelGeneration.choices, default=KernelGeneration.OLD
     )
-    host_kernel_version = models.CharField(max_length=64, blank=True)
+    host_kernel_version = models.CharField(
+        max_length=64, blank=True, help_text="Host kernel release as its agent reports it (drives the boot prediction)"
+    )
+    # What the node's Kata configuration boots; "" when its agent cannot tell (predicted conservatively).
+    qemu_version = models.CharField(max_length=32, blank=True)
+    guest_kernel_version = models.CharField(max_length=64, blank=True, help_text="Kata guest kernel release")
+    guest_firmware = models.CharField(max_length=8, choices=GuestFirmware.choices, blank=True)
+    init_system = models.CharField(max_length=8, choices=InitSystem.choices, blank=True,
+                                   help_text="The guest's init, which writes the CDI spec the kata-agent waits for")
     fabric_manager_version = models.CharField(max_length=32, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

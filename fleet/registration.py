@@ -27,6 +27,7 @@ class ServerSpec:
     slot: int
     agent_endpoint: str = ""
     host_kernel: str = "old"
+    host_kernel_version: str = ""  # "" unknown: the boot prediction takes the oldest kernel
     plug_mode: str = "hot"
     iommu_backend: str = "vfio-type1"
     hugepages: bool = False
@@ -90,6 +91,7 @@ def server_register_from_platform(*, spec: ServerSpec, actor: Actor) -> tuple[Se
         slot=spec.slot,
         agent_endpoint=spec.agent_endpoint,
         host_kernel=spec.host_kernel,
+        host_kernel_version=spec.host_kernel_version,
         plug_mode=spec.plug_mode,
         iommu_backend=spec.iommu_backend,
         hugepages=spec.hugepages,

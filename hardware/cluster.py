@@ -112,9 +112,11 @@ class Cluster(Protocol):
 
     def create_lease_pod(self, *, lease_id: str, tenant: str, image: str, node: str,
                          gpu_indexes: Sequence[int], command: Sequence[str] = (),
+                         startup_timeout_s: int | None = None, predicted_boot_s: float | None = None,
                          env: Mapping[str, str] | None = None) -> PodStatus:
         """Start a lease's container in a Kata VM on `node` with exactly these GPUs (`command`: its
-        argv; `env`: its environment variables)."""
+        argv; `env`: its environment variables); the runtime gives up on a VM not up after
+        `startup_timeout_s` (None: the runtime's default)."""
 
     def get_lease_pod(self, *, lease_id: str, tenant: str) -> PodStatus | None:
         """The lease's pod, or None."""

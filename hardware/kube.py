@@ -130,8 +130,14 @@ def tenancy_body(tenant: str) -> dict[str, Any]:
 
 
 def lease_pod_body(*, lease_id: str, tenant: str, image: str, node: str, gpu_indexes: Sequence[int],
-                   command: Sequence[str] = (), env: Mapping[str, str] | None = None) -> dict[str, Any]:
+                   command: Sequence[str] = (), startup_timeout_s: int | None = None,
+                   predicted_boot_s: float | None = None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The pod of a lease: Kata runtime, exactly these GPUs, pinned to `node`, never restarted.
+
+    `startup_timeout_s` (the console sets it from the boot prediction with a margin) becomes Kata's
+    per-pod create-container timeout: one fixed value killed the seed's 8-GPU VM in a loop. The
+    container's own probes are not used for it: they start only once the container runs, after the
+    whole VM boot. `predicted_boot_s` is recorded as an annotation for whoever reads the pod.
 
     The GPUs reach the container two ways: the device plugin's Allocate answers their CDI names
     (the path kubelet takes), and the pod carries them in a `cdi.k8s.io/<plugin>_<id>` annotation,
@@ -147,7 +153,16 @@ def lease_pod_body(*, lease_id: str, tenant: str, image: str, node: str, gpu_ind
     if command:
         container["command"] = list(command)
     if env:
-        container["env"] = [{"name": name, "value": value} for name, value in sorted(env.items())]
+        container["env"] = [{"name": key, "value": value} for key, value in sorted(env.items())]
+    annotations = {
+        kc.GPULEASE_ANNOTATION: name,
+        kc.GPU_INDEXES_ANNOTATION: ",".join(str(i) for i in gpu_indexes),
+        f"{kc.CDI_ANNOTATION_PREFIX}{kc.CDI_ANNOTATION_PLUGIN}_{name}": cdi_devices,
+    }
+    if startup_timeout_s is not None:
+        annotations[kc.KATA_CREATE_CONTAINER_TIMEOUT_ANNOTATION] = str(int(startup_timeout_s))
+    if predicted_boot_s is not None:
+        annotations[kc.PREDICTED_BOOT_ANNOTATION] = str(round(predicted_boot_s))
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -155,11 +170,7 @@ def lease_pod_body(*, lease_id: str, tenant: str, image: str, node: str, gpu_ind
             "name": name,
             "namespace": kc.tenant_namespace(tenant),
             "labels": {kc.MANAGED_BY_LABEL: kc.MANAGED_BY, kc.TENANT_LABEL: tenant, kc.LEASE_LABEL: lease_id},
-            "annotations": {
-                kc.GPULEASE_ANNOTATION: name,
-                kc.GPU_INDEXES_ANNOTATION: ",".join(str(i) for i in gpu_indexes),
-                f"{kc.CDI_ANNOTATION_PREFIX}{kc.CDI_ANNOTATION_PLUGIN}_{name}": cdi_devices,
-            },
+            "annotations": annotations,
         },
         "spec": {
             "runtimeClassName": kc.RUNTIME_CLASS,
@@ -387,12 +398,14 @@ class KubernetesCluster:
     # -- pods -------------------------------------------------------------------------------
     def create_lease_pod(self, *, lease_id: str, tenant: str, image: str, node: str,
                          gpu_indexes: Sequence[int], command: Sequence[str] = (),
+                         startup_timeout_s: int | None = None, predicted_boot_s: float | None = None,
                          env: Mapping[str, str] | None = None) -> PodStatus:
         """Create the lease's pod; an existing pod of the same lease is adopted, another is a conflict."""
         lease_id, indexes = validate_pod_request(lease_id=lease_id, tenant=tenant, image=image, node=node,
                                                  gpu_indexes=gpu_indexes)
         body = lease_pod_body(lease_id=lease_id, tenant=tenant, image=image, node=node, gpu_indexes=indexes,
-                              command=command, env=env)
+                              command=command, startup_timeout_s=startup_timeout_s,
+                              predicted_boot_s=predicted_boot_s, env=env)
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
             created = self._call(f"create pod {namespace}/{name}", self._core.create_namespaced_pod,

@@ -29,6 +29,12 @@ TENANT_LABEL = f"{API_GROUP}/tenant"
 LEASE_LABEL = f"{API_GROUP}/lease"
 GPULEASE_ANNOTATION = f"{API_GROUP}/gpulease"
 GPU_INDEXES_ANNOTATION = f"{API_GROUP}/gpu-indexes"
+# The boot the console predicted for the lease's VM (seconds), for operators reading the pod.
+PREDICTED_BOOT_ANNOTATION = f"{API_GROUP}/predicted-boot-seconds"
+# Kata's per-pod limit on creating the container, VM boot included (seconds; Kata's default is 60).
+# The runtime honours it only when its configuration lists it in `enable_annotations`, and the
+# kubelet's `runtimeRequestTimeout` must be at least as long.
+KATA_CREATE_CONTAINER_TIMEOUT_ANNOTATION = "io.katacontainers.config.runtime.create_container_timeout"
 
 RUNTIME_CLASS = "kata-qemu-nvidia-gpu"
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -74,6 +74,10 @@ class Inventory:
     iommu_backend: str = ""  # "vfio-type1" or "iommufd"
     plug_mode: str = ""  # "hot" or "cold"
     hugepages: bool = False
+    qemu_version: str = ""  # "" when unknown
+    guest_kernel: str = ""  # the Kata guest kernel's release
+    guest_firmware: str = ""  # "ovmf" or "seabios"
+    init_system: str = ""  # the guest's init: "systemd" or "nvrc"
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,10 @@ class SimulatedCluster:
     # -- pods -------------------------------------------------------------------------------
     def create_lease_pod(self, *, lease_id: str, tenant: str, image: str, node: str,
                          gpu_indexes: Sequence[int], command: Sequence[str] = (),
+                         startup_timeout_s: int | None = None, predicted_boot_s: float | None = None,
                          env: Mapping[str, str] | None = None) -> PodStatus:
+        """The in-memory runtime has no create-container timeout: `startup_timeout_s` and
+        `predicted_boot_s` are accepted for the interface and not enforced (nor is `env`)."""
         lease_id, indexes = validate_pod_request(lease_id=lease_id, tenant=tenant, image=image, node=node,
                                                  gpu_indexes=gpu_indexes)
         self._check_node(node)

@@ -27,6 +27,7 @@ from simulator.clock import SimClock
 from simulator.events import EventHub
 from simulator.faults import FaultProcess
 from simulator.host import SimHost
+from simulator.host_features import fleet_mix
 
 DEFAULT_PER_PORT_LIMIT = 16
 # The agent's gRPC server is synchronous: every open stream (WatchHealth, WatchBoot, ScrubGpu)
@@ -65,8 +66,12 @@ class SimFleet:
         port_base: int = 0,
         fault_rate_per_gpu_hour: float = 0.0,
         stream_slots_per_host: int = STREAM_SLOTS_PER_HOST,
+        feature_mix: bool = False,
         **host_options,
     ) -> None:
+        """`feature_mix`: give the servers a realistic mix of host kernels and boot features
+        (`simulator.host_features.fleet_mix`, deterministic from `seed`) instead of the same
+        features (`host_options`) for all."""
         if servers < 1:
             raise ValueError("a fleet needs at least one server")
         if tls is None and not insecure:
@@ -75,10 +80,11 @@ class SimFleet:
         self.clock = SimClock(accel)
         self.hub = EventHub()
         self.hosts: dict[str, SimHost] = {}
-        for i in range(1, servers + 1):
+        mix = fleet_mix(servers, seed) if feature_mix else [None] * servers
+        for i, features in enumerate(mix, start=1):
             name = f"{name_prefix}-{i:04d}"
             self.hosts[name] = SimHost(
-                name, platform, variant, clock=self.clock, hub=self.hub, seed=seed, **host_options
+                name, platform, variant, clock=self.clock, hub=self.hub, seed=seed, features=features, **host_options
             )
         self.tls, self.insecure = tls, insecure
         self.per_port_limit, self.listen_host, self.port_base = per_port_limit, listen_host, port_base
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port-base", type=int, default=0)
     p.add_argument("--per-port-limit", type=int, default=DEFAULT_PER_PORT_LIMIT)
     p.add_argument("--fault-rate", type=float, default=0.0, help="random faults per GPU per simulated hour")
+    p.add_argument("--feature-mix", action="store_true", help="a realistic mix of host kernels and boot features")
     p.add_argument(
         "--stream-slots-per-host",
         type=int,
@@ -174,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         port_base=args.port_base,
         fault_rate_per_gpu_hour=args.fault_rate,
         stream_slots_per_host=args.stream_slots_per_host,
+        feature_mix=args.feature_mix,
     ).start()
     for ep in fleet.endpoints.values():
         print(f"{ep.hostname} {ep.address} {ep.node or '-'}", flush=True)

@@ -35,11 +35,11 @@ from hardware.xid import xid_entry
 from simulator.clock import SimClock
 from simulator.events import EventHub, Subscription
 from simulator.fabric_manager import DEFAULT_FM_VERSION, RESTART_WINDOW_S, FabricManager
+from simulator.host_features import HostFeatures
 from simulator.pci import PASSTHROUGH_DRIVER, SimPciDevice, build_pci_tree
 from simulator.vm import BootWatch, SimVm
 
 AGENT_VERSION = "sim-0.1.0"
-KERNELS = {"old": "5.15.0-105-generic", "fixed": "6.12.9-generic"}
 IDLE_TEMPERATURE_C = 30.0
 _BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
@@ -122,8 +122,11 @@ class SimHost:
         iommu_backend: str = "vfio-type1",
         plug_mode: str = "hot",
         hugepages: bool = False,
-        guest_kernel: str = "old",
+        guest_kernel: str = "5.15.0",
         init_system: str = "systemd",
+        qemu_version: str | None = None,
+        guest_firmware: str = "ovmf",
+        features: HostFeatures | None = None,
         fm_version: str = DEFAULT_FM_VERSION,
         firmware: dict[int, str] | None = None,
         isolate_gpus: bool = False,
@@ -134,8 +137,12 @@ class SimHost:
         self.clock = clock or SimClock()
         self.hub = hub or EventHub()
         self.seed = seed
-        self.host_kernel, self.iommu_backend, self.plug_mode = host_kernel, iommu_backend, plug_mode
-        self.hugepages, self.guest_kernel, self.init_system = hugepages, guest_kernel, init_system
+        # What its VMs boot on (`features` wins over the single options; `old`/`fixed` name a release).
+        self.features = features or HostFeatures.build(
+            host_kernel=host_kernel, qemu_version=qemu_version, iommu_backend=iommu_backend, hugepages=hugepages,
+            plug_mode=plug_mode, guest_kernel=guest_kernel, guest_firmware=guest_firmware, init_system=init_system,
+        )
+        self.iommu_backend, self.hugepages = self.features.iommu_backend, self.features.hugepages
         self._lock = threading.Lock()
         self.devices = build_pci_tree(self.platform, self.variant)
         self._boot_drivers = {d.address: d.driver for d in self.devices}  # what a reboot binds again
@@ -243,10 +250,14 @@ class SimHost:
             switch_mgmt=mgmt,
             agent_version=AGENT_VERSION,
             fabric_manager_version=self.fabric_manager.version,
-            host_kernel=KERNELS.get(self.host_kernel, self.host_kernel),
-            iommu_backend=self.iommu_backend,
-            plug_mode=self.plug_mode,
-            hugepages=self.hugepages,
+            host_kernel=self.features.host_kernel,
+            iommu_backend=self.features.iommu_backend,
+            plug_mode=self.features.plug_mode,
+            hugepages=self.features.hugepages,
+            qemu_version=self.features.qemu_version,
+            guest_kernel=self.features.guest_kernel,
+            guest_firmware=self.features.guest_firmware,
+            init_system=self.features.init_system,
         )
 
     def bind_vfio(self, address: str) -> None:
@@ -405,15 +416,7 @@ class SimHost:
                 if reason:  # VFIO refuses a group that is not viable (a member on a host driver)
                     raise FailedPrecondition(f"{self.hostname}: GPU {m} cannot be assigned: {reason}")
             estimate = estimate_boot(
-                len(mods),
-                platform=self.platform,
-                host_kernel=self.host_kernel,
-                iommu_backend=self.iommu_backend,
-                plug_mode=self.plug_mode,
-                hugepages=self.hugepages,
-                guest_ram_gib=guest_ram_gib,
-                guest_kernel=self.guest_kernel,
-                init_system=self.init_system,
+                len(mods), platform=self.platform, guest_ram_gib=guest_ram_gib, **self.features.boot_arguments()
             )
             unpartitioned = sorted(set(mods) - self.fabric_manager.active_modules())
             failure = (

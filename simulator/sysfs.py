@@ -103,6 +103,10 @@ def board_map(host: SimHost) -> dict:
             "hugepages": inv.hugepages,
             "fabric_manager_version": inv.fabric_manager_version,
             "agent_version": inv.agent_version,
+            "qemu_version": inv.qemu_version,
+            "guest_kernel": inv.guest_kernel,
+            "guest_firmware": inv.guest_firmware,
+            "init_system": inv.init_system,
         },
     }
 

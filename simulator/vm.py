@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from hardware.boot_model import BAR_MAPPING, DRIVER_INIT, GUEST_PCI_ENUMERATION, PLUG, RAM_PINNING
 from hardware.types import BootEstimate, BootPhaseEvent, VmInfo, VmState
 from simulator.clock import SimClock
 
@@ -98,13 +99,10 @@ class SimVm:
 
 
 def _detail(vm: SimVm, phase: str) -> str:
-    if phase == "ram-pinning":
+    if phase == RAM_PINNING:
         return f"{vm.guest_ram_gib} GiB guest RAM"
-    if phase.startswith("hot-plug-gpu-"):
-        k = int(phase.rsplit("-", 1)[1])
-        return f"module {vm.modules[k - 1]}" if k <= len(vm.modules) else ""
-    if phase in ("host-bar-map", "guest-pci-enumeration", "driver-init"):
-        return f"{len(vm.modules)} GPU(s)"
+    if phase in (BAR_MAPPING, PLUG, GUEST_PCI_ENUMERATION, DRIVER_INIT):
+        return f"{len(vm.modules)} GPU(s): modules {','.join(map(str, vm.modules))}"
     return ""
 
 

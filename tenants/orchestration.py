@@ -6,9 +6,12 @@ Every step is a real call through `hardware`'s agent client and the cluster adap
 stored on the lease, so a crashed worker resumes where it stopped. Only one worker advances a lease
 at a time (a named lock per lease).
 
-placed → partitioning   (the lease's allocation was claimed with its placement)
+placed → partitioning   (the lease's allocation was claimed with its placement) — unless the VM is
+                        predicted to boot longer than MAX_PREDICTED_BOOT_S on that server: then the
+                        lease is released with failure_reason "BootTooSlow: ..." and ends `failed`
 partitioning → booting  fleet activates the allocation (partition on the fabric manager, device
-                        plugin's book); GpuLease + Kata pod with the partition's GPUs as CDI devices
+                        plugin's book); GpuLease + Kata pod with the partition's GPUs as CDI devices,
+                        its start-up timeout the predicted boot with a margin (`boot_limits`)
 booting → running       the node watcher follows the agent's WatchBoot stream (not a task): one
                         BootPhase row per phase, `lease_record_boot_event`
 running → releasing     the tenant deletes it, the pod ends, or a GPU fault ends it
@@ -26,19 +29,24 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from console.audit import Actor
 from console.locks import try_lock
 from fleet.allocations import allocation_activate, allocation_release
+from fleet.boot import server_boot_estimate, server_boot_features
 from fleet.cluster import get_cluster
 from fleet.models import Gpu
 from fleet.states import AllocationState, GpuState
 from hardware import kube_constants
-from hardware.boot_model import estimate_boot
-from hardware.types import BootPhaseEvent
+from hardware.boot_model import startup_timeout_s
+from hardware.types import BootEstimate, BootPhaseEvent
+from tenants import constants
+from tenants.constants import BOOT_TOO_SLOW, GUEST_RAM_GIB
 from tenants.models import BootPhase, Lease
 from tenants.selectors import lease_detail
 from tenants.services import lease_fail, lease_finish, lease_release, lease_set_condition, lease_try_place
@@ -46,8 +54,6 @@ from tenants.states import LEASE_MACHINE, LEASE_TENANT_OWNS, LeaseState
 
 log = logging.getLogger(__name__)
 L, A = LeaseState, AllocationState
-# Guest RAM of a lease's VM, as the Kata runtime class sizes it (the simulated cluster uses the same).
-GUEST_RAM_GIB = 64
 GPU_FAULT = "GpuFault"
 _XID = re.compile(r"\bXid (\d+)")
 
@@ -80,7 +86,49 @@ def _pending(lease: Lease, actor: Actor) -> None:
     lease_try_place(lease_id=lease.pk, actor=actor)
 
 
+@dataclass(frozen=True)
+class BootLimits:
+    """The configured boot limits (settings override `tenants.constants`)."""
+
+    max_predicted_s: float
+    timeout_factor: float
+    timeout_extra_s: float
+
+    def pod_timeout_s(self, predicted_s: float) -> int:
+        """The pod's start-up timeout for a VM predicted to boot in `predicted_s`."""
+        return startup_timeout_s(predicted_s, factor=self.timeout_factor, extra_s=self.timeout_extra_s)
+
+
+def boot_limits() -> BootLimits:
+    """MAX_PREDICTED_BOOT_S, BOOT_TIMEOUT_FACTOR and BOOT_TIMEOUT_EXTRA_S from settings, else
+    `tenants.constants`."""
+    names = ("MAX_PREDICTED_BOOT_S", "BOOT_TIMEOUT_FACTOR", "BOOT_TIMEOUT_EXTRA_S")
+    return BootLimits(*(float(getattr(settings, name, getattr(constants, name))) for name in names))
+
+
+def predicted_boot(lease: Lease) -> BootEstimate:
+    """The model's boot for the lease's VM on its server, from the features fleet recorded."""
+    return server_boot_estimate(lease.server, gpus=lease.gpu_count, guest_ram_gib=GUEST_RAM_GIB)
+
+
+def boot_too_slow_reason(lease: Lease, estimate: BootEstimate, limits: BootLimits) -> str:
+    """Why the lease is not started ("" when its predicted boot is within the maximum)."""
+    total = estimate.total_seconds
+    if total <= limits.max_predicted_s:
+        return ""
+    f = server_boot_features(lease.server)
+    slowest, seconds = max(estimate.phases, key=lambda phase: phase[1])
+    return (f"{BOOT_TOO_SLOW}: a {lease.gpu_count}-GPU VM on {lease.server.hostname} is predicted to boot in "
+            f"{total / 60:.1f} min, over the maximum of {limits.max_predicted_s / 60:.1f} min "
+            f"(slowest phase {slowest}: {seconds / 60:.1f} min; host kernel {f['host_kernel'] or 'unknown'}, "
+            f"{f['plug_mode']}-plug, {f['iommu_backend']}, guest kernel {f['guest_kernel']}, {f['init_system']})")
+
+
 def _placed(lease: Lease, actor: Actor) -> None:
+    reason = boot_too_slow_reason(lease, predicted_boot(lease), boot_limits())
+    if reason:
+        lease_release(lease=lease, actor=actor, failure_reason=reason)
+        return
     LEASE_MACHINE.transition(lease, L.PARTITIONING, actor=actor, message="activating NVLink partition")
 
 
@@ -100,26 +148,23 @@ def _partitioning(lease: Lease, actor: Actor) -> None:
         lease_id=str(lease.pk), tenant=lease.tenant.name, node=server.k8s_node_name,
         gpu_module_ids=[g.module_id for g in gpus], pci_addresses=[g.pci_address for g in gpus], pod=pod,
     )
+    estimate = server_boot_estimate(server, gpus=len(gpus), guest_ram_gib=GUEST_RAM_GIB)
     created = cluster.create_lease_pod(
         lease_id=str(lease.pk), tenant=lease.tenant.name, image=lease.image, node=server.k8s_node_name,
-        gpu_indexes=[g.module_id for g in gpus], command=[*lease.command, *lease.args],
-        env=lease.env,
+        gpu_indexes=[g.module_id for g in gpus], command=[*lease.command, *lease.args], env=lease.env,
+        predicted_boot_s=estimate.total_seconds,
+        startup_timeout_s=boot_limits().pod_timeout_s(estimate.total_seconds),
     )
     with transaction.atomic():
-        _record_predicted_boot(lease, len(gpus))
+        _record_predicted_boot(lease, estimate)
         # The node watcher follows the VM's boot from here (fleet.holders.follow_boots).
         LEASE_MACHINE.transition(lease, L.BOOTING, actor=actor, fields={"pod_name": created.name or pod},
                                  message=f"pod {created.name or pod} on {server.k8s_node_name}")
 
 
-def _record_predicted_boot(lease: Lease, gpus: int) -> None:
+def _record_predicted_boot(lease: Lease, estimate: BootEstimate) -> None:
     """The model's phases as rows with their prediction and no times yet (a phase that never runs
     never gets a start)."""
-    server = lease.server
-    estimate = estimate_boot(
-        gpus, platform=server.platform, host_kernel=server.host_kernel, iommu_backend=server.iommu_backend,
-        plug_mode=server.plug_mode, hugepages=server.hugepages, guest_ram_gib=GUEST_RAM_GIB,
-    )
     for seq, (phase, seconds) in enumerate(estimate.phases):
         BootPhase.objects.update_or_create(
             lease=lease, phase=phase,

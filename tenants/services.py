@@ -141,6 +141,9 @@ def lease_request(
     tenancy was never provisioned gets it provisioned now, on its first container; the lease waits in
     `pending` until the tenancy is ready. `on_record(lease)`, when given, runs in the transaction that
     records the lease (the API binds its idempotency key there).
+    The boot time is judged once the lease is placed (`tenants.orchestration`): a VM predicted to
+    boot longer than MAX_PREDICTED_BOOT_S on its server ends the lease `failed` ("BootTooSlow: ...")
+    before any pod is created, so the request path reads no more rows than before.
     """
     _validate_request(tenant_name=tenant_name, image=image, gpu_count=gpu_count, workload_seconds=workload_seconds)
     extra = {"command": list(command or ()), "args": list(args or ()), "env": dict(env or {}),

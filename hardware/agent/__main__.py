@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     linux.add_argument("--board-map", type=Path, help="module-id → BDF map recorded for this board")
     linux.add_argument("--proc-root", type=Path, default=Path("/proc"),
                        help="where the processes holding a GPU's VFIO device are found")
+    for name, example in (("qemu-version", "9.2.0"), ("guest-kernel", "6.12.8"), ("guest-firmware", "ovmf"),
+                          ("init-system", "nvrc")):
+        linux.add_argument(f"--{name}", default="",
+                           help=f"what the node's Kata configuration boots, e.g. {example} (for the boot prediction)")
     linux.add_argument("--evict-grace", type=float, default=EVICT_GRACE_S,
                        help="seconds between SIGTERM and SIGKILL when evicting a GPU's holders")
     sim = p.add_argument_group("sim backend")
@@ -60,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--variant", default=None)
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--accel", type=float, default=60.0, help="simulated seconds per real second")
-    sim.add_argument("--host-kernel", choices=("old", "fixed"), default="old")
+    sim.add_argument("--host-kernel", default="old", help="a release (6.8.0-45-generic), or old / fixed")
     sim.add_argument("--plug-mode", choices=("hot", "cold"), default="hot")
     sim.add_argument("--iommu-backend", choices=("vfio-type1", "iommufd"), default="vfio-type1")
     sim.add_argument("--hugepages", action="store_true")
@@ -69,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve_linux(args, tls: TlsIdentity | None):
     from hardware.linux.boardmap import BoardMapError, load_board_map
-    from hardware.linux.host import LinuxHost
+    from hardware.linux.host import VM_FEATURES, LinuxHost
 
     if args.board_map is None:
         print("the linux backend needs --board-map (module id → BDF, recorded once per board)", file=sys.stderr)
@@ -85,6 +89,7 @@ def _serve_linux(args, tls: TlsIdentity | None):
         proc_root=args.proc_root,
         evict_grace_s=args.evict_grace,
         hostname=args.hostname,
+        vm_features={name: getattr(args, name) for name in VM_FEATURES},
     )
     return serve(SingleHost(backend, args.hostname), args.listen, tls=tls, insecure=args.insecure)
 

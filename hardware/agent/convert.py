@@ -118,6 +118,10 @@ def inventory_to_pb(inv: Inventory) -> pb.Inventory:
             hugepages=inv.hugepages,
             fabric_manager_version=inv.fabric_manager_version,
             agent_version=inv.agent_version,
+            qemu_version=inv.qemu_version,
+            guest_kernel=inv.guest_kernel,
+            guest_firmware=inv.guest_firmware,
+            init_system=inv.init_system,
         ),
     )
 
@@ -156,6 +160,10 @@ def inventory_from_pb(m: pb.Inventory) -> Inventory:
         iommu_backend=f.iommu_backend,
         plug_mode=f.plug_mode,
         hugepages=f.hugepages,
+        qemu_version=f.qemu_version,
+        guest_kernel=f.guest_kernel,
+        guest_firmware=f.guest_firmware,
+        init_system=f.init_system,
     )
 
 

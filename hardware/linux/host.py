@@ -56,6 +56,10 @@ IOMMUFD_MISC = Path("class/misc/iommu")  # the /dev/iommu character device (iomm
 FABRIC_MANAGER_POLL_S = 5.0
 
 
+# Inventory fields the node's Kata configuration decides (not readable from sysfs).
+VM_FEATURES = ("qemu_version", "guest_kernel", "guest_firmware", "init_system")
+
+
 class LinuxHost:
     """HostBackend over this machine's sysfs, libvirt and fabric manager."""
 
@@ -74,6 +78,7 @@ class LinuxHost:
         follow_journal: bool = True,
         stop: threading.Event | None = None,
         plug_mode: str = "cold",
+        vm_features: dict[str, str] | None = None,
         agent_version: str = "",
         fabric_manager_version: str = "",
         fabric_manager_poll_s: float = FABRIC_MANAGER_POLL_S,
@@ -85,7 +90,10 @@ class LinuxHost:
         """`fabric_manager_poll_s`: how often a followed health stream probes the fabric manager for
         a restart (0: never); well inside its 60 s window, so the console has most of it to replay.
         `proc_root` and `kill` are where GPU holders are found and how they are signalled;
-        `evict_grace_s` is SIGTERM → SIGKILL, `evict_wait_s` the bounded wait after SIGKILL."""
+        `evict_grace_s` is SIGTERM → SIGKILL, `evict_wait_s` the bounded wait after SIGKILL.
+        `vm_features`: what the node's Kata configuration boots (`qemu_version`, `guest_kernel`,
+        `guest_firmware`, `init_system`), reported for the console's boot prediction; missing ones
+        are reported as "" (unknown: the console predicts conservatively)."""
         self.board_map = board_map
         self.platform: Platform = board_map.platform_data
         self.sysfs = SysfsPci(sysfs_root)
@@ -100,6 +108,7 @@ class LinuxHost:
         self.follow_journal = follow_journal
         self.stop = stop or threading.Event()
         self.plug_mode = plug_mode
+        self.vm_features = {k: (vm_features or {}).get(k, "") for k in VM_FEATURES}
         self.agent_version = agent_version
         self.fabric_manager_version = fabric_manager_version
         self.fabric_manager_poll_s = fabric_manager_poll_s
@@ -127,6 +136,7 @@ class LinuxHost:
             iommu_backend="iommufd" if (self.sysfs.root / IOMMUFD_MISC).exists() else "vfio-type1",
             plug_mode=self.plug_mode,
             hugepages=_positive_int(self.sysfs.root / HUGEPAGES_1G),
+            **self.vm_features,
         )
 
     def _gpu_info(self, gpu: DiscoveredGpu) -> GpuInfo:

@@ -37,7 +37,9 @@ _counter = iter(range(1, 10**9))
 
 
 def make_server(platform: str = "hgx-h100-8", variant: str | None = None, *, rack: str | None = None, **kw) -> Server:
-    """A server with every GPU, NVSwitch and partition row its platform data describes."""
+    """A server with every GPU, NVSwitch and partition row its platform data describes; by default a
+    6.8 host (an 8-GPU VM boots in minutes), so leases of any size are started."""
+    kw.setdefault("host_kernel_version", "6.8.0-45-generic")
     spec = get_platform(platform)
     n = next(_counter)
     server, _ = server_register_from_platform(

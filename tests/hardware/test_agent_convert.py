@@ -23,7 +23,7 @@ from simulator.host import SimHost
 
 AT = datetime(2026, 11, 22, 19, 0, 0, 123456, tzinfo=UTC)
 LATER = datetime(2026, 11, 22, 19, 30, 0, tzinfo=UTC)
-PHASE = BootPhaseEvent("vm", "ram-pinning", AT, LATER, "64 GiB")
+PHASE = BootPhaseEvent("vm", "ram_pinning", AT, LATER, "64 GiB")
 
 
 @pytest.mark.parametrize(

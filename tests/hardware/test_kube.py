@@ -137,7 +137,8 @@ def test_create_lease_pod_carries_the_containers_environment(mock, cluster):
 @mock_only
 def test_create_lease_pod_sends_the_exact_pod(mock, cluster):
     status = cluster.create_lease_pod(lease_id="42", tenant="landon", image=IMAGE, node="gpu-node-1",
-                                      gpu_indexes=[6, 7], command=["python", "train.py"])
+                                      gpu_indexes=[6, 7], command=["python", "train.py"],
+                                      startup_timeout_s=540, predicted_boot_s=280.4)
 
     assert status.name == "lease-42" and status.namespace == "tenant-landon" and status.lease_id == "42"
     assert status.phase == PodPhase.PENDING
@@ -151,7 +152,10 @@ def test_create_lease_pod_sends_the_exact_pod(mock, cluster):
             "labels": {"app.kubernetes.io/managed-by": "gpu-console", "gpuconsole.dev/tenant": "landon",
                        "gpuconsole.dev/lease": "42"},
             "annotations": {"gpuconsole.dev/gpulease": "lease-42", "gpuconsole.dev/gpu-indexes": "6,7",
-                            "cdi.k8s.io/gpu-console_lease-42": "nvidia.com/gpu=6,nvidia.com/gpu=7"},
+                            "cdi.k8s.io/gpu-console_lease-42": "nvidia.com/gpu=6,nvidia.com/gpu=7",
+                            # Kata's per-pod create-container timeout, from the boot prediction
+                            "io.katacontainers.config.runtime.create_container_timeout": "540",
+                            "gpuconsole.dev/predicted-boot-seconds": "280"},
         },
         "spec": {
             "runtimeClassName": "kata-qemu-nvidia-gpu",

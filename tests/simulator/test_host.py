@@ -78,7 +78,7 @@ def test_vm_follows_the_boot_model_on_the_clock():
     host.activate_partition(0)
     vm = host.start_vm("v", "pod", range(1, 9), 512, workload_seconds=600)
     expected = estimate_boot(
-        8, platform="hgx-h100-8", host_kernel="fixed", plug_mode="cold", hugepages=False, guest_ram_gib=512
+        8, platform="hgx-h100-8", host_kernel="6.12.9", qemu_version="9.2.0", plug_mode="cold", guest_ram_gib=512
     )
     assert vm.state is VmState.BOOTING
     clock.advance(expected.total_seconds - 1)
@@ -137,3 +137,11 @@ def test_xid_79_fails_the_vm_and_hides_the_gpu_until_reboot():
     host.reboot()
     assert 3 in {g.module_id for g in host.inventory().gpus}
     assert host.get_vm("v").state is VmState.FAILED  # its history stays
+
+
+def test_a_host_reports_the_features_its_vms_boot_on():
+    host = SimHost("h", "hgx-h100-8", host_kernel="6.8.0-45-generic", plug_mode="cold", iommu_backend="iommufd")
+    inv = host.inventory()
+    assert (inv.host_kernel, inv.qemu_version, inv.plug_mode, inv.iommu_backend) == (
+        "6.8.0-45-generic", "8.2.2", "cold", "iommufd")
+    assert (inv.guest_kernel, inv.guest_firmware, inv.init_system) == ("5.15.0", "ovmf", "systemd")

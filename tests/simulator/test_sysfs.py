@@ -68,6 +68,7 @@ def test_linux_host_discovers_the_same_inventory(tmp_path, platform, variant):
         records=records.GpuRecordStore(tmp_path / "records"),
         hostname="node-1",
         plug_mode="cold",
+        vm_features={name: getattr(sim, name) for name in linux.VM_FEATURES},
         agent_version=sim.agent_version,
         fabric_manager_version=sim.fabric_manager_version,
         follow_journal=False,

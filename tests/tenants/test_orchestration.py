@@ -4,6 +4,7 @@ leveling → released, with boot phases recorded and GPUs free only after scrub 
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from fleet import cluster as cluster_access
 from fleet.agents import agent_for
 from fleet.models import Gpu
 from fleet.states import GpuState
+from hardware import kube_constants
 from hardware.exceptions import ClusterUnavailable
 from tenants import services
 from tenants.models import BootPhase, Lease
@@ -156,7 +158,8 @@ def test_running_a_task_twice_changes_nothing(sim, tasks):
     assert AuditEvent.objects.count() == events
 
 
-def test_eight_gpu_lease_deactivates_idle_singles_first(sim, tasks):
+def test_eight_gpu_lease_deactivates_idle_singles_first(sim, tasks, settings):
+    settings.MAX_PREDICTED_BOOT_S = 3600  # the simulated hosts are the seeds' (an 8-GPU boot ≈ 29 min)
     lease = _run_to_running(tasks, n=8)
     assert lease.state == LeaseState.RUNNING
     reported = {p.partition_id: p.active for p in agent_for(lease.server).list_partitions()}
@@ -289,6 +292,7 @@ def test_an_eight_gpu_release_takes_at_most_one_and_a_half_one_gpu_releases(sim,
     """One clean task per GPU, in parallel: 8 GPUs are scrubbed and levelled side by side."""
     one = _release_in_simulated_seconds(sim, tasks, 1)
     eight = _release_in_simulated_seconds(sim, tasks, 8)
+    print(f"release in simulated seconds: 1 GPU {one:.1f}, 8 GPUs {eight:.1f}, ratio {eight / one:.2f}")
     assert one > 30  # a scrub's steps alone take 33 simulated seconds
     assert eight <= 1.5 * one, (one, eight)
     # One clean task per GPU, each its own GPU's scrub then level.
@@ -378,3 +382,29 @@ def test_boot_phases_carry_console_times_and_a_phase_that_never_ran_has_no_start
     assert lease.booting_at <= started.started_at <= started.ended_at <= timezone.now()
     assert started.duration_s == 120.0
     assert all(p.started_at is None and p.ended_at is None for p in rest)
+
+
+def test_the_pods_start_up_timeout_follows_the_prediction_with_a_margin(sim, tasks, settings):
+    from simulator.kube_store import PODS
+    from tests.support.simfleet import sim_kube
+
+    settings.BOOT_TIMEOUT_FACTOR, settings.BOOT_TIMEOUT_EXTRA_S = 2, 30
+    lease = _run_to_running(tasks, n=2)
+    predicted = sum(p.predicted_seconds for p in BootPhase.objects.filter(lease=lease))
+    pod = sim_kube().store.get(PODS, lease.tenant.namespace, lease.pod_name)
+    annotations = pod["metadata"]["annotations"]
+    assert int(annotations[kube_constants.KATA_CREATE_CONTAINER_TIMEOUT_ANNOTATION]) == math.ceil(predicted * 2 + 30)
+    assert int(annotations[kube_constants.PREDICTED_BOOT_ANNOTATION]) == round(predicted)
+
+
+def test_a_lease_predicted_to_boot_too_long_fails_with_the_reason_before_any_pod(sim, tasks, settings):
+    # The seeds' host (5.15, hot-plug, systemd): an 8-GPU VM ≈ 29 min, over a 20 min maximum.
+    settings.MAX_PREDICTED_BOOT_S = 20 * 60
+    lease = _run_to_running(tasks, n=8)
+    assert lease.state == LeaseState.FAILED
+    assert lease.failure_reason.startswith("BootTooSlow: a 8-GPU VM on ")
+    assert "over the maximum of 20.0 min" in lease.failure_reason and "slowest phase plug" in lease.failure_reason
+    assert "host kernel 5.15.0-105-generic, hot-plug" in lease.failure_reason
+    assert "tenants.lease.booting" not in _verbs(lease) and not BootPhase.objects.filter(lease=lease).exists()
+    assert cluster_access.get_cluster().get_lease_pod(lease_id=str(lease.pk), tenant="acme") is None
+    assert _run_to_running(tasks, n=2).state == LeaseState.RUNNING  # smaller VMs still start

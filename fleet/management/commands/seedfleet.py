@@ -8,6 +8,9 @@ from console.models import Source
 from fleet.registration import ServerSpec, free_slot, server_register_from_platform
 from hardware.platforms import PLATFORMS, PlatformError, get_platform
 
+# The release a seeded server records for its --host-kernel (what its VMs are predicted to boot on).
+SEEDED_KERNELS = {"old": "5.15.0-105-generic", "fixed": "6.12.9"}
+
 
 class Command(BaseCommand):
     help = "Create N servers with realistic BDFs, IOMMU groups, serials and firmware (idempotent)."
@@ -44,6 +47,7 @@ class Command(BaseCommand):
                 rack=rack_name,
                 slot=slot,
                 host_kernel=opts["host_kernel"],
+                host_kernel_version=SEEDED_KERNELS[opts["host_kernel"]],
                 plug_mode=opts["plug_mode"],
             )
             try:

@@ -55,6 +55,13 @@ def _identities(insecure: bool) -> tuple[TlsIdentity | None, TlsIdentity | None]
     return TlsIdentity.from_dir(pki, FLEET_IDENTITY), TlsIdentity.from_dir(pki, CONSOLE_IDENTITY)
 
 
+def _features(opts) -> dict:
+    """The fleet's host-feature options: the seeded mix, or the same features for every server."""
+    if opts["host_kernel"] == "mix":
+        return {"feature_mix": True}
+    return {"host_kernel": opts["host_kernel"], "plug_mode": opts["plug_mode"]}
+
+
 class Command(BaseCommand):
     help = "Serve a simulated fleet over the agent protocol and register it from GetInventory."
 
@@ -73,8 +80,13 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--racks", type=int, default=2)
         parser.add_argument("--prefix", default="sim", help="host name prefix")
-        parser.add_argument("--host-kernel", default="old", choices=["old", "fixed"])
-        parser.add_argument("--plug-mode", default="hot", choices=["hot", "cold"])
+        parser.add_argument(
+            "--host-kernel",
+            default="mix",
+            help="mix (default: a realistic mix of host kernels and boot features, from --seed), or one "
+            "release for every server (6.8.0-45-generic; old / fixed)",
+        )
+        parser.add_argument("--plug-mode", default="hot", choices=["hot", "cold"], help="with one --host-kernel")
         parser.add_argument("--fault-rate", type=float, default=0.0, help="random faults per GPU per sim hour")
         parser.add_argument(
             "--insecure", action="store_true", default=None, help="plaintext gRPC (default: settings.AGENT_INSECURE)"
@@ -109,9 +121,8 @@ class Command(BaseCommand):
             per_port_limit=opts["per_port_limit"],
             port_base=opts["port_base"],
             fault_rate_per_gpu_hour=opts["fault_rate"],
-            host_kernel=opts["host_kernel"],
-            plug_mode=opts["plug_mode"],
             isolate_gpus=True,
+            **_features(opts),
         ).start()
         try:
             self._register(fleet, opts, console_tls, insecure)

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgpuconsole/agent/v1/agent.proto\x12\x13gpuconsole.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x07\n\x05\x45mpty\"\x15\n\x13GetInventoryRequest\"\xec\x02\n\tPciDevice\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.gpuconsole.agent.v1.DeviceKind\x12\x11\n\tvendor_id\x18\x03 \x01(\r\x12\x11\n\tdevice_id\x18\x04 \x01(\r\x12\x12\n\nclass_code\x18\x05 \x01(\r\x12\x18\n\x0biommu_group\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06\x64river\x18\x07 \x01(\t\x12\x11\n\tnuma_node\x18\x08 \x01(\x05\x12\x16\n\tmodule_id\x18\t \x01(\rH\x01\x88\x01\x01\x12 \n\x13subsystem_vendor_id\x18\n \x01(\rH\x02\x88\x01\x01\x12 \n\x13subsystem_device_id\x18\x0b \x01(\rH\x03\x88\x01\x01\x42\x0e\n\x0c_iommu_groupB\x0c\n\n_module_idB\x16\n\x14_subsystem_vendor_idB\x16\n\x14_subsystem_device_id\"\xda\x01\n\x03Gpu\x12+\n\x03pci\x18\x01 \x01(\x0b\x32\x1e.gpuconsole.agent.v1.PciDevice\x12\x16\n\tmodule_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12\x10\n\x08vram_mib\x18\x05 \x01(\x04\x12\x18\n\x10\x66irmware_version\x18\x06 \x01(\t\x12\x1c\n\x14\x61lone_in_iommu_group\x18\x07 \x01(\x08\x12\x18\n\x10isolation_reason\x18\x08 \x01(\tB\x0c\n\n_module_id\"\x92\x01\n\x0cHostFeatures\x12\x0e\n\x06kernel\x18\x01 \x01(\t\x12\x15\n\riommu_backend\x18\x02 \x01(\t\x12\x11\n\tplug_mode\x18\x03 \x01(\t\x12\x11\n\thugepages\x18\x04 \x01(\x08\x12\x1e\n\x16\x66\x61\x62ric_manager_version\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\"\x86\x02\n\tInventory\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12&\n\x04gpus\x18\x04 \x03(\x0b\x32\x18.gpuconsole.agent.v1.Gpu\x12\x32\n\nnvswitches\x18\x05 \x03(\x0b\x32\x1e.gpuconsole.agent.v1.PciDevice\x12\x33\n\x0bswitch_mgmt\x18\x06 \x01(\x0b\x32\x1e.gpuconsole.agent.v1.PciDevice\x12\x33\n\x08\x66\x65\x61tures\x18\x07 \x01(\x0b\x32!.gpuconsole.agent.v1.HostFeatures\"$\n\x11PciAddressRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\x17\n\x15ListPartitionsRequest\"Z\n\tPartition\x12\x14\n\x0cpartition_id\x18\x01 \x01(\r\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x16\n\x0egpu_module_ids\x18\x03 \x03(\r\x12\x0f\n\x07nvlinks\x18\x04 \x01(\r\"L\n\x16ListPartitionsResponse\x12\x32\n\npartitions\x18\x01 \x03(\x0b\x32\x1e.gpuconsole.agent.v1.Partition\"(\n\x10PartitionRequest\x12\x14\n\x0cpartition_id\x18\x01 \x01(\r\"6\n\x1dSetActivatedPartitionsRequest\x12\x15\n\rpartition_ids\x18\x01 \x03(\r\"\x1f\n\nGpuRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\r\"l\n\rScrubProgress\x12\x11\n\tmodule_id\x18\x01 \x01(\r\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x0f\n\x07percent\x18\x03 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\n\n\x02ok\x18\x06 \x01(\x08\"U\n\x0e\x46irmwareStatus\x12\x11\n\tmodule_id\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06pinned\x18\x03 \x01(\t\x12\x0f\n\x07matches\x18\x04 \x01(\x08\"5\n\tGpuHolder\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05vm_id\x18\x03 \x01(\t\"=\n\nGpuHolders\x12/\n\x07holders\x18\x01 \x03(\x0b\x32\x1e.gpuconsole.agent.v1.GpuHolder\"\x14\n\x12WatchHealthRequest\"\xa8\x03\n\x0bHealthEvent\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x11\n\tmodule_id\x18\x02 \x01(\r\x12-\n\x04kind\x18\x03 \x01(\x0e\x32\x1f.gpuconsole.agent.v1.HealthKind\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x03xid\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x1a\n\rtemperature_c\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\recc_corrected\x18\t \x01(\x04H\x02\x88\x01\x01\x12\x1c\n\x0f\x65\x63\x63_uncorrected\x18\n \x01(\x04H\x03\x88\x01\x01\x12\x17\n\nrow_remaps\x18\x0b \x01(\rH\x04\x88\x01\x01\x12\x1a\n\rnvlink_errors\x18\x0c \x01(\x04H\x05\x88\x01\x01\x42\x06\n\x04_xidB\x10\n\x0e_temperature_cB\x10\n\x0e_ecc_correctedB\x12\n\x10_ecc_uncorrectedB\r\n\x0b_row_remapsB\x10\n\x0e_nvlink_errors\"!\n\x10WatchBootRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\"\xb2\x01\n\tBootPhase\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\r\n\x05\x66inal\x18\x06 \x01(\x08\x12\n\n\x02ok\x18\x07 \x01(\x08\"h\n\x08GpuLease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x15\n\rpod_namespace\x18\x02 \x01(\t\x12\x10\n\x08pod_name\x18\x03 \x01(\t\x12\x12\n\nmodule_ids\x18\x04 \x03(\r\x12\r\n\x05phase\x18\x05 \x01(\t\"D\n\x13SetGpuLeasesRequest\x12-\n\x06leases\x18\x01 \x03(\x0b\x32\x1d.gpuconsole.agent.v1.GpuLease\"\x16\n\x14ListGpuLeasesRequest\"F\n\x15ListGpuLeasesResponse\x12-\n\x06leases\x18\x01 \x03(\x0b\x32\x1d.gpuconsole.agent.v1.GpuLease*u\n\nDeviceKind\x12\x1b\n\x17\x44\x45VICE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x45VICE_KIND_GPU\x10\x01\x12\x18\n\x14\x44\x45VICE_KIND_NVSWITCH\x10\x02\x12\x1b\n\x17\x44\x45VICE_KIND_SWITCH_MGMT\x10\x03*\xe7\x01\n\nHealthKind\x12\x1b\n\x17HEALTH_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fHEALTH_KIND_XID\x10\x01\x12\x13\n\x0fHEALTH_KIND_ECC\x10\x02\x12\x19\n\x15HEALTH_KIND_ROW_REMAP\x10\x03\x12\x1b\n\x17HEALTH_KIND_TEMPERATURE\x10\x04\x12\x16\n\x12HEALTH_KIND_NVLINK\x10\x05\x12\x18\n\x14HEALTH_KIND_GPU_LOST\x10\x06\x12(\n$HEALTH_KIND_FABRIC_MANAGER_RESTARTED\x10\x07\x32\xf1\x0b\n\tNodeAgent\x12X\n\x0cGetInventory\x12(.gpuconsole.agent.v1.GetInventoryRequest\x1a\x1e.gpuconsole.agent.v1.Inventory\x12N\n\x08\x42indVfio\x12&.gpuconsole.agent.v1.PciAddressRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12P\n\nUnbindVfio\x12&.gpuconsole.agent.v1.PciAddressRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12i\n\x0eListPartitions\x12*.gpuconsole.agent.v1.ListPartitionsRequest\x1a+.gpuconsole.agent.v1.ListPartitionsResponse\x12V\n\x11\x41\x63tivatePartition\x12%.gpuconsole.agent.v1.PartitionRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12X\n\x13\x44\x65\x61\x63tivatePartition\x12%.gpuconsole.agent.v1.PartitionRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12h\n\x16SetActivatedPartitions\x12\x32.gpuconsole.agent.v1.SetActivatedPartitionsRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12Q\n\x08ScrubGpu\x12\x1f.gpuconsole.agent.v1.GpuRequest\x1a\".gpuconsole.agent.v1.ScrubProgress0\x01\x12U\n\rCheckFirmware\x12\x1f.gpuconsole.agent.v1.GpuRequest\x1a#.gpuconsole.agent.v1.FirmwareStatus\x12U\n\rLevelFirmware\x12\x1f.gpuconsole.agent.v1.GpuRequest\x1a#.gpuconsole.agent.v1.FirmwareStatus\x12G\n\x08ResetGpu\x12\x1f.gpuconsole.agent.v1.GpuRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12R\n\x0eListGpuHolders\x12\x1f.gpuconsole.agent.v1.GpuRequest\x1a\x1f.gpuconsole.agent.v1.GpuHolders\x12S\n\x0f\x45victGpuHolders\x12\x1f.gpuconsole.agent.v1.GpuRequest\x1a\x1f.gpuconsole.agent.v1.GpuHolders\x12Z\n\x0bWatchHealth\x12\'.gpuconsole.agent.v1.WatchHealthRequest\x1a .gpuconsole.agent.v1.HealthEvent0\x01\x12T\n\tWatchBoot\x12%.gpuconsole.agent.v1.WatchBootRequest\x1a\x1e.gpuconsole.agent.v1.BootPhase0\x01\x12T\n\x0cSetGpuLeases\x12(.gpuconsole.agent.v1.SetGpuLeasesRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12\x66\n\rListGpuLeases\x12).gpuconsole.agent.v1.ListGpuLeasesRequest\x1a*.gpuconsole.agent.v1.ListGpuLeasesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgpuconsole/agent/v1/agent.proto\x12\x13gpuconsole.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x07\n\x05\x45mpty\"\x15\n\x13GetInventoryRequest\"\xec\x02\n\tPciDevice\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.gpuconsole.agent.v1.DeviceKind\x12\x11\n\tvendor_id\x18\x03 \x01(\r\x12\x11\n\tdevice_id\x18\x04 \x01(\r\x12\x12\n\nclass_code\x18\x05 \x01(\r\x12\x18\n\x0biommu_group\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06\x64river\x18\x07 \x01(\t\x12\x11\n\tnuma_node\x18\x08 \x01(\x05\x12\x16\n\tmodule_id\x18\t \x01(\rH\x01\x88\x01\x01\x12 \n\x13subsystem_vendor_id\x18\n \x01(\rH\x02\x88\x01\x01\x12 \n\x13subsystem_device_id\x18\x0b \x01(\rH\x03\x88\x01\x01\x42\x0e\n\x0c_iommu_groupB\x0c\n\n_module_idB\x16\n\x14_subsystem_vendor_idB\x16\n\x14_subsystem_device_id\"\xda\x01\n\x03Gpu\x12+\n\x03pci\x18\x01 \x01(\x0b\x32\x1e.gpuconsole.agent.v1.PciDevice\x12\x16\n\tmodule_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12\x10\n\x08vram_mib\x18\x05 \x01(\x04\x12\x18\n\x10\x66irmware_version\x18\x06 \x01(\t\x12\x1c\n\x14\x61lone_in_iommu_group\x18\x07 \x01(\x08\x12\x18\n\x10isolation_reason\x18\x08 \x01(\tB\x0c\n\n_module_id\"\xeb\x01\n\x0cHostFeatures\x12\x0e\n\x06kernel\x18\x01 \x01(\t\x12\x15\n\riommu_backend\x18\x02 \x01(\t\x12\x11\n\tplug_mode\x18\x03 \x01(\t\x12\x11\n\thugepages\x18\x04 \x01(\x08\x12\x1e\n\x16\x66\x61\x62ric_manager_version\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x14\n\x0cqemu_version\x18\x07 \x01(\t\x12\x14\n\x0cguest_kernel\x18\x08 \x01(\t\x12\x16\n\x0eguest_firmware\x18\t \x01(\t\x12\x13\n\x0binit_system\x18\n \x01(\t\"\x86\x02\n\tInventory\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12&\n\x04gpus\x18\x04 \x03(\x0b\x32\x18.gpuconsole.agent.v1.Gpu\x12\x32\n\nnvswitches\x18\x05 \x03(\x0b\x32\x1e.gpuconsole.agent.v1.PciDevice\x12\x33\n\x0bswitch_mgmt\x18\x06 \x01(\x0b\x32\x1e.gpuconsole.agent.v1.PciDevice\x12\x33\n\x08\x66\x65\x61tures\x18\x07 \x01(\x0b\x32!.gpuconsole.agent.v1.HostFeatures\"$\n\x11PciAddressRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\x17\n\x15ListPartitionsRequest\"Z\n\tPartition\x12\x14\n\x0cpartition_id\x18\x01 \x01(\r\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x16\n\x0egpu_module_ids\x18\x03 \x03(\r\x12\x0f\n\x07nvlinks\x18\x04 \x01(\r\"L\n\x16ListPartitionsResponse\x12\x32\n\npartitions\x18\x01 \x03(\x0b\x32\x1e.gpuconsole.agent.v1.Partition\"(\n\x10PartitionRequest\x12\x14\n\x0cpartition_id\x18\x01 \x01(\r\"6\n\x1dSetActivatedPartitionsRequest\x12\x15\n\rpartition_ids\x18\x01 \x03(\r\"\x1f\n\nGpuRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\r\"l\n\rScrubProgress\x12\x11\n\tmodule_id\x18\x01 \x01(\r\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x0f\n\x07percent\x18\x03 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\n\n\x02ok\x18\x06 \x01(\x08\"U\n\x0e\x46irmwareStatus\x12\x11\n\tmodule_id\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06pinned\x18\x03 \x01(\t\x12\x0f\n\x07matches\x18\x04 \x01(\x08\"5\n\tGpuHolder\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05vm_id\x18\x03 \x01(\t\"=\n\nGpuHolders\x12/\n\x07holders\x18\x01 \x03(\x0b\x32\x1e.gpuconsole.agent.v1.GpuHolder\"\x14\n\x12WatchHealthRequest\"\xa8\x03\n\x0bHealthEvent\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x11\n\tmodule_id\x18\x02 \x01(\r\x12-\n\x04kind\x18\x03 \x01(\x0e\x32\x1f.gpuconsole.agent.v1.HealthKind\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x03xid\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x1a\n\rtemperature_c\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\recc_corrected\x18\t \x01(\x04H\x02\x88\x01\x01\x12\x1c\n\x0f\x65\x63\x63_uncorrected\x18\n \x01(\x04H\x03\x88\x01\x01\x12\x17\n\nrow_remaps\x18\x0b \x01(\rH\x04\x88\x01\x01\x12\x1a\n\rnvlink_errors\x18\x0c \x01(\x04H\x05\x88\x01\x01\x42\x06\n\x04_xidB\x10\n\x0e_temperature_cB\x10\n\x0e_ecc_correctedB\x12\n\x10_ecc_uncorrectedB\r\n\x0b_row_remapsB\x10\n\x0e_nvlink_errors\"!\n\x10WatchBootRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\"\xb2\x01\n\tBootPhase\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\r\n\x05\x66inal\x18\x06 \x01(\x08\x12\n\n\x02ok\x18\x07 \x01(\x08\"h\n\x08GpuLease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x15\n\rpod_namespace\x18\x02 \x01(\t\x12\x10\n\x08pod_name\x18\x03 \x01(\t\x12\x12\n\nmodule_ids\x18\x04 \x03(\r\x12\r\n\x05phase\x18\x05 \x01(\t\"D\n\x13SetGpuLeasesRequest\x12-\n\x06leases\x18\x01 \x03(\x0b\x32\x1d.gpuconsole.agent.v1.GpuLease\"\x16\n\x14ListGpuLeasesRequest\"F\n\x15ListGpuLeasesResponse\x12-\n\x06leases\x18\x01 \x03(\x0b\x32\x1d.gpuconsole.agent.v1.GpuLease*u\n\nDeviceKind\x12\x1b\n\x17\x44\x45VICE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x45VICE_KIND_GPU\x10\x01\x12\x18\n\x14\x44\x45VICE_KIND_NVSWITCH\x10\x02\x12\x1b\n\x17\x44\x45VICE_KIND_SWITCH_MGMT\x10\x03*\xe7\x01\n\nHealthKind\x12\x1b\n\x17HEALTH_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fHEALTH_KIND_XID\x10\x01\x12\x13\n\x0fHEALTH_KIND_ECC\x10\x02\x12\x19\n\x15HEALTH_KIND_ROW_REMAP\x10\x03\x12\x1b\n\x17HEALTH_KIND_TEMPERATURE\x10\x04\x12\x16\n\x12HEALTH_KIND_NVLINK\x10\x05\x12\x18\n\x14HEALTH_KIND_GPU_LOST\x10\x06\x12(\n$HEALTH_KIND_FABRIC_MANAGER_RESTARTED\x10\x07\x32\xf1\x0b\n\tNodeAgent\x12X\n\x0cGetInventory\x12(.gpuconsole.agent.v1.GetInventoryRequest\x1a\x1e.gpuconsole.agent.v1.Inventory\x12N\n\x08\x42indVfio\x12&.gpuconsole.agent.v1.PciAddressRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12P\n\nUnbindVfio\x12&.gpuconsole.agent.v1.PciAddressRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12i\n\x0eListPartitions\x12*.gpuconsole.agent.v1.ListPartitionsRequest\x1a+.gpuconsole.agent.v1.ListPartitionsResponse\x12V\n\x11\x41\x63tivatePartition\x12%.gpuconsole.agent.v1.PartitionRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12X\n\x13\x44\x65\x61\x63tivatePartition\x12%.gpuconsole.agent.v1.PartitionRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12h\n\x16SetActivatedPartitions\x12\x32.gpuconsole.agent.v1.SetActivatedPartitionsRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12Q\n\x08ScrubGpu\x12\x1f.gpuconsole.agent.v1.GpuRequest\x1a\".gpuconsole.agent.v1.ScrubProgress0\x01\x12U\n\rCheckFirmware\x12\x1f.gpuconsole.agent.v1.GpuRequest\x1a#.gpuconsole.agent.v1.FirmwareStatus\x12U\n\rLevelFirmware\x12\x1f.gpuconsole.agent.v1.GpuRequest\x1a#.gpuconsole.agent.v1.FirmwareStatus\x12G\n\x08ResetGpu\x12\x1f.gpuconsole.agent.v1.GpuRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12R\n\x0eListGpuHolders\x12\x1f.gpuconsole.agent.v1.GpuRequest\x1a\x1f.gpuconsole.agent.v1.GpuHolders\x12S\n\x0f\x45victGpuHolders\x12\x1f.gpuconsole.agent.v1.GpuRequest\x1a\x1f.gpuconsole.agent.v1.GpuHolders\x12Z\n\x0bWatchHealth\x12\'.gpuconsole.agent.v1.WatchHealthRequest\x1a .gpuconsole.agent.v1.HealthEvent0\x01\x12T\n\tWatchBoot\x12%.gpuconsole.agent.v1.WatchBootRequest\x1a\x1e.gpuconsole.agent.v1.BootPhase0\x01\x12T\n\x0cSetGpuLeases\x12(.gpuconsole.agent.v1.SetGpuLeasesRequest\x1a\x1a.gpuconsole.agent.v1.Empty\x12\x66\n\rListGpuLeases\x12).gpuconsole.agent.v1.ListGpuLeasesRequest\x1a*.gpuconsole.agent.v1.ListGpuLeasesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gpuconsole.agent.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEVICEKIND']._serialized_start=2739
-  _globals['_DEVICEKIND']._serialized_end=2856
-  _globals['_HEALTHKIND']._serialized_start=2859
-  _globals['_HEALTHKIND']._serialized_end=3090
+  _globals['_DEVICEKIND']._serialized_start=2828
+  _globals['_DEVICEKIND']._serialized_end=2945
+  _globals['_HEALTHKIND']._serialized_start=2948
+  _globals['_HEALTHKIND']._serialized_end=3179
   _globals['_EMPTY']._serialized_start=89
   _globals['_EMPTY']._serialized_end=96
   _globals['_GETINVENTORYREQUEST']._serialized_start=98
@@ -45,47 +45,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GPU']._serialized_start=489
   _globals['_GPU']._serialized_end=707
   _globals['_HOSTFEATURES']._serialized_start=710
-  _globals['_HOSTFEATURES']._serialized_end=856
-  _globals['_INVENTORY']._serialized_start=859
-  _globals['_INVENTORY']._serialized_end=1121
-  _globals['_PCIADDRESSREQUEST']._serialized_start=1123
-  _globals['_PCIADDRESSREQUEST']._serialized_end=1159
-  _globals['_LISTPARTITIONSREQUEST']._serialized_start=1161
-  _globals['_LISTPARTITIONSREQUEST']._serialized_end=1184
-  _globals['_PARTITION']._serialized_start=1186
-  _globals['_PARTITION']._serialized_end=1276
-  _globals['_LISTPARTITIONSRESPONSE']._serialized_start=1278
-  _globals['_LISTPARTITIONSRESPONSE']._serialized_end=1354
-  _globals['_PARTITIONREQUEST']._serialized_start=1356
-  _globals['_PARTITIONREQUEST']._serialized_end=1396
-  _globals['_SETACTIVATEDPARTITIONSREQUEST']._serialized_start=1398
-  _globals['_SETACTIVATEDPARTITIONSREQUEST']._serialized_end=1452
-  _globals['_GPUREQUEST']._serialized_start=1454
-  _globals['_GPUREQUEST']._serialized_end=1485
-  _globals['_SCRUBPROGRESS']._serialized_start=1487
-  _globals['_SCRUBPROGRESS']._serialized_end=1595
-  _globals['_FIRMWARESTATUS']._serialized_start=1597
-  _globals['_FIRMWARESTATUS']._serialized_end=1682
-  _globals['_GPUHOLDER']._serialized_start=1684
-  _globals['_GPUHOLDER']._serialized_end=1737
-  _globals['_GPUHOLDERS']._serialized_start=1739
-  _globals['_GPUHOLDERS']._serialized_end=1800
-  _globals['_WATCHHEALTHREQUEST']._serialized_start=1802
-  _globals['_WATCHHEALTHREQUEST']._serialized_end=1822
-  _globals['_HEALTHEVENT']._serialized_start=1825
-  _globals['_HEALTHEVENT']._serialized_end=2249
-  _globals['_WATCHBOOTREQUEST']._serialized_start=2251
-  _globals['_WATCHBOOTREQUEST']._serialized_end=2284
-  _globals['_BOOTPHASE']._serialized_start=2287
-  _globals['_BOOTPHASE']._serialized_end=2465
-  _globals['_GPULEASE']._serialized_start=2467
-  _globals['_GPULEASE']._serialized_end=2571
-  _globals['_SETGPULEASESREQUEST']._serialized_start=2573
-  _globals['_SETGPULEASESREQUEST']._serialized_end=2641
-  _globals['_LISTGPULEASESREQUEST']._serialized_start=2643
-  _globals['_LISTGPULEASESREQUEST']._serialized_end=2665
-  _globals['_LISTGPULEASESRESPONSE']._serialized_start=2667
-  _globals['_LISTGPULEASESRESPONSE']._serialized_end=2737
-  _globals['_NODEAGENT']._serialized_start=3093
-  _globals['_NODEAGENT']._serialized_end=4614
+  _globals['_HOSTFEATURES']._serialized_end=945
+  _globals['_INVENTORY']._serialized_start=948
+  _globals['_INVENTORY']._serialized_end=1210
+  _globals['_PCIADDRESSREQUEST']._serialized_start=1212
+  _globals['_PCIADDRESSREQUEST']._serialized_end=1248
+  _globals['_LISTPARTITIONSREQUEST']._serialized_start=1250
+  _globals['_LISTPARTITIONSREQUEST']._serialized_end=1273
+  _globals['_PARTITION']._serialized_start=1275
+  _globals['_PARTITION']._serialized_end=1365
+  _globals['_LISTPARTITIONSRESPONSE']._serialized_start=1367
+  _globals['_LISTPARTITIONSRESPONSE']._serialized_end=1443
+  _globals['_PARTITIONREQUEST']._serialized_start=1445
+  _globals['_PARTITIONREQUEST']._serialized_end=1485
+  _globals['_SETACTIVATEDPARTITIONSREQUEST']._serialized_start=1487
+  _globals['_SETACTIVATEDPARTITIONSREQUEST']._serialized_end=1541
+  _globals['_GPUREQUEST']._serialized_start=1543
+  _globals['_GPUREQUEST']._serialized_end=1574
+  _globals['_SCRUBPROGRESS']._serialized_start=1576
+  _globals['_SCRUBPROGRESS']._serialized_end=1684
+  _globals['_FIRMWARESTATUS']._serialized_start=1686
+  _globals['_FIRMWARESTATUS']._serialized_end=1771
+  _globals['_GPUHOLDER']._serialized_start=1773
+  _globals['_GPUHOLDER']._serialized_end=1826
+  _globals['_GPUHOLDERS']._serialized_start=1828
+  _globals['_GPUHOLDERS']._serialized_end=1889
+  _globals['_WATCHHEALTHREQUEST']._serialized_start=1891
+  _globals['_WATCHHEALTHREQUEST']._serialized_end=1911
+  _globals['_HEALTHEVENT']._serialized_start=1914
+  _globals['_HEALTHEVENT']._serialized_end=2338
+  _globals['_WATCHBOOTREQUEST']._serialized_start=2340
+  _globals['_WATCHBOOTREQUEST']._serialized_end=2373
+  _globals['_BOOTPHASE']._serialized_start=2376
+  _globals['_BOOTPHASE']._serialized_end=2554
+  _globals['_GPULEASE']._serialized_start=2556
+  _globals['_GPULEASE']._serialized_end=2660
+  _globals['_SETGPULEASESREQUEST']._serialized_start=2662
+  _globals['_SETGPULEASESREQUEST']._serialized_end=2730
+  _globals['_LISTGPULEASESREQUEST']._serialized_start=2732
+  _globals['_LISTGPULEASESREQUEST']._serialized_end=2754
+  _globals['_LISTGPULEASESRESPONSE']._serialized_start=2756
+  _globals['_LISTGPULEASESRESPONSE']._serialized_end=2826
+  _globals['_NODEAGENT']._serialized_start=3182
+  _globals['_NODEAGENT']._serialized_end=4703
 # @@protoc_insertion_point(module_scope)
