@@ -1,0 +1,208 @@
+"""Websocket consumers of the live pages: small, permission-checked, rendering from the database.
+
+The live relay (console/relay.py) sends each page group the audit events that concern it; a
+consumer notes what changed, and at most every `FLUSH_S` renders those parts again with the same
+template partials as the page and sends them as one JSON message:
+`{"type": "fragments", "v": <newest event id>, "html": {element id: outer HTML}}`. The page's small
+script (console/static/console/live.js) swaps them in once per animation frame. Because every
+message is a render of the database, a duplicate is harmless and a missed one is repaired by the next.
+
+A page connects with `?v=<version it rendered>`; the consumer sends what changed since (or
+`{"type": "snapshot"}` when that is too much: the page fetches itself again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.auth.context_processors import PermWrapper
+from django.template.loader import render_to_string
+
+from console import relay
+from console.ui.permissions import can_view
+from fleet.models import Gpu, Server
+from fleet.overview import capacity, fleet_map, server_detail, server_tiles
+
+FLUSH_S = 0.1  # at most 10 messages a second per subscriber
+SUMMARY_EVERY_S = 1.0  # legend counts and the capacity strip (they read the whole fleet)
+TELEMETRY_EVERY_S = 1.0
+
+
+class LiveConsumer(AsyncJsonWebsocketConsumer):
+    """What the map's and the server page's consumers share: login and permission, groups, the
+    version, catch-up, and coalesced flushes."""
+
+    page_groups: list[str] = []
+
+    async def connect(self):
+        user = self.scope.get("user")
+        if not await database_sync_to_async(can_view)(user):
+            await self.close(code=4403)
+            return
+        if not await database_sync_to_async(self.setup)():
+            await self.close(code=4404)
+            return
+        self.perms = PermWrapper(user)
+        self.pending: set = set()
+        self.flush_task: asyncio.Task | None = None
+        self.last_flush = 0.0
+        relay.ensure_started()
+        for group in self.page_groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        version = int(query.get("v", ["0"])[0] or 0)
+        self.version = version
+        if version:
+            missed = await database_sync_to_async(relay.events_since)(version)
+            if missed is None:
+                self.version = await database_sync_to_async(relay.latest_id)()
+                await self.send_json({"type": "snapshot", "v": self.version})
+            else:
+                for event in missed:
+                    self.version = max(self.version, event["id"])
+                    self.collect(event)
+                await self.caught_up()
+                self.schedule()
+        await self.send_json({"type": "hello", "v": self.version})
+
+    async def disconnect(self, code):
+        for group in getattr(self, "page_groups", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+        task = getattr(self, "flush_task", None)
+        if task is not None:
+            task.cancel()
+
+    async def receive_json(self, content, **kwargs):
+        if content.get("type") == "ping":
+            await self.send_json({"type": "pong", "v": self.version})
+
+    async def relay_events(self, message):
+        """From the relay: the events of one batch that concern this page."""
+        for event in message["events"]:
+            self.version = max(self.version, event["id"])
+            self.collect(event)
+        self.schedule()
+
+    def schedule(self):
+        if self.pending and self.flush_task is None:
+            self.flush_task = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self):
+        try:
+            await asyncio.sleep(max(0.0, self.last_flush + FLUSH_S - time.monotonic()))
+            pending, self.pending = self.pending, set()
+            version = self.version
+            html = await database_sync_to_async(self.render)(pending)
+            self.last_flush = time.monotonic()
+            if html:
+                await self.send_json({"type": "fragments", "v": version, "html": html})
+        finally:
+            self.flush_task = None
+        self.schedule()
+
+    # for subclasses
+    def setup(self) -> bool:
+        return True
+
+    def collect(self, event: dict) -> None:
+        raise NotImplementedError
+
+    async def caught_up(self) -> None:
+        pass
+
+    def render(self, pending: set) -> dict[str, str]:
+        raise NotImplementedError
+
+
+class FleetMapConsumer(LiveConsumer):
+    """The fleet map: changed servers' tiles; the legend and capacity strip at most once a second."""
+
+    page_groups = ["fleet"]
+    SUMMARY = "summary"
+
+    def setup(self) -> bool:
+        self.last_summary = 0.0
+        return True
+
+    def collect(self, event: dict) -> None:
+        for group in event.get("groups", ()):
+            if group.startswith("server-"):
+                self.pending.add(int(group[7:]))
+        self.pending.add(self.SUMMARY)
+
+    def render(self, pending: set) -> dict[str, str]:
+        html = {}
+        ids = [p for p in pending if p != self.SUMMARY]
+        for tile in server_tiles(ids) if ids else ():
+            html[f"server-{tile.pk}"] = render_to_string("console/fleet_map.html#server-tile", {"tile": tile})
+        if self.SUMMARY in pending:
+            now = time.monotonic()
+            if now - self.last_summary >= SUMMARY_EVERY_S:
+                self.last_summary = now
+                ctx = {"map": fleet_map(), "capacity": capacity()}
+                html["fleet-legend"] = render_to_string("console/fleet_map.html#fleet-legend", ctx)
+                html["fleet-capacity"] = render_to_string("console/fleet_map.html#fleet-capacity", ctx)
+            else:
+                self.pending.add(self.SUMMARY)  # next flush (this consumer's schedule() picks it up)
+        return html
+
+
+class ServerConsumer(LiveConsumer):
+    """A server's page: its parts again on any of its events; temperatures as coalesced telemetry."""
+
+    PARTS = ("server-header", "server-partitions", "server-gpus", "server-history", "server-operations")
+
+    def setup(self) -> bool:
+        self.server_id = int(self.scope["url_route"]["kwargs"]["pk"])
+        self.page_groups = [f"server-{self.server_id}"]
+        self.temps: dict[int, float | None] = {}
+        return Server.objects.filter(pk=self.server_id).exists()
+
+    def collect(self, event: dict) -> None:
+        self.pending.add("all")
+
+    async def caught_up(self) -> None:
+        self.pending.add("all")  # a reconnecting page gets its server again, whatever it missed
+
+    async def accept(self, subprotocol=None, headers=None):
+        await super().accept(subprotocol, headers)
+        self.telemetry_task = asyncio.create_task(self._telemetry())
+
+    async def disconnect(self, code):
+        task = getattr(self, "telemetry_task", None)
+        if task is not None:
+            task.cancel()
+        await super().disconnect(code)
+
+    def render(self, pending: set) -> dict[str, str]:
+        detail = server_detail(self.server_id)
+        ctx = {"d": detail, "perms": self.perms}
+        html = {}
+        for part in self.PARTS:
+            html[f"server-{self.server_id}-{part.removeprefix('server-')}"] = render_to_string(
+                f"console/server_detail.html#{part}", ctx
+            )
+        return html
+
+    def _read_temps(self) -> dict[int, float | None]:
+        return dict(Gpu.objects.filter(server_id=self.server_id).values_list("pk", "temperature_c"))
+
+    async def _telemetry(self):
+        """Temperature is an observation, not an audited change: read it once a second, send what moved."""
+        while True:
+            temps = await database_sync_to_async(self._read_temps)()
+            changed = {pk: t for pk, t in temps.items() if self.temps.get(pk, "unset") != t}
+            if changed and self.temps:
+                await self.send_json(
+                    {
+                        "type": "telemetry",
+                        "temps": {str(pk): None if t is None else round(t) for pk, t in changed.items()},
+                    }
+                )
+            self.temps = temps
+            await asyncio.sleep(TELEMETRY_EVERY_S)
