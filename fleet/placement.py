@@ -613,3 +613,26 @@ def place(
 def place_on_snapshot(servers: Iterable[ServerSnapshot], request: Request, policy: str = BESTFIT) -> Placement | NoFit:
     """Convenience for one-off decisions: index the snapshot, then place."""
     return FreeBlockIndex(servers).place(request, policy)
+
+
+def placements_possible(servers: Iterable[ServerSnapshot]) -> dict[int, int]:
+    """For each partition size of the fleet's platforms: how many leases of that size could be placed
+    right now, each on its own partition (the capacity strip of the fleet map).
+
+    Per server, the offerable partitions of one size (what `place` would consider: schedulable server,
+    free and healthy GPUs, no overlapping active partition but idle singles) are packed without
+    overlap, greedily in id order; the platforms' tables are aligned buddy trees, so greedy packing
+    is the maximum. Sizes are counted independently (8 one-GPU leases or one 8-GPU lease)."""
+    counts: dict[int, int] = {}
+    for server in servers:
+        view = _view(server)
+        for k in view.sizes:
+            counts.setdefault(k, 0)
+        used: dict[int, int] = {}
+        for c in view.candidates:
+            mask = sum(1 << g for g in c.gpus)
+            if used.get(c.size, 0) & mask:
+                continue
+            used[c.size] = used.get(c.size, 0) | mask
+            counts[c.size] += 1
+    return dict(sorted(counts.items(), reverse=True))
