@@ -237,7 +237,7 @@ def preview_server_drain_cancel(*, target_ids: list[int]) -> Preview:
 
 
 # ----------------------------------------------------------------------------- GPU actions
-def _gpu_preview(action: str, target_ids: list[int], *, title: str, expect: tuple[str, ...],
+def _gpu_preview(action: str, target_ids: list[int], *, title: str, doing: str, expect: tuple[str, ...],
                  friction: str, sentence: Callable[[Gpu, tuple[str, str] | None], str]) -> Preview:
     gpus = {g.pk: g for g in Gpu.objects.select_related("server").filter(pk__in=target_ids)}
     held = {
@@ -259,8 +259,8 @@ def _gpu_preview(action: str, target_ids: list[int], *, title: str, expect: tupl
             elif gpu.state in GPU_CLEANING:
                 blockers.append(f"{name} is {gpu.get_state_display().lower()} already: wait for it to finish")
             else:
-                blockers.append(f"{name} is {gpu.get_state_display().lower()}; "
-                                f"{title.lower()} needs {' or '.join(expect).replace('_', ' ')}")
+                needs = " or ".join(G(e).label.lower() for e in expect)
+                blockers.append(f"{name} is {gpu.get_state_display().lower()}; {doing} needs it {needs}")
         summaries.append(sentence(gpu, holder))
     version = _version([[g.pk, g.state, g.drain_requested, g.firmware_version, held.get(g.pk)]
                         for _, g in sorted(gpus.items())])
@@ -290,12 +290,12 @@ def preview_gpu_drain(*, target_ids: list[int]) -> Preview:
             return (f"Drain {_gpu_name(gpu)}: {holder_label(holder[0])} of {holder[1] or '?'} keeps running; "
                     f"the GPU is drained after it ends and is cleaned")
         return f"Drain {_gpu_name(gpu)}: idle, drained at once; no new leases get it"
-    return _gpu_preview("gpu.drain", target_ids, title="Drain", friction=CONFIRM, sentence=sentence,
+    return _gpu_preview("gpu.drain", target_ids, title="Drain", doing="a drain", friction=CONFIRM, sentence=sentence,
                         expect=(G.FREE, G.RESERVED, G.IN_USE, G.SCRUBBING, G.LEVELING, G.OFFLINE))
 
 
 def preview_gpu_scrub(*, target_ids: list[int]) -> Preview:
-    return _gpu_preview("gpu.scrub", target_ids, title="Scrub", friction=CONFIRM,
+    return _gpu_preview("gpu.scrub", target_ids, title="Scrub", doing="a scrub", friction=CONFIRM,
                         expect=(G.FREE, G.DRAINED, G.OFFLINE),
                         sentence=lambda gpu, h: f"Scrub {_gpu_name(gpu)}: reset, clear its memory and level its "
                                                 f"firmware; unavailable for a few minutes")
@@ -306,13 +306,15 @@ def preview_gpu_level_firmware(*, target_ids: list[int]) -> Preview:
         pinned = gpu.server.platform_spec.pinned_firmware
         now = "at the pinned version" if gpu.firmware_version == pinned else f"{gpu.firmware_version} → {pinned}"
         return f"Re-level the firmware of {_gpu_name(gpu)} ({now}); unavailable for a few minutes"
-    return _gpu_preview("gpu.level_firmware", target_ids, title="Re-level firmware of", friction=CONFIRM,
+    return _gpu_preview("gpu.level_firmware", target_ids, title="Re-level firmware of",
+                        doing="a firmware level", friction=CONFIRM,
                         expect=(G.FREE, G.DRAINED), sentence=sentence)
 
 
 def preview_gpu_clear_quarantine(*, target_ids: list[int]) -> Preview:
     return _gpu_preview(
         "gpu.clear_quarantine", target_ids, title="Clear the quarantine of", friction=TYPE,
+        doing="clearing a quarantine",
         expect=(G.QUARANTINED,),
         sentence=lambda gpu, h: f"Clear the quarantine of {_gpu_name(gpu)} "
                                 f"({gpu.quarantine_reason or 'no reason recorded'}): scrub and level it, then "
