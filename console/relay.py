@@ -56,9 +56,10 @@ def _rows(q: Q, limit: int) -> list[dict]:
             for row in AuditEvent.objects.filter(q).order_by("id").values_list(*FIELDS)[:limit]]
 
 
-def events_since(version: int, limit: int = CATCH_UP_LIMIT) -> list[dict] | None:
+def events_since(version: int, limit: int | None = None) -> list[dict] | None:
     """The events after `version` with their page groups, or None when there are more than `limit`
     (the page should take a fresh snapshot instead)."""
+    limit = CATCH_UP_LIMIT if limit is None else limit
     rows = _rows(Q(id__gt=version), limit + 1)
     if len(rows) > limit:
         return None
@@ -188,6 +189,10 @@ def ensure_started() -> Relay:
 def stop_all() -> None:
     """Stop every relay of this process (tests)."""
     with _lock:
-        for relay in _relays.values():
-            relay.stop()
+        relays = list(_relays.values())
         _relays.clear()
+    for relay in relays:
+        relay.stop()
+    for relay in relays:
+        if relay.thread.is_alive():
+            relay.thread.join(timeout=LISTEN_TIMEOUT_S + 2)

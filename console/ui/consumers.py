@@ -68,6 +68,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                     self.collect(event)
                 await self.caught_up()
                 self.schedule()
+        else:
+            self.version = await database_sync_to_async(relay.latest_id)()
         await self.send_json({"type": "hello", "v": self.version})
 
     async def disconnect(self, code):
