@@ -183,7 +183,8 @@ async def test_bursts_are_coalesced_to_at_most_ten_messages_a_second(layer, sess
             (server_cordon if s.state == "active" else server_uncordon)(server=s, actor=ACTOR)
     start = time.monotonic()
     await sync_to_async(in_worker_thread)(churn)
-    final = await sync_to_async(lambda: {s.pk: s.state for s in Server.objects.filter(pk__in=[x.pk for x in servers])})()
+    ids = [x.pk for x in servers]
+    final = await sync_to_async(lambda: dict(Server.objects.filter(pk__in=ids).values_list("pk", "state")))()
     last: dict[int, str] = {}
     messages = 0
     deadline = time.monotonic() + 3
@@ -226,3 +227,4 @@ async def test_unknown_server_socket_is_closed(layer, session_cookie):
     comm = _communicator("/ws/servers/99999/", cookie)
     connected, _ = await comm.connect()
     assert not connected
+
