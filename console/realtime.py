@@ -171,14 +171,12 @@ def register_group_resolver(resolver: GroupResolver) -> None:
 
 
 def page_groups(events: list[dict]) -> dict[str, list[dict]]:
-    """Each page group and the events (in id order) it receives; each event lists its groups."""
+    """Each page group and the events (in id order) it receives; each event lists its groups. A
+    resolver's error propagates: the relay reads the batch again rather than send it to no one."""
     groups_of: dict[int, set[str]] = {e["id"]: set() for e in events}
     for resolver in GROUP_RESOLVERS:
-        try:
-            for event_id, groups in resolver(events).items():
-                groups_of.setdefault(event_id, set()).update(groups)
-        except Exception:
-            log.exception("realtime group resolver %r failed", resolver)
+        for event_id, groups in resolver(events).items():
+            groups_of.setdefault(event_id, set()).update(groups)
     by_group: dict[str, list[dict]] = {}
     for e in events:
         e["groups"] = sorted(groups_of.get(e["id"], ()))

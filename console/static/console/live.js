@@ -6,7 +6,8 @@
 
   // ---------------------------------------------------------------- action dialog (htmx targets #dialog-body)
   function dialog() { return document.getElementById("action-dialog"); }
-  document.addEventListener("htmx:afterSwap", function (ev) {
+  // After settle: htmx has wired the new content (a form submitted before that would leave the page).
+  document.addEventListener("htmx:afterSettle", function (ev) {
     if (ev.detail.target && ev.detail.target.id === "dialog-body") {
       var d = dialog();
       if (!d.open) d.showModal();
@@ -62,7 +63,12 @@
 
   function connect() {
     var proto = location.protocol === "https:" ? "wss://" : "ws://";
-    socket = new WebSocket(proto + location.host + path + "?v=" + version);
+    try {
+      socket = new WebSocket(proto + location.host + path + "?v=" + version);
+    } catch (err) {
+      lost();
+      return;
+    }
     socket.onopen = function () {
       retry = 0; closedAt = null; clearTimeout(staleTimer);
       setBadge("live", "Live");
@@ -82,16 +88,21 @@
       }
       if (msg.v && msg.v > version) version = msg.v;
     };
-    socket.onclose = function () {
-      if (closedAt === null) closedAt = new Date();
+    socket.onclose = lost;
+  }
+
+  // The socket closed or could not open: say so at once, "Stale since" after a few seconds, retry with backoff.
+  function lost() {
+    if (closedAt === null) {
+      closedAt = new Date();
       setBadge("reconnecting", "Reconnecting…");
       clearTimeout(staleTimer);
       staleTimer = setTimeout(function () {
         setBadge("stale", "Stale since " + closedAt.toLocaleTimeString());
       }, 5000);
-      retry = Math.min(retry + 1, 6);
-      setTimeout(connect, Math.min(250 * Math.pow(2, retry - 1), 5000));
-    };
+    }
+    retry = Math.min(retry + 1, 6);
+    setTimeout(connect, Math.min(250 * Math.pow(2, retry - 1), 5000));
   }
 
   // Swap what arrived, once per frame: replace each element by id (tiles, legend, page parts).
