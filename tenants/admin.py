@@ -1,17 +1,53 @@
 """Admin for tenants and leases. State fields are read-only: states change only through services."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 
 from console.admin import ServiceManagedAdmin
+from console.audit import Actor
+from console.errors import Conflict
+from console.statemachine import InvalidTransition
+from tenants import services
 from tenants.models import BootPhase, Lease, Tenant
 
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
+    """Tenants are created, changed and deleted through their services (audited; a deletion goes
+    through the `deleting` state and its teardown, never a bare DELETE)."""
+
     list_display = ("name", "display_name", "state", "gpu_quota", "created_at")
     list_filter = ("state",)
     search_fields = ("name", "display_name")
     readonly_fields = ("state", "failure_reason", "provisioning_at", "ready_at", "failed_at")
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        return (*fields, "name") if obj is not None else fields
+
+    def save_model(self, request, obj, form, change):
+        actor = Actor.for_user(request.user, correlation_id=getattr(request, "correlation_id", ""))
+        if change:
+            saved = services.tenant_update(tenant=obj, actor=actor, display_name=obj.display_name,
+                                           gpu_quota=obj.gpu_quota)
+        else:
+            saved = services.tenant_ensure(name=obj.name, actor=actor, display_name=obj.display_name)
+            saved = services.tenant_update(tenant=saved, actor=actor, display_name=obj.display_name,
+                                           gpu_quota=obj.gpu_quota)
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request, obj):
+        actor = Actor.for_user(request.user, correlation_id=getattr(request, "correlation_id", ""))
+        try:
+            services.tenant_delete(tenant=obj, actor=actor)
+        except (Conflict, InvalidTransition) as exc:
+            raise PermissionDenied(str(exc)) from exc
+        self.message_user(request, f"{obj.name} is being deleted (state: deleting).", messages.INFO)
+
+    def delete_queryset(self, request, queryset):
+        for tenant in queryset:
+            self.delete_model(request, tenant)
 
 
 class BootPhaseInline(admin.TabularInline):
