@@ -38,7 +38,7 @@ from console.models import AuditEvent
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.2  # SQLite: how often to look for new rows
+POLL_S = 0.1  # SQLite: how often to look for new rows (one indexed SELECT)
 LISTEN_TIMEOUT_S = 1.0  # PostgreSQL: read anyway this often (a lost notification costs at most this)
 BATCH = 2000
 GAP_TTL_S = 30.0

@@ -1,7 +1,7 @@
 """The fleet map's read model: every server with its GPUs' states, holders and time in state.
 
-A constant number of queries whatever the fleet's size (servers, GPUs, held GPUs, time in state; the
-capacity strip adds placement's three), and plain tuples rather than model instances, so a
+A constant number of queries whatever the fleet's size (version, servers, GPUs, held GPUs, time in
+state, active partitions for the capacity strip), and plain tuples rather than model instances, so a
 1,000-server map renders in well under the time a browser takes to paint it.
 """
 
@@ -17,9 +17,9 @@ from django.utils import timezone
 from console.models import AuditEvent, Operation
 from fleet.constants import STATE_LIMITS_S
 from fleet.models import Allocation, AllocationGpu, Gpu, NvSwitch, Partition, Server
-from fleet.placement import placements_possible
-from fleet.selectors import placement_fleet
-from fleet.states import ALLOCATION_OPEN, GpuState, ServerState
+from fleet.placement import offerable_counts
+from fleet.snapshot import SCHEDULABLE_SERVER_STATES
+from fleet.states import ALLOCATION_OPEN, PARTITION_OCCUPYING, GpuState, ServerState
 from hardware.platforms import PLATFORMS
 from hardware.xid import xid_entry
 
@@ -54,6 +54,7 @@ class GpuCell:
     since: datetime | None = None
     overdue: bool = False
     hot: bool = False
+    isolated: bool = True
 
     @property
     def mark(self) -> str:
@@ -115,6 +116,37 @@ class ServerTile:
         return sorted({g.tenant for g in self.gpus if g.tenant})
 
 
+@dataclass(frozen=True)
+class Capacity:
+    free: int  # free, healthy GPUs on schedulable servers
+    placements: dict[int, int]  # size -> how many leases of that size fit now
+
+
+def capacity_of(tiles: list[ServerTile]) -> Capacity:
+    """Free GPUs on schedulable servers and how many 8/4/2/1-GPU leases placement could place now
+    (partition-aware: fleet.placement.offerable_counts on each server's free mask and active
+    partitions). One query (the active partitions); the rest comes from the tiles."""
+    active: dict[int, set[int]] = {}
+    for server_id, partition_id in Partition.objects.filter(state__in=PARTITION_OCCUPYING).values_list(
+        "server_id", "partition_id"
+    ):
+        active.setdefault(server_id, set()).add(partition_id)
+    counts: dict[int, int] = {}
+    free = 0
+    for t in tiles:
+        avail = 0
+        if t.state in SCHEDULABLE_SERVER_STATES:
+            for c in t.gpus:
+                if c.state == G.FREE and c.isolated:
+                    avail |= 1 << c.module_id
+        free += avail.bit_count()
+        if t.platform not in PLATFORMS:
+            continue
+        for size, n in offerable_counts(t.platform, avail, frozenset(active.get(t.pk, ()))):
+            counts[size] = counts.get(size, 0) + n
+    return Capacity(free=free, placements=dict(sorted(counts.items(), reverse=True)))
+
+
 @dataclass
 class FleetMap:
     racks: list[tuple[str, list[ServerTile]]]
@@ -124,6 +156,7 @@ class FleetMap:
     total_servers: int
     shown_servers: int
     version: int
+    capacity: Capacity
 
     @property
     def legend(self) -> list[tuple[str, str, str, int]]:
@@ -189,15 +222,15 @@ def server_tiles(server_ids: list[int] | None = None) -> list[ServerTile]:
         .values_list("gpu_id", "allocation__owner", "allocation__holder")
     }
     by_pk: dict[int, GpuCell] = {}
-    for pk, server_id, module_id, state, temperature, xid in Gpu.objects.filter(**only_gpus).order_by(
+    for pk, server_id, module_id, state, temperature, xid, isolated in Gpu.objects.filter(**only_gpus).order_by(
         "server_id", "module_id"
-    ).values_list("pk", "server_id", "module_id", "state", "temperature_c", "last_xid"):
+    ).values_list("pk", "server_id", "module_id", "state", "temperature_c", "last_xid", "isolated"):
         tile = tiles.get(server_id)
         if tile is None:
             continue
         owner, holder = held.get(pk, ("", ""))
         spec = PLATFORMS.get(tile.platform)
-        cell = GpuCell(pk, module_id, state, owner, holder, temperature, xid,
+        cell = GpuCell(pk, module_id, state, owner, holder, temperature, xid, isolated=isolated,
                        hot=bool(spec and temperature is not None and temperature >= spec.slowdown_temp_c))
         tile.gpus.append(cell)
         by_pk[pk] = cell
@@ -259,20 +292,8 @@ def fleet_map(filters: Filters | None = None) -> FleetMap:
         total_servers=len(tiles),
         shown_servers=len(shown),
         version=version,
+        capacity=capacity_of(tiles),
     )
-
-
-@dataclass(frozen=True)
-class Capacity:
-    free: int
-    placements: dict[int, int]  # size -> how many leases of that size fit now
-
-
-def capacity() -> Capacity:
-    """Free GPUs on schedulable servers and how many 8/4/2/1-GPU leases placement could place now."""
-    fleet = placement_fleet()
-    free = sum(1 for s in fleet.servers if s.schedulable for g in s.gpus.values() if g.available)
-    return Capacity(free=free, placements=placements_possible(fleet.servers))
 
 
 # ----------------------------------------------------------------------------- one server's page

@@ -14,6 +14,7 @@ A page connects with `?v=<version it rendered>`; the consumer sends what changed
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from urllib.parse import parse_qs
 
@@ -24,8 +25,9 @@ from django.template.loader import render_to_string
 
 from console import relay
 from console.ui.permissions import can_view
+from console.ui.tiles import render_tile
 from fleet.models import Gpu, Server
-from fleet.overview import capacity, fleet_map, server_detail, server_tiles
+from fleet.overview import fleet_map, server_detail, server_tiles
 
 FLUSH_S = 0.1  # at most 10 messages a second per subscriber
 SUMMARY_EVERY_S = 1.0  # legend counts and the capacity strip (they read the whole fleet)
@@ -138,20 +140,42 @@ class FleetMapConsumer(LiveConsumer):
         self.pending.add(self.SUMMARY)
 
     def render(self, pending: set) -> dict[str, str]:
-        html = {}
-        ids = [p for p in pending if p != self.SUMMARY]
-        for tile in server_tiles(ids) if ids else ():
-            html[f"server-{tile.pk}"] = render_to_string("console/fleet_map.html#server-tile", {"tile": tile})
+        ids = sorted(p for p in pending if p != self.SUMMARY)
+        html = dict(_tiles_html(tuple(ids), self.version)) if ids else {}
         if self.SUMMARY in pending:
             now = time.monotonic()
             if now - self.last_summary >= SUMMARY_EVERY_S:
                 self.last_summary = now
-                ctx = {"map": fleet_map(), "capacity": capacity()}
+                data = fleet_map()
+                ctx = {"map": data, "capacity": data.capacity}
                 html["fleet-legend"] = render_to_string("console/fleet_map.html#fleet-legend", ctx)
                 html["fleet-capacity"] = render_to_string("console/fleet_map.html#fleet-capacity", ctx)
             else:
                 self.pending.add(self.SUMMARY)  # next flush (this consumer's schedule() picks it up)
         return html
+
+
+_TILE_CACHE: dict[tuple, tuple[float, dict[str, str]]] = {}
+_TILE_CACHE_S = 1.0
+_tile_cache_lock = threading.Lock()
+
+
+def _tiles_html(ids: tuple[int, ...], version: int) -> dict[str, str]:
+    """These servers' tiles as of `version`. Every map consumer of the process receives the same
+    batch and renders the same tiles (they show no per-user buttons): the first renders, the others
+    reuse it for a second, so fifty subscribers cost one render, not fifty."""
+    key = (ids, version)
+    now = time.monotonic()
+    with _tile_cache_lock:
+        hit = _TILE_CACHE.get(key)
+        if hit is not None and now - hit[0] < _TILE_CACHE_S:
+            return hit[1]
+    html = {f"server-{tile.pk}": str(render_tile(tile)) for tile in server_tiles(list(ids))}
+    with _tile_cache_lock:
+        for k in [k for k, (t, _) in _TILE_CACHE.items() if now - t >= _TILE_CACHE_S]:
+            del _TILE_CACHE[k]
+        _TILE_CACHE[key] = (now, html)
+    return html
 
 
 class ServerConsumer(LiveConsumer):

@@ -3,14 +3,15 @@ fleet.overview and render templates whose partials the websocket consumers rende
 
 from dataclasses import asdict
 
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from console.models import Operation
 from console.ui.permissions import VIEW, require
+from console.ui.tiles import render_tile, render_tiles
 from fleet.models import Gpu, Server
-from fleet.overview import HEALTH_CHOICES, Filters, capacity, fleet_map, server_detail, server_tiles
+from fleet.overview import HEALTH_CHOICES, Filters, fleet_map, server_detail, server_tiles
 from fleet.states import GpuState, ServerState
 from hardware.platforms import PLATFORMS
 
@@ -19,7 +20,8 @@ def map_context(filters: Filters) -> dict:
     data = fleet_map(filters)
     return {
         "map": data,
-        "capacity": capacity(),
+        "racks": [(rack, len(tiles), render_tiles(tiles)) for rack, tiles in data.racks],
+        "capacity": data.capacity,
         "filters": filters,
         "filter_query": "&".join(f"{k}={v}" for k, v in asdict(filters).items() if v),
         "gpu_states": GpuState.choices,
@@ -61,7 +63,7 @@ def server_tile(request, pk: int):
     tiles = server_tiles([pk])
     if not tiles:
         raise Http404("no such server")
-    return render(request, "console/fleet_map.html#server-tile", {"tile": tiles[0]})
+    return HttpResponse(render_tile(tiles[0]))
 
 
 @require_GET
