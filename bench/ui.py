@@ -108,9 +108,9 @@ def start_daphne(port: int, redis_url: str | None) -> subprocess.Popen:
         env["REDIS_URL"] = redis_url
     else:
         env.pop("REDIS_URL", None)
+    log = open(TMP / f"daphne-{port}.log", "wb")  # noqa: SIM115 (the child writes it until it ends)
     proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                             "console.asgi:application"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "console.asgi:application"], env=env, cwd=ROOT, stdout=log, stderr=log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -264,8 +264,9 @@ def tile_variants(servers) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="300 servers instead of 1,000")
+    parser.add_argument("--servers", type=int, default=None)
     args = parser.parse_args()
-    total = 300 if args.quick else 1000
+    total = args.servers or (300 if args.quick else 1000)
     setup_django()
     result: dict = {}
     t = time.perf_counter()

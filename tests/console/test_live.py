@@ -31,7 +31,8 @@ IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 def _redis():
     return {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                        "CONFIG": {"hosts": [os.environ.get("REDIS_URL", "")], "prefix": f"t{os.getpid()}"}}}
+                        "CONFIG": {"hosts": [{"address": os.environ.get("REDIS_URL", ""), "socket_timeout": 15}],
+                                   "prefix": f"t{os.getpid()}"}}}
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -228,3 +229,30 @@ async def test_unknown_server_socket_is_closed(layer, session_cookie):
     connected, _ = await comm.connect()
     assert not connected
 
+
+
+@pytest.mark.redis
+async def test_an_idle_socket_on_redis_stays_up(settings, session_cookie):
+    """The layer's blocking receive waits 5 s; redis-py 8's default 5-second socket timeout would end
+    every idle consumer (django/channels_redis#422). The settings' layer config keeps it up."""
+    import importlib
+
+    from console import settings as project_settings
+
+    settings.CHANNEL_LAYERS = importlib.reload(project_settings).CHANNEL_LAYERS
+    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+    channel_layers.backends.clear()
+    try:
+        server = await sync_to_async(make_server)()
+        cookie = await sync_to_async(session_cookie)()
+        comm = _communicator("/ws/fleet/", cookie)
+        assert (await comm.connect())[0]
+        await _until(comm, lambda m: m["type"] == "hello")
+        await asyncio.sleep(6.5)
+        await sync_to_async(server_cordon)(server=server, actor=ACTOR)
+        msg, _ = await _until(comm, lambda m: m["type"] == "fragments" and f"server-{server.pk}" in m["html"])
+        assert "s-cordoned" in msg["html"][f"server-{server.pk}"]
+        await comm.disconnect()
+    finally:
+        relay.stop_all()
+        channel_layers.backends.clear()
