@@ -140,19 +140,19 @@ class FleetMapConsumer(LiveConsumer):
         self.pending.add(self.SUMMARY)
 
     def render(self, pending: set) -> dict[str, str]:
+        """Changed tiles first, in their own message; the legend and capacity strip (which read the
+        whole fleet) in a later one, at most once a second, rendered once for the whole process."""
         ids = sorted(p for p in pending if p != self.SUMMARY)
-        html = dict(_tiles_html(tuple(ids), self.version)) if ids else {}
-        if self.SUMMARY in pending:
-            now = time.monotonic()
-            if now - self.last_summary >= SUMMARY_EVERY_S:
-                self.last_summary = now
-                data = fleet_map()
-                ctx = {"map": data, "capacity": data.capacity}
-                html["fleet-legend"] = render_to_string("console/fleet_map.html#fleet-legend", ctx)
-                html["fleet-capacity"] = render_to_string("console/fleet_map.html#fleet-capacity", ctx)
-            else:
-                self.pending.add(self.SUMMARY)  # next flush (this consumer's schedule() picks it up)
-        return html
+        if ids:
+            if self.SUMMARY in pending:
+                self.pending.add(self.SUMMARY)
+            return dict(_tiles_html(tuple(ids), self.version))
+        now = time.monotonic()
+        if now - self.last_summary < SUMMARY_EVERY_S:
+            self.pending.add(self.SUMMARY)  # a later flush (schedule() after this one picks it up)
+            return {}
+        self.last_summary = now
+        return dict(_summary_html())
 
 
 _TILE_CACHE: dict[tuple, tuple[float, dict[str, str]]] = {}
@@ -175,6 +175,24 @@ def _tiles_html(ids: tuple[int, ...], version: int) -> dict[str, str]:
         for k in [k for k, (t, _) in _TILE_CACHE.items() if now - t >= _TILE_CACHE_S]:
             del _TILE_CACHE[k]
         _TILE_CACHE[key] = (now, html)
+    return html
+
+
+_SUMMARY: list = [0.0, None]
+
+
+def _summary_html() -> dict[str, str]:
+    """The map's legend and capacity strip, rendered at most once a second per process."""
+    now = time.monotonic()
+    with _tile_cache_lock:
+        if _SUMMARY[1] is not None and now - _SUMMARY[0] < SUMMARY_EVERY_S:
+            return _SUMMARY[1]
+    data = fleet_map()
+    ctx = {"map": data, "capacity": data.capacity}
+    html = {"fleet-legend": render_to_string("console/fleet_map.html#fleet-legend", ctx),
+            "fleet-capacity": render_to_string("console/fleet_map.html#fleet-capacity", ctx)}
+    with _tile_cache_lock:
+        _SUMMARY[:] = [time.monotonic(), html]
     return html
 
 

@@ -6,10 +6,12 @@ updates (consumers) both call it, so a pushed tile is exactly what a reload woul
 no htmx attributes and no ids: the map listens once (console/static/console/live.js), and a cell is
 addressed by its tile and position (module order).
 
-    <li id="server-12" class="t s-cordoned w-q" data-s="12"><a href="/servers/12/">srv-0412</a>
+    <li id="server-12" class="t s-cordoned w-q"><a href="/servers/12/">srv-0412</a>
       <b class="ss">cordoned 3 minutes</b><b class="ws">quarantined</b>
-      <span class="c"><i class="g u" data-t="acme" data-l="lease 42">A</i><i class="g q"></i>…</span>
-      <span class="sr">0 of 8 GPUs available</span></li>
+      <span class="c"><i class="u" data-t="acme">A</i><i class="q"></i>…</span>
+      <span class="sr">0/8 available</span></li>
+
+(A cell's lease, temperature and last Xid are in its card, fetched on hover, focus or Enter.)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from html import escape
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince
 
-from fleet.overview import STATE_CODE, ServerTile, holder_label, tenant_mark
+from fleet.overview import STATE_CODE, ServerTile, tenant_mark
 
 # (state, overdue, tenant, holder) -> the cell's markup: a fleet has few distinct cells.
 _CELLS: dict[tuple, str] = {}
@@ -30,10 +32,9 @@ def render_cell(cell) -> str:
     html = _CELLS.get(key)
     if html is None:
         code = STATE_CODE[cell.state]
-        cls = f"g {code} od" if cell.overdue else f"g {code}"
+        cls = f"{code} od" if cell.overdue else code
         if cell.tenant:
-            html = (f'<i class="{cls}" data-t="{escape(cell.tenant)}" data-l="{escape(holder_label(cell.holder))}">'
-                    f"{escape(tenant_mark(cell.tenant))}</i>")
+            html = f'<i class="{cls}" data-t="{escape(cell.tenant)}">{escape(tenant_mark(cell.tenant))}</i>'
         else:
             html = f'<i class="{cls}"></i>'
         if len(_CELLS) > 50_000:
@@ -48,7 +49,7 @@ def render_tile(tile: ServerTile) -> SafeString:
         classes += f" w-{tile.worst_code}"
     if tile.overdue:
         classes += " od"
-    parts = [f'<li id="server-{tile.pk}" class="{classes}" data-s="{tile.pk}">'
+    parts = [f'<li id="server-{tile.pk}" class="{classes}">'
              f'<a href="/servers/{tile.pk}/">{escape(tile.hostname)}</a>']
     if tile.state != "active":
         since = f" {timesince(tile.since)}" if tile.since else ""
@@ -57,7 +58,7 @@ def render_tile(tile: ServerTile) -> SafeString:
         parts.append(f'<b class="ws" title="worst GPU state">{tile.worst_notable}</b>')
     parts.append('<span class="c">')
     parts.extend(render_cell(c) for c in tile.gpus)
-    parts.append(f'</span><span class="sr">{tile.available} of {len(tile.gpus)} GPUs available</span></li>')
+    parts.append(f'</span><span class="sr">{tile.available}/{len(tile.gpus)} available</span></li>')
     return mark_safe("".join(parts))  # every interpolated text is escaped above
 
 

@@ -152,7 +152,7 @@ async def test_reconnect_with_a_version_gets_what_it_missed(layer, session_cooki
     assert (await comm.connect())[0]
     msg, _ = await _until(comm, lambda m: m["type"] == "fragments" and f"server-{server.pk}" in m["html"])
     tile = msg["html"][f"server-{server.pk}"]
-    assert tile.count('<i class="g x"') == 1 and tile.count('<i class="g f"') == 7
+    assert tile.count('<i class="x"') == 1 and tile.count('<i class="f"') == 7
     await comm.disconnect()
 
 

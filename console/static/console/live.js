@@ -117,6 +117,7 @@
       var fresh = t.content.firstElementChild;
       if (!fresh) return;
       el.replaceWith(fresh);
+      untab(fresh);
       if (window.htmx && fresh.querySelector("[hx-get],[hx-post]")) htmx.process(fresh);
       window.__live.applied += 1;
     });
@@ -143,15 +144,14 @@
     x: "drained", q: "quarantined", o: "offline" };
   var activeCell = null;
   function mapEl() { return document.getElementById("fleet-map"); }
-  function cells() { return mapEl().querySelectorAll("i.g"); }
+  function cells() { return mapEl().querySelectorAll(".c i"); }
   function describe(cell) {
     var tile = cell.closest("li.t");
     var host = tile.querySelector("a").textContent;
     var n = Array.prototype.indexOf.call(cell.parentNode.children, cell) + 1;
-    var code = cell.classList[1];
+    var code = cell.classList[0];
     var parts = [host + " GPU " + n + ": " + (STATES[code] || code)];
     if (cell.dataset.t) parts.push(cell.dataset.t);
-    if (cell.dataset.l) parts.push(cell.dataset.l);
     if (cell.classList.contains("od")) parts.push("overdue");
     var st = tile.querySelector(".ss");
     if (st) parts.push("server " + st.textContent);
@@ -166,7 +166,7 @@
   function restoreActive(key) {
     var tile = document.getElementById(key.id);
     if (!tile) return;
-    var cell = tile.querySelectorAll("i.g")[key.n];
+    var cell = tile.querySelectorAll(".c i")[key.n];
     if (cell) activate(cell, false);
   }
   function activate(cell, announce) {
@@ -199,7 +199,7 @@
       var ti = Array.prototype.indexOf.call(tiles, tile);
       var n = Array.prototype.indexOf.call(activeCell.parentNode.children, activeCell);
       var next = tiles[Math.max(0, Math.min(tiles.length - 1, ti + delta))];
-      var nc = next.querySelectorAll("i.g");
+      var nc = next.querySelectorAll(".c i");
       activate(nc[Math.min(n, nc.length - 1)]);
       return;
     }
@@ -212,7 +212,7 @@
     if (!card) return;
     var tile = cell.closest("li.t");
     var n = Array.prototype.indexOf.call(cell.parentNode.children, cell) + 1;
-    var url = "/servers/" + tile.dataset.s + "/gpus/" + n + "/";
+    var url = "/servers/" + tile.id.slice(7) + "/gpus/" + n + "/";
     cardFor = url;
     fetch(url, { headers: { "HX-Request": "true" }, credentials: "same-origin" })
       .then(function (r) { return r.text(); })
@@ -245,20 +245,26 @@
       if (activeCell) openCard(activeCell, true);
     }
   });
+  // With this script the map is one tab stop (arrow keys inside); without it, every server link is one.
+  function untab(el) {
+    var links = el.matches && el.matches("li.t") ? [el.querySelector("a")] : el.querySelectorAll("li.t > a");
+    for (var i = 0; i < links.length; i++) if (links[i]) links[i].tabIndex = -1;
+  }
   var map0 = mapEl();
   if (map0) {
+    untab(map0);
     document.addEventListener("focusin", function (ev) {
       if (ev.target === mapEl() && (!activeCell || !activeCell.isConnected)) move(0);
     });
     var hoverTimer = 0;
     document.addEventListener("mouseover", function (ev) {
-      var cell = ev.target.closest && ev.target.closest("#fleet-map i.g");
+      var cell = ev.target.closest && ev.target.closest("#fleet-map .c i");
       if (!cell) return;
       clearTimeout(hoverTimer);
       hoverTimer = setTimeout(function () { activate(cell, false); openCard(cell, false); }, 150);
     });
     document.addEventListener("click", function (ev) {
-      var cell = ev.target.closest && ev.target.closest("#fleet-map i.g");
+      var cell = ev.target.closest && ev.target.closest("#fleet-map .c i");
       if (cell) { activate(cell); openCard(cell, true); }
       else if (card && !card.hidden && !ev.target.closest("#gpu-card")) closeCard();
     });
