@@ -173,6 +173,13 @@ async def fanout(port: int, cookie: str, server_id: int, clients: int, changes: 
     return latencies
 
 
+def in_thread(fn, *args):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args).result()
+
+
 PAINT_JS = """async (html) => {
   const doc = new DOMParser().parseFromString(html, 'text/html');
   const main = doc.querySelector('main').innerHTML;
@@ -233,7 +240,7 @@ def browser_figures(port: int, server_ids: list[int], tile_variants: dict) -> di
         for k in range(20):
             sid = server_ids[k % len(server_ids)]
             page.evaluate("() => { window.__painted = {}; }")
-            committed = flip_here(sid)
+            committed = in_thread(flip_here, sid)  # Playwright's loop runs on this thread
             page.wait_for_function(f"() => window.__painted['server-{sid}']", timeout=10000)
             latencies.append(page.evaluate(f"() => window.__painted['server-{sid}']") - committed * 1000)
             time.sleep(0.2)
@@ -248,15 +255,14 @@ def browser_figures(port: int, server_ids: list[int], tile_variants: dict) -> di
 
 def tile_variants(servers) -> dict:
     """Two renders of each tile (as is, and with its first GPU drained) for the apply benchmark."""
-    from django.template.loader import render_to_string
-
+    from console.ui.tiles import render_tile
     from fleet.overview import server_tiles
 
     variants = {}
     for tile in server_tiles([s.pk for s in servers]):
-        a = render_to_string("console/fleet_map.html#server-tile", {"tile": tile})
+        a = str(render_tile(tile))
         tile.gpus[0].state = "drained"
-        b = render_to_string("console/fleet_map.html#server-tile", {"tile": tile})
+        b = str(render_tile(tile))
         variants[f"server-{tile.pk}"] = [a, b]
     return variants
 
@@ -265,17 +271,27 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="300 servers instead of 1,000")
     parser.add_argument("--servers", type=int, default=None)
+    parser.add_argument("--db", help="reuse this bench database (its fleet) instead of building one")
     args = parser.parse_args()
     total = args.servers or (300 if args.quick else 1000)
+    if args.db:  # a fleet an earlier run built (its folder is printed): skips the build and the 100 figures
+        ENV["DATABASE_URL"] = os.environ["DATABASE_URL"] = f"sqlite:///{args.db}"
     setup_django()
     result: dict = {}
     t = time.perf_counter()
-    servers = add_servers(0, 100)
-    ms, size, queries = measure_render()
-    result.update(fleet_render_ms_100=round(ms, 1), fleet_queries_100=queries)
-    print(f"100 servers: GET / {ms:.0f} ms, {size / 1024:.0f} KiB, {queries} queries")
-    servers += add_servers(100, total - 100)
-    print(f"(fleet of {total} built in {time.perf_counter() - t:.0f} s)")
+    if args.db:
+        from fleet.models import Server
+
+        servers = list(Server.objects.order_by("pk"))
+        total = len(servers)
+    else:
+        print(f"(bench database {DB})")
+        servers = add_servers(0, 100)
+        ms, size, queries = measure_render()
+        result.update(fleet_render_ms_100=round(ms, 1), fleet_queries_100=queries)
+        print(f"100 servers: GET / {ms:.0f} ms, {size / 1024:.0f} KiB, {queries} queries")
+        servers += add_servers(100, total - 100)
+        print(f"(fleet of {total} built in {time.perf_counter() - t:.0f} s)")
     ms, size, queries = measure_render()
     result.update(fleet_render_ms_1000=round(ms, 1), fleet_html_kib_1000=round(size / 1024, 1),
                   fleet_queries_1000=queries)
@@ -303,7 +319,8 @@ def main() -> None:
     port = free_port()
     proc = start_daphne(port, None)
     try:
-        figures = browser_figures(port, [s.pk for s in servers[8:40]], tile_variants(servers[:300]))
+        variants = tile_variants(servers[:300])
+        figures = browser_figures(port, [s.pk for s in servers[8:40]], variants)
     finally:
         proc.terminate()
         proc.wait(10)

@@ -1,11 +1,14 @@
 """Operator actions with a dry run first: what an action would do, why it cannot, and a signed token
 that the confirmation must carry. The operator UI and the REST API both use this module.
 
-    p = preview(action="server.drain", target_ids=[12])
+    p = preview(action="server.drain", target_ids=[12])   # or preview_server_drain(target_ids=[12])
     p.summary   # "Drain srv-0412: 3 leases of acme, beta, gamma (8 GPUs) keep running; no new leases"
     p.blockers  # ["srv-0412 is unreachable: …"] — confirm() refuses while there are any
     p.friction  # "undo" | "confirm" | "type"; with "type", p.confirm_text must be typed back
-    result = confirm(token=p.token, actor=actor, typed="srv-0412")
+    outcome = confirm(token=p.token, actor=actor, typed="srv-0412")  # Outcome(message, operation_id, …)
+
+Errors map to HTTP like the other domain errors: PreviewInvalid 400, ConfirmationMismatch 400,
+PreviewChanged 409 (its `.preview` is the fresh one to show), PreviewBlocked 409 (`.preview.blockers`).
 
 The token signs (action, target ids, state version): the version is a digest of every row the
 action depends on (the servers' and GPUs' states, the open allocations on them). `confirm()`
@@ -24,6 +27,8 @@ whose leases belong to more than one tenant ask to type the hostname (or the cou
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -163,6 +168,18 @@ def _missing(ids: list[int], found) -> list[str]:
     return [f"object {i} does not exist (any more)" for i in ids if i not in found]
 
 
+def _signed(build: Callable[..., Preview]) -> Callable[..., Preview]:
+    """A preview builder whose result carries its token: the signed (action, target ids, version)."""
+
+    @functools.wraps(build)
+    def signed(*, target_ids: list[int]) -> Preview:
+        p = build(target_ids=list(target_ids))
+        token = signing.dumps({"a": p.action, "t": list(p.target_ids), "v": p.version}, salt=SALT, compress=True)
+        return dataclasses.replace(p, token=token)
+
+    return signed
+
+
 # ----------------------------------------------------------------------------- server actions
 def _server_transition_blocker(server: Server, to: str, verb: str) -> str | None:
     if server.state == to:
@@ -200,6 +217,7 @@ def _server_preview(action: str, target_ids: list[int], *, to: str, verb: str, t
     )
 
 
+@_signed
 def preview_server_cordon(*, target_ids: list[int]) -> Preview:
     return _server_preview(
         "server.cordon", target_ids, to=S.CORDONED, verb="cordoned", title="Cordon",
@@ -208,6 +226,7 @@ def preview_server_cordon(*, target_ids: list[int]) -> Preview:
     )
 
 
+@_signed
 def preview_server_uncordon(*, target_ids: list[int]) -> Preview:
     return _server_preview(
         "server.uncordon", target_ids, to=S.ACTIVE, verb="uncordoned", title="Uncordon",
@@ -218,6 +237,7 @@ def preview_server_uncordon(*, target_ids: list[int]) -> Preview:
     )
 
 
+@_signed
 def preview_server_drain(*, target_ids: list[int]) -> Preview:
     return _server_preview(
         "server.drain", target_ids, to=S.DRAINING, verb="drained", title="Drain",
@@ -227,6 +247,7 @@ def preview_server_drain(*, target_ids: list[int]) -> Preview:
     )
 
 
+@_signed
 def preview_server_drain_cancel(*, target_ids: list[int]) -> Preview:
     return _server_preview(
         "server.drain_cancel", target_ids, to=S.CORDONED, verb="cordoned", title="Cancel the drain of",
@@ -284,6 +305,7 @@ def _gpu_name(gpu: Gpu) -> str:
     return f"{gpu.server.hostname} GPU {gpu.module_id}"
 
 
+@_signed
 def preview_gpu_drain(*, target_ids: list[int]) -> Preview:
     def sentence(gpu, holder):
         if holder:
@@ -294,6 +316,7 @@ def preview_gpu_drain(*, target_ids: list[int]) -> Preview:
                         expect=(G.FREE, G.RESERVED, G.IN_USE, G.SCRUBBING, G.LEVELING, G.OFFLINE))
 
 
+@_signed
 def preview_gpu_scrub(*, target_ids: list[int]) -> Preview:
     return _gpu_preview("gpu.scrub", target_ids, title="Scrub", doing="a scrub", friction=CONFIRM,
                         expect=(G.FREE, G.DRAINED, G.OFFLINE),
@@ -301,6 +324,7 @@ def preview_gpu_scrub(*, target_ids: list[int]) -> Preview:
                                                 f"firmware; unavailable for a few minutes")
 
 
+@_signed
 def preview_gpu_level_firmware(*, target_ids: list[int]) -> Preview:
     def sentence(gpu, holder):
         pinned = gpu.server.platform_spec.pinned_firmware
@@ -311,6 +335,7 @@ def preview_gpu_level_firmware(*, target_ids: list[int]) -> Preview:
                         expect=(G.FREE, G.DRAINED), sentence=sentence)
 
 
+@_signed
 def preview_gpu_clear_quarantine(*, target_ids: list[int]) -> Preview:
     return _gpu_preview(
         "gpu.clear_quarantine", target_ids, title="Clear the quarantine of", friction=TYPE,
@@ -343,9 +368,7 @@ def preview(*, action: str, target_ids: list[int]) -> Preview:
         raise PreviewInvalid(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
     if not target_ids:
         raise PreviewInvalid("no targets")
-    p = fn(target_ids=[int(i) for i in target_ids])
-    token = signing.dumps({"a": p.action, "t": list(p.target_ids), "v": p.version}, salt=SALT, compress=True)
-    return Preview(**{**p.__dict__, "token": token})
+    return fn(target_ids=[int(i) for i in target_ids])
 
 
 def read_token(token: str) -> tuple[str, list[int], str]:

@@ -101,13 +101,16 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await asyncio.sleep(max(0.0, self.last_flush + FLUSH_S - time.monotonic()))
             pending, self.pending = self.pending, set()
             version = self.version
-            html = await database_sync_to_async(self.render)(pending)
+            html = await self.render_pending(pending)
             self.last_flush = time.monotonic()
             if html:
                 await self.send_json({"type": "fragments", "v": version, "html": html})
         finally:
             self.flush_task = None
         self.schedule()
+
+    async def render_pending(self, pending: set) -> dict[str, str]:
+        return await database_sync_to_async(self.render)(pending)
 
     # for subclasses
     def setup(self) -> bool:
@@ -120,7 +123,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         pass
 
     def render(self, pending: set) -> dict[str, str]:
-        raise NotImplementedError
+        return {}
 
 
 class FleetMapConsumer(LiveConsumer):
@@ -139,20 +142,22 @@ class FleetMapConsumer(LiveConsumer):
                 self.pending.add(int(group[7:]))
         self.pending.add(self.SUMMARY)
 
-    def render(self, pending: set) -> dict[str, str]:
-        """Changed tiles first, in their own message; the legend and capacity strip (which read the
-        whole fleet) in a later one, at most once a second, rendered once for the whole process."""
+    async def render_pending(self, pending: set) -> dict[str, str]:
+        """Changed tiles first, in their own message (on the thread every consumer's database calls
+        share: the first renders, the rest find it cached); the legend and capacity strip, which
+        read the whole fleet, in a later one at most once a second, on a thread of their own so they
+        never hold up another page's tiles."""
         ids = sorted(p for p in pending if p != self.SUMMARY)
         if ids:
             if self.SUMMARY in pending:
                 self.pending.add(self.SUMMARY)
-            return dict(_tiles_html(tuple(ids), self.version))
+            return dict(await _tiles_once(tuple(ids), self.version))
         now = time.monotonic()
         if now - self.last_summary < SUMMARY_EVERY_S:
             self.pending.add(self.SUMMARY)  # a later flush (schedule() after this one picks it up)
             return {}
         self.last_summary = now
-        return dict(_summary_html())
+        return dict(await database_sync_to_async(_summary_html, thread_sensitive=False)())
 
 
 _TILE_CACHE: dict[tuple, tuple[float, dict[str, str]]] = {}
@@ -178,22 +183,51 @@ def _tiles_html(ids: tuple[int, ...], version: int) -> dict[str, str]:
     return html
 
 
+_INFLIGHT: dict[tuple, asyncio.Future] = {}
+
+
+async def _tiles_once(ids: tuple[int, ...], version: int) -> dict[str, str]:
+    """The tiles, rendered once for all the consumers on this event loop that got the same batch:
+    the first asks the database, the others await its result (or find it cached) without a thread hop."""
+    key = (ids, version)
+    with _tile_cache_lock:
+        hit = _TILE_CACHE.get(key)
+    if hit is not None and time.monotonic() - hit[0] < _TILE_CACHE_S:
+        return hit[1]
+    waiting = _INFLIGHT.get(key)
+    if waiting is not None:
+        return await asyncio.shield(waiting)
+    future = _INFLIGHT[key] = asyncio.get_running_loop().create_future()
+    try:
+        html = await database_sync_to_async(_tiles_html)(ids, version)
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+        raise
+    finally:
+        _INFLIGHT.pop(key, None)
+    future.set_result(html)
+    return html
+
+
 _SUMMARY: list = [0.0, None]
 
 
+_summary_lock = threading.Lock()
+
+
 def _summary_html() -> dict[str, str]:
-    """The map's legend and capacity strip, rendered at most once a second per process."""
-    now = time.monotonic()
-    with _tile_cache_lock:
-        if _SUMMARY[1] is not None and now - _SUMMARY[0] < SUMMARY_EVERY_S:
+    """The map's legend and capacity strip, rendered at most once a second per process (one thread
+    renders; the others wait for it and take its result)."""
+    with _summary_lock:
+        if _SUMMARY[1] is not None and time.monotonic() - _SUMMARY[0] < SUMMARY_EVERY_S:
             return _SUMMARY[1]
-    data = fleet_map()
-    ctx = {"map": data, "capacity": data.capacity}
-    html = {"fleet-legend": render_to_string("console/fleet_map.html#fleet-legend", ctx),
-            "fleet-capacity": render_to_string("console/fleet_map.html#fleet-capacity", ctx)}
-    with _tile_cache_lock:
+        data = fleet_map()
+        ctx = {"map": data, "capacity": data.capacity}
+        html = {"fleet-legend": render_to_string("console/fleet_map.html#fleet-legend", ctx),
+                "fleet-capacity": render_to_string("console/fleet_map.html#fleet-capacity", ctx)}
         _SUMMARY[:] = [time.monotonic(), html]
-    return html
+        return html
 
 
 class ServerConsumer(LiveConsumer):

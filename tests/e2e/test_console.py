@@ -21,8 +21,8 @@ SCREENSHOTS = Path(settings.BASE_DIR) / "docs" / "screenshots"
 
 def _cells_match_database(page, servers):
     """Every cell's class on the page is its GPU's state in the database."""
-    shown = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('#fleet-map li.t')].map(
-        t => [t.id.slice(7), [...t.querySelectorAll('.c i')].map(c => c.classList[0])]))""")
+    shown = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('#fleet-map .t')].map(
+        t => [t.id.slice(7), [...t.querySelectorAll('i')].map(c => c.classList[0])]))""")
     expected = {
         str(s.pk): [STATE_CODE[state] for state in Gpu.objects.filter(server=s).order_by("module_id")
                     .values_list("state", flat=True)]
@@ -127,7 +127,7 @@ def test_a_viewer_sees_no_buttons(new_page, expect):
     hold(server, 1, holder="lease/1", owner="acme")
     make_user("viewer", username="vic", password="right-password")
     page = login(new_page(), "vic")
-    page.hover(f"#server-{server.pk} .c i >> nth=0")
+    page.hover(f"#server-{server.pk} i >> nth=0")
     expect(page.locator("#gpu-card")).to_contain_text("GPU 1: in use, acme, lease 1")
     assert page.locator("#gpu-card button").count() == 0
     page.goto(f"/servers/{server.pk}/")
@@ -144,7 +144,7 @@ def test_screenshots_for_the_readme(new_page, expect):
     page = login(new_page(viewport=(1280, 820)), "ana")
     expect(page.locator("#live-badge")).to_have_text("Live")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.hover(f"#server-{notes['draining'].pk} .c i >> nth=2")
+    page.hover(f"#server-{notes['draining'].pk} i >> nth=2")
     expect(page.locator("#gpu-card")).to_be_visible()
     page.screenshot(path=str(SCREENSHOTS / "fleet-map.png"))
     page.goto(f"/servers/{notes['draining'].pk}/")

@@ -144,11 +144,12 @@
     x: "drained", q: "quarantined", o: "offline" };
   var activeCell = null;
   function mapEl() { return document.getElementById("fleet-map"); }
-  function cells() { return mapEl().querySelectorAll(".c i"); }
+  function cells() { return mapEl().querySelectorAll(".t i"); }
+  function indexOf(cell) { return Array.prototype.indexOf.call(cell.parentNode.querySelectorAll("i"), cell); }
   function describe(cell) {
-    var tile = cell.closest("li.t");
-    var host = tile.querySelector("a").textContent;
-    var n = Array.prototype.indexOf.call(cell.parentNode.children, cell) + 1;
+    var tile = cell.closest(".t");
+    var host = tile.querySelector("span").textContent;
+    var n = indexOf(cell) + 1;
     var code = cell.classList[0];
     var parts = [host + " GPU " + n + ": " + (STATES[code] || code)];
     if (cell.dataset.t) parts.push(cell.dataset.t);
@@ -159,14 +160,14 @@
   }
   function activeKey() {
     if (!activeCell || !mapEl()) return null;
-    var tile = activeCell.closest("li.t");
+    var tile = activeCell.closest(".t");
     if (!tile) return null;
-    return { id: tile.id, n: Array.prototype.indexOf.call(activeCell.parentNode.children, activeCell) };
+    return { id: tile.id, n: indexOf(activeCell) };
   }
   function restoreActive(key) {
     var tile = document.getElementById(key.id);
     if (!tile) return;
-    var cell = tile.querySelectorAll(".c i")[key.n];
+    var cell = tile.querySelectorAll("i")[key.n];
     if (cell) activate(cell, false);
   }
   function activate(cell, announce) {
@@ -194,12 +195,12 @@
     if (!all.length) return;
     if (!activeCell || !activeCell.isConnected) { activate(all[0]); return; }
     if (byTile) {
-      var tiles = mapEl().querySelectorAll("li.t");
-      var tile = activeCell.closest("li.t");
+      var tiles = mapEl().querySelectorAll(".t");
+      var tile = activeCell.closest(".t");
       var ti = Array.prototype.indexOf.call(tiles, tile);
-      var n = Array.prototype.indexOf.call(activeCell.parentNode.children, activeCell);
+      var n = indexOf(activeCell);
       var next = tiles[Math.max(0, Math.min(tiles.length - 1, ti + delta))];
-      var nc = next.querySelectorAll(".c i");
+      var nc = next.querySelectorAll("i");
       activate(nc[Math.min(n, nc.length - 1)]);
       return;
     }
@@ -210,8 +211,8 @@
   var cardFor = null;
   function openCard(cell, focus) {
     if (!card) return;
-    var tile = cell.closest("li.t");
-    var n = Array.prototype.indexOf.call(cell.parentNode.children, cell) + 1;
+    var tile = cell.closest(".t");
+    var n = indexOf(cell) + 1;
     var url = "/servers/" + tile.id.slice(7) + "/gpus/" + n + "/";
     cardFor = url;
     fetch(url, { headers: { "HX-Request": "true" }, credentials: "same-origin" })
@@ -247,7 +248,7 @@
   });
   // With this script the map is one tab stop (arrow keys inside); without it, every server link is one.
   function untab(el) {
-    var links = el.matches && el.matches("li.t") ? [el.querySelector("a")] : el.querySelectorAll("li.t > a");
+    var links = el.matches && el.matches(".t") ? [el] : el.querySelectorAll(".t");
     for (var i = 0; i < links.length; i++) if (links[i]) links[i].tabIndex = -1;
   }
   var map0 = mapEl();
@@ -258,14 +259,14 @@
     });
     var hoverTimer = 0;
     document.addEventListener("mouseover", function (ev) {
-      var cell = ev.target.closest && ev.target.closest("#fleet-map .c i");
+      var cell = ev.target.closest && ev.target.closest("#fleet-map .t i");
       if (!cell) return;
       clearTimeout(hoverTimer);
       hoverTimer = setTimeout(function () { activate(cell, false); openCard(cell, false); }, 150);
     });
     document.addEventListener("click", function (ev) {
-      var cell = ev.target.closest && ev.target.closest("#fleet-map .c i");
-      if (cell) { activate(cell); openCard(cell, true); }
+      var cell = ev.target.closest && ev.target.closest("#fleet-map .t i");
+      if (cell) { ev.preventDefault(); activate(cell); openCard(cell, true); }
       else if (card && !card.hidden && !ev.target.closest("#gpu-card")) closeCard();
     });
   }
