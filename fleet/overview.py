@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db.models import Max, Q
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from console.models import AuditEvent, Operation
@@ -122,29 +122,41 @@ class Capacity:
     placements: dict[int, int]  # size -> how many leases of that size fit now
 
 
-def capacity_of(tiles: list[ServerTile]) -> Capacity:
-    """Free GPUs on schedulable servers and how many 8/4/2/1-GPU leases placement could place now
-    (partition-aware: fleet.placement.offerable_counts on each server's free mask and active
-    partitions). One query (the active partitions); the rest comes from the tiles."""
+def _active_partitions() -> dict[int, frozenset[int]]:
     active: dict[int, set[int]] = {}
     for server_id, partition_id in Partition.objects.filter(state__in=PARTITION_OCCUPYING).values_list(
         "server_id", "partition_id"
     ):
         active.setdefault(server_id, set()).add(partition_id)
+    return {k: frozenset(v) for k, v in active.items()}
+
+
+def _capacity(servers: list[tuple[int, str, int]], active: dict[int, frozenset[int]]) -> Capacity:
+    """From (server id, platform, mask of its free healthy GPUs, 0 unless schedulable)."""
     counts: dict[int, int] = {}
     free = 0
+    for pk, platform, avail in servers:
+        free += avail.bit_count()
+        if platform not in PLATFORMS:
+            continue
+        for size, n in offerable_counts(platform, avail, active.get(pk, frozenset())):
+            counts[size] = counts.get(size, 0) + n
+    return Capacity(free=free, placements=dict(sorted(counts.items(), reverse=True)))
+
+
+def capacity_of(tiles: list[ServerTile]) -> Capacity:
+    """Free GPUs on schedulable servers and how many 8/4/2/1-GPU leases placement could place now
+    (partition-aware: fleet.placement.offerable_counts on each server's free mask and active
+    partitions). One query (the active partitions); the rest comes from the tiles."""
+    servers = []
     for t in tiles:
         avail = 0
         if t.state in SCHEDULABLE_SERVER_STATES:
             for c in t.gpus:
                 if c.state == G.FREE and c.isolated:
                     avail |= 1 << c.module_id
-        free += avail.bit_count()
-        if t.platform not in PLATFORMS:
-            continue
-        for size, n in offerable_counts(t.platform, avail, frozenset(active.get(t.pk, ()))):
-            counts[size] = counts.get(size, 0) + n
-    return Capacity(free=free, placements=dict(sorted(counts.items(), reverse=True)))
+        servers.append((t.pk, t.platform, avail))
+    return _capacity(servers, _active_partitions())
 
 
 @dataclass
@@ -198,6 +210,25 @@ class Filters:
         if self.health == "hot":
             return any(g.hot for g in tile.gpus)
         return True
+
+
+def fleet_summary() -> FleetMap:
+    """The legend's counts, the tenants and the capacity strip without the tiles: aggregate queries
+    and only the free GPUs' rows (what the live map refreshes once a second)."""
+    counts = dict(Gpu.objects.values_list("state").annotate(n=Count("id")).order_by())
+    server_counts = dict(Server.objects.values_list("state").annotate(n=Count("id")).order_by())
+    tenants = sorted(set(AllocationGpu.objects.filter(held=True).exclude(allocation__owner="")
+                         .values_list("allocation__owner", flat=True).distinct()))
+    servers = list(Server.objects.values_list("pk", "platform", "state"))
+    masks: dict[int, int] = {}
+    for server_id, module_id in Gpu.objects.filter(
+        state=G.FREE, isolated=True, server__state__in=SCHEDULABLE_SERVER_STATES
+    ).values_list("server_id", "module_id"):
+        masks[server_id] = masks.get(server_id, 0) | 1 << module_id
+    capacity = _capacity([(pk, platform, masks.get(pk, 0)) for pk, platform, _ in servers], _active_partitions())
+    return FleetMap(racks=[], counts={s: counts.get(s, 0) for s in G.values},
+                    server_counts={s: server_counts.get(s, 0) for s in S.values}, tenants=tenants,
+                    total_servers=len(servers), shown_servers=len(servers), version=0, capacity=capacity)
 
 
 def latest_version() -> int:

@@ -27,7 +27,7 @@ from console import relay
 from console.ui.permissions import can_view
 from console.ui.tiles import render_tile
 from fleet.models import Gpu, Server
-from fleet.overview import fleet_map, server_detail, server_tiles
+from fleet.overview import fleet_summary, server_detail, server_tiles
 
 FLUSH_S = 0.1  # at most 10 messages a second per subscriber
 SUMMARY_EVERY_S = 1.0  # legend counts and the capacity strip (they read the whole fleet)
@@ -222,7 +222,7 @@ def _summary_html() -> dict[str, str]:
     with _summary_lock:
         if _SUMMARY[1] is not None and time.monotonic() - _SUMMARY[0] < SUMMARY_EVERY_S:
             return _SUMMARY[1]
-        data = fleet_map()
+        data = fleet_summary()
         ctx = {"map": data, "capacity": data.capacity}
         html = {"fleet-legend": render_to_string("console/fleet_map.html#fleet-legend", ctx),
                 "fleet-capacity": render_to_string("console/fleet_map.html#fleet-capacity", ctx)}

@@ -18,6 +18,10 @@ pytestmark = pytest.mark.django_db
 ACTOR = Actor.system("tests")
 
 
+def find(pattern: str, html: str):
+    return re.search(pattern, html, re.S)
+
+
 @pytest.fixture
 def viewer_client(client):
     client.force_login(make_user("viewer"))
@@ -43,15 +47,15 @@ def test_map_shows_racks_tiles_cells_and_legend(viewer_client):
     hold(servers[0], 1, holder="lease/42", owner="acme")
     html = viewer_client.get("/").content.decode()
     for server in servers:
-        tile = re.search(rf'<a id="server-{server.pk}" class="t s-active[^"]*"[^>]*>.*?</a>', html)
+        tile = find(rf'<a id="server-{server.pk}" class="t s-active[^"]*"[^>]*>.*?</a>', html)
         assert tile, server
         assert server.hostname in tile.group(0)
         assert tile.group(0).count("<i ") == 8
-    first = re.search(rf'<a id="server-{servers[0].pk}".*?</a>', html).group(0)
+    first = find(rf'<a id="server-{servers[0].pk}".*?</a>', html).group(0)
     assert first.count('<i class="u" data-t="acme">A</i>') == 4
     assert 'aria-label="Rack r01"' in html and 'aria-label="Rack r02"' in html
-    assert re.search(r'data-state="in_use"><i class="g u"[^>]*></i>In use <b>4</b>', html)
-    assert re.search(r'data-state="free"><i class="g f"[^>]*></i>Free <b>20</b>', html)
+    assert find(r'data-state="in_use"><i class="g u"[^>]*></i>In use <b>4</b>', html)
+    assert find(r'data-state="free"><i class="g f"[^>]*></i>Free <b>20</b>', html)
     assert "hx-" not in first, "no per-cell (or per-tile) htmx attributes"
 
 
@@ -62,14 +66,14 @@ def test_a_drained_or_cordoned_server_is_never_shown_available(viewer_client):
     server_drain(server=draining, actor=ACTOR)
     server_drain(server=drained, actor=ACTOR)  # nothing runs: drained at once
     html = viewer_client.get("/").content.decode()
-    assert re.search(rf'id="server-{cordoned.pk}" class="t s-cordoned".*?<b class="ss">cordoned', html)
-    assert re.search(rf'id="server-{draining.pk}" class="t s-draining".*?<b class="ss">draining', html)
-    assert re.search(rf'id="server-{drained.pk}" class="t s-drained".*?<b class="ss">drained', html)
+    assert find(rf'id="server-{cordoned.pk}" class="t s-cordoned".*?<b class="ss">cordoned', html)
+    assert find(rf'id="server-{draining.pk}" class="t s-draining".*?<b class="ss">draining', html)
+    assert find(rf'id="server-{drained.pk}" class="t s-drained".*?<b class="ss">drained', html)
     for server in (cordoned, draining, drained):
-        assert re.search(rf'id="server-{server.pk}".*?0/8 GPUs available', html)
-    assert re.search(rf'id="server-{active.pk}".*?8/8 GPUs available', html)
+        assert find(rf'id="server-{server.pk}".*?0/8 GPUs available', html)
+    assert find(rf'id="server-{active.pk}".*?8/8 GPUs available', html)
     # The capacity strip counts only schedulable servers: one server, one 8-GPU lease at most.
-    capacity = re.search(r'<section id="fleet-capacity".*?</section>', html, re.S).group(0)
+    capacity = find(r'<section id="fleet-capacity".*?</section>', html).group(0)
     assert "<strong>8</strong> GPUs free" in capacity and "<b>1</b>&times;8-GPU" in capacity
 
 
@@ -78,21 +82,21 @@ def test_worst_gpu_state_and_overdue_on_the_tile(viewer_client, monkeypatch):
     gpu = server.gpus.order_by("module_id").first()
     gpu_quarantine(gpu=gpu, actor=ACTOR, reason="Xid 79")
     html = viewer_client.get("/").content.decode()
-    assert re.search(rf'id="server-{server.pk}" class="t s-active w-q".*?<b class="ws">quarantined</b>', html)
+    assert find(rf'id="server-{server.pk}" class="t s-active w-q".*?<b class="ws">quarantined</b>', html)
     from fleet import overview
 
     monkeypatch.setitem(overview.STATE_LIMITS_S, "draining", -1)
     hold(server, 12, holder="lease/1", owner="acme")
     server_drain(server=server, actor=ACTOR)
     html = viewer_client.get("/").content.decode()
-    assert re.search(rf'id="server-{server.pk}" class="t s-draining w-q od"', html)
+    assert find(rf'id="server-{server.pk}" class="t s-draining w-q od"', html)
 
 
 def test_capacity_strip_is_partition_aware(viewer_client):
     server = make_server()
     hold(server, 12, holder="lease/1", owner="acme")  # one single on GPU 6: its pair, quad and the 8 are gone
     html = viewer_client.get("/").content.decode()
-    capacity = re.search(r'<section id="fleet-capacity".*?</section>', html, re.S).group(0)
+    capacity = find(r'<section id="fleet-capacity".*?</section>', html).group(0)
     assert "<strong>7</strong> GPUs free" in capacity
     assert "<b>0</b>&times;8-GPU" in capacity and "<b>1</b>&times;4-GPU" in capacity
     assert "<b>3</b>&times;2-GPU" in capacity and "<b>7</b>&times;1-GPU" in capacity
@@ -158,15 +162,15 @@ def test_server_page_shows_the_partition_tree_gpus_and_history(viewer_client):
     gpu5 = server.gpus.get(module_id=5)
     gpu_quarantine(gpu=gpu5, actor=ACTOR, reason="thermal shutdown")
     html = viewer_client.get(f"/servers/{server.pk}/").content.decode()
-    tree = re.search(r'<section id="server-\d+-partitions".*?</section>', html, re.S).group(0)
+    tree = find(r'<section id="server-\d+-partitions".*?</section>', html).group(0)
     # 8 → 4+4 → pairs → singles, nested in that order.
-    assert re.search(r'<b>P0</b> GPUs 1,2,3,4,5,6,7,8.*?<ul><li[^>]*><span[^>]*><b>P1</b> GPUs 1,2,3,4', tree, re.S)
-    assert re.search(r'class="pn size-2 on"><span[^>]*><b>P3</b> GPUs 1,3 · <span class="state">active</span>'
+    assert find(r'<b>P0</b> GPUs 1,2,3,4,5,6,7,8.*?<ul><li[^>]*><span[^>]*><b>P1</b> GPUs 1,2,3,4', tree)
+    assert find(r'class="pn size-2 on"><span[^>]*><b>P3</b> GPUs 1,3 · <span class="state">active</span>'
                      r' · lease 42 \(acme, active\)', tree)
     assert "inside active partition 3 (lease 42, acme)" in tree
     assert "overlaps active partition 3 (lease 42, acme)" in tree
     assert "GPU 5 is quarantined: thermal shutdown" in tree
-    gpus = re.search(r'<section id="server-\d+-gpus".*?</section>', html, re.S).group(0)
+    gpus = find(r'<section id="server-\d+-gpus".*?</section>', html).group(0)
     assert "lease 42 · acme" in gpus and "0000:" in gpus
     assert "NVSwitches" in html and "fleet.gpu.quarantined" in html
 

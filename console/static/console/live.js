@@ -148,7 +148,7 @@
   function indexOf(cell) { return Array.prototype.indexOf.call(cell.parentNode.querySelectorAll("i"), cell); }
   function describe(cell) {
     var tile = cell.closest(".t");
-    var host = tile.querySelector("span").textContent;
+    var host = tile.firstChild.textContent.trim();
     var n = indexOf(cell) + 1;
     var code = cell.classList[0];
     var parts = [host + " GPU " + n + ": " + (STATES[code] || code)];
