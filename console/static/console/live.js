@@ -105,24 +105,54 @@
     setTimeout(connect, Math.min(250 * Math.pow(2, retry - 1), 5000));
   }
 
-  // Swap what arrived, once per frame: replace each element by id (tiles, legend, page parts).
+  // Swap what arrived, once per frame. Tiles whose shape is unchanged are morphed (classes, labels
+  // and text copied onto the existing nodes: only changed cells are touched, which holds thousands of
+  // cell updates a second); anything else is replaced by the server's fragment as it is.
   function apply() {
     frame = 0;
     var active = activeKey();
-    pending.forEach(function (html, id) {
-      var el = document.getElementById(id);
-      if (!el) return;
-      var t = document.createElement("template");
-      t.innerHTML = html.trim();
-      var fresh = t.content.firstElementChild;
-      if (!fresh) return;
-      el.replaceWith(fresh);
-      untab(fresh);
-      if (window.htmx && fresh.querySelector("[hx-get],[hx-post]")) htmx.process(fresh);
-      window.__live.applied += 1;
-    });
+    var t = document.createElement("template");
+    var ids = [];
+    var html = [];
+    pending.forEach(function (h, id) { ids.push(id); html.push(h.trim()); });
     pending.clear();
+    t.innerHTML = html.join("");
+    var fresh = Array.prototype.slice.call(t.content.children);
+    for (var i = 0; i < fresh.length; i++) {
+      var el = document.getElementById(fresh[i].id || ids[i]);
+      if (!el) continue;
+      if (!(el.classList.contains("t") && morph(el, fresh[i]))) {
+        el.replaceWith(fresh[i]);
+        untab(fresh[i]);
+        if (window.htmx && fresh[i].querySelector("[hx-get],[hx-post]")) htmx.process(fresh[i]);
+      }
+      window.__live.applied += 1;
+    }
     if (active) restoreActive(active);
+  }
+
+  var MORPHED = ["class", "aria-label", "data-t"];
+  function morph(el, fresh) {
+    if (el.childNodes.length !== fresh.childNodes.length) return false;
+    for (var i = 0; i < el.childNodes.length; i++) {
+      var a = el.childNodes[i], b = fresh.childNodes[i];
+      if (a.nodeName !== b.nodeName) return false;
+    }
+    copy(el, fresh);
+    for (var j = 0; j < el.childNodes.length; j++) {
+      var x = el.childNodes[j], y = fresh.childNodes[j];
+      if (x.nodeType === 3) { if (x.data !== y.data) x.data = y.data; continue; }
+      copy(x, y);
+      if (x.textContent !== y.textContent) x.textContent = y.textContent;
+    }
+    return true;
+  }
+  function copy(a, b) {
+    for (var k = 0; k < MORPHED.length; k++) {
+      var v = b.getAttribute(MORPHED[k]);
+      if (v === null) { if (a.hasAttribute(MORPHED[k])) a.removeAttribute(MORPHED[k]); }
+      else if (a.getAttribute(MORPHED[k]) !== v) a.setAttribute(MORPHED[k], v);
+    }
   }
 
   function snapshot(v) {
