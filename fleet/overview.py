@@ -112,7 +112,7 @@ class ServerTile:
         return self.free if self.schedulable else 0
 
     @property
-    def tenants(self) -> list[str]:
+    def owners(self) -> list[str]:
         return sorted({g.tenant for g in self.gpus if g.tenant})
 
 
@@ -164,7 +164,7 @@ class FleetMap:
     racks: list[tuple[str, list[ServerTile]]]
     counts: dict[str, int]
     server_counts: dict[str, int]
-    tenants: list[str]
+    owners: list[str]
     total_servers: int
     shown_servers: int
     version: int
@@ -177,7 +177,7 @@ class FleetMap:
 
     @property
     def tenant_marks(self) -> list[tuple[str, str]]:
-        return [(t, tenant_mark(t)) for t in self.tenants]
+        return [(t, tenant_mark(t)) for t in self.owners]
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ class Filters:
             return False
         if self.state and not any(g.state == self.state for g in tile.gpus) and tile.state != self.state:
             return False
-        if self.tenant and self.tenant not in tile.tenants:
+        if self.tenant and self.tenant not in tile.owners:
             return False
         if self.health == "healthy":
             return tile.state == S.ACTIVE and not any(g.state in (G.QUARANTINED, G.OFFLINE) for g in tile.gpus)
@@ -213,11 +213,11 @@ class Filters:
 
 
 def fleet_summary() -> FleetMap:
-    """The legend's counts, the tenants and the capacity strip without the tiles: aggregate queries
+    """The legend's counts, the owners and the capacity strip without the tiles: aggregate queries
     and only the free GPUs' rows (what the live map refreshes once a second)."""
     counts = dict(Gpu.objects.values_list("state").annotate(n=Count("id")).order_by())
     server_counts = dict(Server.objects.values_list("state").annotate(n=Count("id")).order_by())
-    tenants = sorted(set(AllocationGpu.objects.filter(held=True).exclude(allocation__owner="")
+    owners = sorted(set(AllocationGpu.objects.filter(held=True).exclude(allocation__owner="")
                          .values_list("allocation__owner", flat=True).distinct()))
     servers = list(Server.objects.values_list("pk", "platform", "state"))
     masks: dict[int, int] = {}
@@ -227,7 +227,7 @@ def fleet_summary() -> FleetMap:
         masks[server_id] = masks.get(server_id, 0) | 1 << module_id
     capacity = _capacity([(pk, platform, masks.get(pk, 0)) for pk, platform, _ in servers], _active_partitions())
     return FleetMap(racks=[], counts={s: counts.get(s, 0) for s in G.values},
-                    server_counts={s: server_counts.get(s, 0) for s in S.values}, tenants=tenants,
+                    server_counts={s: server_counts.get(s, 0) for s in S.values}, owners=owners,
                     total_servers=len(servers), shown_servers=len(servers), version=0, capacity=capacity)
 
 
@@ -298,7 +298,7 @@ def _time_in_state(tiles: dict[int, ServerTile], cells: dict[int, GpuCell], now:
 
 def tenant_mark(name: str) -> str:
     """A tenant's mark on its GPUs: its initial. One byte per cell, the same in every render and
-    process (a tile re-rendered alone marks its tenants as the rest of the page does), and it reads
+    process (a tile re-rendered alone marks its owners as the rest of the page does), and it reads
     without the legend, which names who has which initial."""
     return name[:1].upper()
 
@@ -308,7 +308,7 @@ def fleet_map(filters: Filters | None = None) -> FleetMap:
     filters = filters or Filters()
     version = latest_version()
     tiles = server_tiles()
-    tenants = sorted({g.tenant for t in tiles for g in t.gpus if g.tenant})
+    owners = sorted({g.tenant for t in tiles for g in t.gpus if g.tenant})
     counts = Counter(g.state for t in tiles for g in t.gpus)
     server_counts = Counter(t.state for t in tiles)
     shown = [t for t in tiles if filters.matches(t)] if filters.active else tiles
@@ -319,7 +319,7 @@ def fleet_map(filters: Filters | None = None) -> FleetMap:
         racks=list(racks.items()),
         counts={s: counts.get(s, 0) for s in G.values},
         server_counts={s: server_counts.get(s, 0) for s in S.values},
-        tenants=tenants,
+        owners=owners,
         total_servers=len(tiles),
         shown_servers=len(shown),
         version=version,

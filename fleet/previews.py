@@ -121,7 +121,7 @@ class _ServerFacts:
     gpu_holder: dict[int, tuple[str, str]]  # gpu pk -> (holder, owner)
 
     @property
-    def tenants(self) -> list[str]:
+    def owners(self) -> list[str]:
         return sorted({owner for owner, _ in self.holders.values() if owner})
 
     def running(self) -> str:
@@ -132,7 +132,7 @@ class _ServerFacts:
         if not self.holders:
             return "no leases"
         gpus = sum(n for _, n in self.holders.values())
-        who = ", ".join(self.tenants) or "unnamed holders"
+        who = ", ".join(self.owners) or "unnamed holders"
         word = "lease" if all(h.startswith("lease/") for h in self.holders) else "allocation"
         return f"{_plural(len(self.holders), word)} of {who} ({_plural(gpus, 'GPU')})"
 
@@ -198,14 +198,14 @@ def _server_preview(action: str, target_ids: list[int], *, to: str, verb: str, t
         if b:
             blockers.append(b)
     names = [facts[i].server.hostname for i in target_ids if i in facts]
-    tenants = sorted({t for f in facts.values() for t in f.tenants})
-    level = friction({"servers": len(facts), "tenants": len(tenants)})
+    owners = sorted({t for f in facts.values() for t in f.owners})
+    level = friction({"servers": len(facts), "owners": len(owners)})
     summary = "; ".join(sentence(facts[i]) for i in target_ids if i in facts) or "nothing to do"
     impact = {
         "servers": {f.server.hostname: {"state": f.server.state, "leases": {h: {"owner": o, "gpus": n}
                                                                           for h, (o, n) in f.holders.items()}}
                     for f in facts.values()},
-        "tenants": tenants,
+        "owners": owners,
     }
     ids = ",".join(str(i) for i in target_ids)
     return Preview(
@@ -243,7 +243,7 @@ def preview_server_drain(*, target_ids: list[int]) -> Preview:
         "server.drain", target_ids, to=S.DRAINING, verb="drained", title="Drain",
         sentence=lambda f: f"Drain {f.server.hostname}: {f.running()}; no new leases; "
                            f"drained once they end and their GPUs are cleaned",
-        friction=lambda n: TYPE if n["servers"] > 1 or n["tenants"] > 1 else CONFIRM,
+        friction=lambda n: TYPE if n["servers"] > 1 or n["owners"] > 1 else CONFIRM,
     )
 
 

@@ -31,7 +31,7 @@ def test_drain_summary_names_leases_tenants_and_gpus(busy):
                          "drained once they end and their GPUs are cleaned")
     assert p.allowed and p.friction == previews.TYPE and p.confirm_text == "srv-0412"
     assert p.api_call.startswith("POST /api/fleet/actions/server.drain/")
-    assert p.impact["tenants"] == ["acme", "beta", "gamma"]
+    assert p.impact["owners"] == ["acme", "beta", "gamma"]
 
 
 def test_friction_follows_the_blast_radius(busy):
