@@ -105,7 +105,7 @@ def test_a_server_drained_by_keyboard_alone(new_page, expect):
     page.keyboard.press("Enter")
     expect(page.locator("#gpu-card")).to_contain_text("kbd-01 GPU 1: free")
     # In the card: the link to the server comes first.
-    assert page.evaluate("document.activeElement.textContent") == "Open kbd-01"
+    page.wait_for_function("() => document.activeElement && document.activeElement.textContent === 'Open kbd-01'")
     page.keyboard.press("Enter")
     page.wait_for_url(f"**/servers/{server.pk}/")
     for _ in range(20):
@@ -114,7 +114,8 @@ def test_a_server_drained_by_keyboard_alone(new_page, expect):
             break
     page.keyboard.press("Enter")
     expect(page.locator("#action-dialog")).to_contain_text("Drain kbd-01: no lease is running")
-    assert page.evaluate("document.activeElement.textContent") == "Confirm"
+    # The dialog takes focus once htmx has settled its content.
+    page.wait_for_function("() => document.activeElement && document.activeElement.textContent === 'Confirm'")
     page.keyboard.press("Enter")
     expect(page.locator("#action-dialog")).to_contain_text("Drain started: kbd-01")
     expect(page.locator(f"#server-{server.pk}-header")).to_contain_text("Drained")
