@@ -3,6 +3,8 @@
 from django.conf import settings
 from django.db import models
 
+from console.roles import PERMISSIONS
+
 
 class Source(models.TextChoices):
     WEB = "web", "Web"
@@ -72,6 +74,7 @@ class Operation(models.Model):
         RUNNING = "running", "Running"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
 
     UNFINISHED = (Status.PENDING, Status.RUNNING)
 
@@ -94,10 +97,11 @@ class Operation(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["target_type", "target_id"])]
+        permissions = list(PERMISSIONS.items())
 
     def __str__(self) -> str:
         return f"{self.kind} {self.target_repr} ({self.status})"
 
     @property
     def done(self) -> bool:
-        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -153,3 +154,44 @@ def flush(timeout: float = 5.0) -> None:
 
 def publish_many_on_commit(messages: list[tuple[str, dict]]) -> None:
     transaction.on_commit(lambda: publish_many(messages))
+
+
+# ----------------------------------------------------------------------------- the live relay's side
+# The relay (console/relay.py) reads the audit log and sends each page group the events that concern
+# it; apps say which groups an event concerns (`register_group_resolver`), so this module names none.
+GroupResolver = Callable[[list[dict]], dict[int, set[str]]]
+GROUP_RESOLVERS: list[GroupResolver] = []
+
+
+def register_group_resolver(resolver: GroupResolver) -> None:
+    """`resolver(events)` → {event id: page groups} (e.g. fleet's: `fleet`, `server-<id>`). Called
+    once per relayed batch with every event of the batch: it should read the database once, not per event."""
+    if resolver not in GROUP_RESOLVERS:
+        GROUP_RESOLVERS.append(resolver)
+
+
+def page_groups(events: list[dict]) -> dict[str, list[dict]]:
+    """Each page group and the events (in id order) it receives; each event lists its groups. A
+    resolver's error propagates: the relay reads the batch again rather than send it to no one."""
+    groups_of: dict[int, set[str]] = {e["id"]: set() for e in events}
+    for resolver in GROUP_RESOLVERS:
+        for event_id, groups in resolver(events).items():
+            groups_of.setdefault(event_id, set()).update(groups)
+    by_group: dict[str, list[dict]] = {}
+    for e in events:
+        e["groups"] = sorted(groups_of.get(e["id"], ()))
+        for group in e["groups"]:
+            by_group.setdefault(group, []).append(e)
+    return by_group
+
+
+async def relay_send(layer, by_group: dict[str, list[dict]]) -> None:
+    """Send each page group one `relay.events` message with its events (the relay's only send)."""
+    groups = list(by_group)
+    results = await asyncio.gather(
+        *(layer.group_send(g, {"type": "relay.events", "events": by_group[g]}) for g in groups),
+        return_exceptions=True,
+    )
+    for group, result in zip(groups, results, strict=True):
+        if isinstance(result, Exception):
+            log.error("relay send to %s failed: %s", group, result)

@@ -125,8 +125,13 @@ STATICFILES_DIRS = [BASE_DIR / "console" / "static"]
 REDIS_URL = env.str("REDIS_URL", default="")
 
 if REDIS_URL:
+    # A socket timeout longer than the layer's 5-second blocking receive (BZPOPMIN): redis-py 8 defaults
+    # it to 5 s, which tears every idle websocket down every 5 s (django/channels_redis#422).
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}]},
+        }
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

@@ -1,4 +1,6 @@
-"""Admin for the fleet. State fields are read-only: states change only through services."""
+"""Admin for the fleet: for inspection. States change only through services; what agents report
+(PCI address, IOMMU group, UUID, serial, VRAM, firmware, temperature, ECC, row remaps, Xid) and a
+registered server's platform and variant are read-only, so health data cannot be faked by hand."""
 
 from django.contrib import admin
 
@@ -23,8 +25,13 @@ class ServerAdmin(ServiceManagedAdmin):
     list_display = ("hostname", "platform", "variant", "rack", "slot", "state", "host_kernel_version", "plug_mode")
     list_filter = ("platform", "variant", "state", "rack", "host_kernel", "plug_mode", "iommu_backend")
     search_fields = ("hostname", "k8s_node_name", "agent_endpoint")
-    readonly_fields = ("state", "last_seen_at", "created_at")
+    readonly_fields = ("state", "last_seen_at", "created_at", "host_kernel_version", "fabric_manager_version")
     inlines = [GpuInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        # A registered server's GPUs, switches and partitions were made from its platform's data.
+        return (*fields, "platform", "variant") if obj is not None else fields
 
 
 @admin.register(Gpu)
@@ -36,8 +43,11 @@ class GpuAdmin(ServiceManagedAdmin):
     search_fields = ("server__hostname", "serial", "uuid", "pci_address")
     list_select_related = ("server",)
     readonly_fields = (
-        "state", "drain_requested", "scrubbed_at", "leveled_at", "quarantine_reason",
-        "last_xid", "last_xid_at", "isolated", "isolation_reason",
+        "server", "module_id", "state", "drain_requested", "scrubbed_at", "leveled_at", "quarantine_reason",
+        # reported by the node agent
+        "pci_address", "iommu_group", "numa_node", "uuid", "serial", "vram_mib", "firmware_version",
+        "temperature_c", "ecc_corrected", "ecc_uncorrected", "row_remaps", "last_xid", "last_xid_at",
+        "isolated", "isolation_reason",
     )
 
 
@@ -47,6 +57,7 @@ class NvSwitchAdmin(ServiceManagedAdmin):
     list_filter = ("server__platform",)
     search_fields = ("server__hostname", "pci_address")
     list_select_related = ("server",)
+    readonly_fields = ("server", "index", "pci_address", "iommu_group", "device_id")
 
 
 @admin.register(Partition)
@@ -55,7 +66,7 @@ class PartitionAdmin(ServiceManagedAdmin):
     list_filter = ("state", "size", "server__platform")
     search_fields = ("server__hostname",)
     list_select_related = ("server",)
-    readonly_fields = ("state", "failure_reason")
+    readonly_fields = ("server", "partition_id", "module_ids", "size", "nvlinks", "state", "failure_reason")
 
 
 class AllocationGpuInline(admin.TabularInline):

@@ -20,3 +20,6 @@ class FleetConfig(AppConfig):
             "fleet.server": "fleet.servers", "fleet.gpu": "fleet.servers", "fleet.partition": "fleet.servers",
             "fleet.allocation": "fleet.servers",
         })
+        from fleet.selectors import page_groups_of_events
+
+        realtime.register_group_resolver(page_groups_of_events)

@@ -30,3 +30,13 @@ class GuestFirmware(models.TextChoices):
 class InitSystem(models.TextChoices):
     SYSTEMD = "systemd", "systemd"
     NVRC = "nvrc", "NVRC"
+
+
+# How long a GPU or server may stay in a transitional state before the console marks it overdue
+# (seconds; the simulated clock runs these 60 times faster, but the operator's patience does not).
+STATE_LIMITS_S = {
+    "reserved": 5 * 60,
+    "scrubbing": 15 * 60,
+    "leveling": 20 * 60,
+    "draining": 60 * 60,
+}

@@ -110,6 +110,8 @@ class Gpu(models.Model):
 
     class Meta:
         ordering = ["server", "module_id"]
+        verbose_name = "GPU"
+        verbose_name_plural = "GPUs"
         constraints = [
             models.UniqueConstraint(fields=["server", "module_id"], name="gpu_module_unique_per_server"),
             models.UniqueConstraint(fields=["server", "pci_address"], name="gpu_bdf_unique_per_server"),
@@ -137,6 +139,7 @@ class NvSwitch(models.Model):
     class Meta:
         ordering = ["server", "index"]
         verbose_name = "NVSwitch"
+        verbose_name_plural = "NVSwitches"
         constraints = [
             models.UniqueConstraint(fields=["server", "index"], name="nvswitch_index_unique_per_server"),
         ]

@@ -613,3 +613,38 @@ def place(
 def place_on_snapshot(servers: Iterable[ServerSnapshot], request: Request, policy: str = BESTFIT) -> Placement | NoFit:
     """Convenience for one-off decisions: index the snapshot, then place."""
     return FreeBlockIndex(servers).place(request, policy)
+
+
+def placements_possible(servers: Iterable[ServerSnapshot]) -> dict[int, int]:
+    """For each partition size of the fleet's platforms: how many leases of that size could be placed
+    right now, each on its own partition (the capacity strip of the fleet map). Sizes are counted
+    independently (eight 1-GPU leases or one 8-GPU lease)."""
+    counts: dict[int, int] = {}
+    for server in servers:
+        avail = 0
+        if server.schedulable:
+            for module_id, gpu in server.gpus.items():
+                if gpu.available:
+                    avail |= 1 << module_id
+        for size, n in offerable_counts(server.platform_key, avail, server.active_partition_ids):
+            counts[size] = counts.get(size, 0) + n
+    return dict(sorted(counts.items(), reverse=True))
+
+
+@lru_cache(maxsize=1 << 14)
+def offerable_counts(platform_key: str, avail: int, active: frozenset[int]) -> tuple[tuple[int, int], ...]:
+    """((size, how many leases of that size fit at once), ...) on one server with these free and
+    healthy GPUs (`avail`, bit m = module m; 0 for a server that is not schedulable) and active
+    partitions: the offerable partitions `place` would consider, packed without overlap greedily in
+    id order (the platforms' tables are aligned buddy trees, so greedy packing is the maximum)."""
+    table = _table(platform_key)
+    _, rows = _layout(platform_key, avail, active)
+    used: dict[int, int] = {}
+    counts = dict.fromkeys(table.size_set, 0)
+    for i, _, _ in rows:
+        size, mask = table.sizes[i], table.masks[i]
+        if used.get(size, 0) & mask:
+            continue
+        used[size] = used.get(size, 0) | mask
+        counts[size] += 1
+    return tuple(sorted(counts.items(), reverse=True))

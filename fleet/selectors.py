@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from django.db.models import Count, Prefetch, Q, QuerySet
 
-from fleet.models import AllocationGpu, Gpu, Partition, Server
+from fleet.models import Allocation, AllocationGpu, Gpu, NvSwitch, Partition, Server
 from fleet.snapshot import GpuSnapshot, ServerSnapshot
 from fleet.states import PARTITION_OCCUPYING, GpuState
 
@@ -84,3 +84,38 @@ def placement_fleet(server_ids: list[int] | None = None) -> PlacementFleet:
 def partition_pks(server_id: int) -> dict[int, int]:
     """A server's partition rows by fabric-manager partition id (they never change once created)."""
     return dict(Partition.objects.filter(server_id=server_id).values_list("partition_id", "pk"))
+
+
+def server_ids_of(target_type: str, ids: list[str]) -> dict[str, int]:
+    """Which server each of these fleet objects (`fleet.gpu`, `fleet.partition`, `fleet.allocation`,
+    `fleet.nvswitch`) is on, by id as text: one query (the live relay's group resolver)."""
+    model = {"fleet.gpu": Gpu, "fleet.partition": Partition, "fleet.allocation": Allocation,
+             "fleet.nvswitch": NvSwitch}.get(target_type)
+    if model is None or not ids:
+        return {}
+    pks = [int(i) for i in ids if str(i).isdigit()]
+    return {str(pk): server_id for pk, server_id in model.objects.filter(pk__in=pks).values_list("pk", "server_id")}
+
+
+def page_groups_of_events(events: list[dict]) -> dict[int, set[str]]:
+    """The live relay's resolver for fleet objects: every fleet event goes to the map (`fleet`) and to
+    its server's page (`server-<id>`); one query per kind of object in the batch."""
+    by_type: dict[str, list[str]] = {}
+    for e in events:
+        for kind, pk in ((e["target_type"], e["target_id"]), (e.get("parent_type"), e.get("parent_id"))):
+            if kind and kind.startswith("fleet.") and kind != "fleet.server":
+                by_type.setdefault(kind, []).append(pk)
+    servers = {kind: server_ids_of(kind, ids) for kind, ids in by_type.items()}
+    out: dict[int, set[str]] = {}
+    for e in events:
+        groups = set()
+        for kind, pk in ((e["target_type"], e["target_id"]), (e.get("parent_type"), e.get("parent_id"))):
+            if not kind or not kind.startswith("fleet."):
+                continue
+            groups.add("fleet")
+            server_id = pk if kind == "fleet.server" else servers.get(kind, {}).get(str(pk))
+            if server_id:
+                groups.add(f"server-{server_id}")
+        if groups:
+            out[e["id"]] = groups
+    return out

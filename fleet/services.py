@@ -60,6 +60,24 @@ def server_drain(*, server: Server, actor: Actor) -> Operation:
     return op
 
 
+def server_drain_cancel(*, server: Server, actor: Actor) -> Server:
+    """Stop a drain: the server stays cordoned (no new leases; running ones continue) and its drain
+    operation ends `cancelled`. Refused unless the server is draining."""
+    with transaction.atomic():
+        server = Server.objects.select_for_update().get(pk=server.pk)
+        if server.state != S.DRAINING:
+            raise Conflict(f"{server} is {server.state}, not draining: there is no drain to cancel")
+        SERVER_MACHINE.transition(server, S.CORDONED, actor=actor, message="drain cancelled: stays cordoned",
+                                  locked=True)
+        for op in Operation.objects.select_for_update().filter(
+            kind="server.drain", target_type="fleet.server", target_id=str(server.pk),
+            status__in=Operation.UNFINISHED,
+        ):
+            operation_log(op.pk, f"cancelled by {actor.name}: server stays cordoned")
+            Operation.objects.filter(pk=op.pk).update(status=Operation.Status.CANCELLED, finished_at=timezone.now())
+    return server
+
+
 def server_check_drained(*, server: Server, actor: Actor, operation_id: int | None = None) -> bool:
     """Move a draining server to `drained` when none of its GPUs is held by a lease or being cleaned."""
     server.refresh_from_db(fields=["state"])

@@ -101,6 +101,7 @@ SERVER_EDGES = {
     (S.CORDONED, S.UNREACHABLE),
     (S.DRAINING, S.DRAINED),
     (S.DRAINING, S.ACTIVE),  # uncordon cancels a drain
+    (S.DRAINING, S.CORDONED),  # a cancelled drain stays cordoned: never half-drained and schedulable (6)
     (S.DRAINING, S.UNREACHABLE),
     (S.DRAINED, S.ACTIVE),
     (S.DRAINED, S.MAINTENANCE),

@@ -1,29 +1,55 @@
 """Admin for tenants and leases. State fields are read-only: states change only through services."""
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 
 from console.admin import ServiceManagedAdmin
 from console.audit import Actor
+from console.errors import Conflict
+from console.statemachine import InvalidTransition
+from tenants import services
 from tenants.models import ApiToken, BootPhase, Lease, Tenant
-from tenants.services import tenant_create
 from tenants.tokens import api_token_create, api_token_revoke
 
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
+    """Tenants are created, changed and deleted through their services (audited; a deletion goes
+    through the `deleting` state and its teardown, never a bare DELETE)."""
+
     list_display = ("name", "display_name", "state", "gpu_quota", "created_at")
     list_filter = ("state",)
     search_fields = ("name", "display_name")
     readonly_fields = ("state", "failure_reason", "provisioning_at", "ready_at", "failed_at")
 
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        return (*fields, "name") if obj is not None else fields
+
     def save_model(self, request, obj, form, change):
-        """Admins open accounts here (through tenant_create, audited); the tenancy follows its first container."""
+        """Admins open accounts here (tenant_create, audited; the tenancy follows its first container)
+        and change them through tenant_update."""
+        actor = Actor.for_user(request.user, correlation_id=getattr(request, "correlation_id", ""))
         if change:
-            super().save_model(request, obj, form, change)
-            return
-        created = tenant_create(name=obj.name, display_name=obj.display_name, gpu_quota=obj.gpu_quota,
-                                actor=Actor.for_user(request.user))
-        obj.pk = created.pk
+            saved = services.tenant_update(tenant=obj, actor=actor, display_name=obj.display_name,
+                                           gpu_quota=obj.gpu_quota)
+        else:
+            saved = services.tenant_create(name=obj.name, display_name=obj.display_name, gpu_quota=obj.gpu_quota,
+                                           actor=actor)
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request, obj):
+        actor = Actor.for_user(request.user, correlation_id=getattr(request, "correlation_id", ""))
+        try:
+            services.tenant_delete(tenant=obj, actor=actor)
+        except (Conflict, InvalidTransition) as exc:
+            raise PermissionDenied(str(exc)) from exc
+        self.message_user(request, f"{obj.name} is being deleted (state: deleting).", messages.INFO)
+
+    def delete_queryset(self, request, queryset):
+        for tenant in queryset:
+            self.delete_model(request, tenant)
 
 
 class BootPhaseInline(admin.TabularInline):

@@ -26,3 +26,15 @@ class TenantsConfig(AppConfig):
             "tenants.tenant": "tenants.tenants",
             "tenants.bootphase": "tenants.leases",
         })
+        realtime.register_group_resolver(_lease_page_groups)
+
+
+def _lease_page_groups(events: list[dict]) -> dict[int, set[str]]:
+    """The live relay's resolver for leases: a lease's events (and its boot phases') go to `lease-<id>`."""
+    out: dict[int, set[str]] = {}
+    for e in events:
+        if e["target_type"] == "tenants.lease":
+            out[e["id"]] = {f"lease-{e['target_id']}"}
+        elif e.get("parent_type") == "tenants.lease":
+            out[e["id"]] = {f"lease-{e['parent_id']}"}
+    return out

@@ -91,6 +91,34 @@ def tenant_ensure(*, name: str, actor: Actor, display_name: str = "") -> Tenant:
         return Tenant.objects.get(name=name)
 
 
+def tenant_update(*, tenant: Tenant, actor: Actor, display_name: str, gpu_quota: int) -> Tenant:
+    """Change what an operator may change of a tenant (its display name and quota), audited."""
+    before = {"display_name": tenant.display_name, "gpu_quota": tenant.gpu_quota}
+    after = {"display_name": display_name, "gpu_quota": gpu_quota}
+    if before == after:
+        return tenant
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        tenant.display_name, tenant.gpu_quota = display_name, gpu_quota
+        tenant.full_clean()
+        tenant.save(update_fields=["display_name", "gpu_quota"])
+        audit_record(actor=actor, verb="tenants.tenant.updated", target=tenant, before=before, after=after)
+    return tenant
+
+
+def tenant_delete(*, tenant: Tenant, actor: Actor) -> Tenant:
+    """Start deleting a tenant: refused while it has unfinished leases (they must be released and
+    their GPUs cleaned first); otherwise the tenant goes to `deleting` (audited), which takes it out
+    of placement; the tenants' reconciler owns the tenancy's teardown from there."""
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        running = tenant.leases.filter(state__in=LEASE_UNFINISHED).count()
+        if running:
+            raise Conflict(f"tenant {tenant.name} has {running} unfinished lease(s): release them first")
+        TENANT_MACHINE.transition(tenant, T.DELETING, actor=actor, message="deletion requested", locked=True)
+    return tenant
+
+
 def tenancy_provision(*, tenant_id: int, actor: Actor, cluster) -> Tenant:
     """Namespace, network policy and Tenancy resource (idempotent); then place the waiting leases."""
     tenant = Tenant.objects.get(pk=tenant_id)

@@ -1,5 +1,5 @@
 """Operator API: read the fleet (servers, GPUs, partitions, allocations, events) and run the console's
-actions with the same preview and preview token (`fleet.previews`). Viewer reads; support acts."""
+actions with a preview and preview token (`fleet.operator_actions`). Viewer reads; support acts."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from console.api import serializers as s
 from console.models import AuditEvent, Operation
 from fleet.models import Allocation, AllocationGpu, Gpu, Partition, Server
-from fleet.previews import action_run, actions_for, preview_action
+from fleet.operator_actions import action_run, actions_for, preview_action
 from fleet.states import AllocationState, GpuState, PartitionState, ServerState
 from tenants.api.permissions import IsOperator
 from tenants.api.views import api_actor

@@ -1,3 +1,10 @@
-"""Websocket routes (consumers come with the live fleet map)."""
+"""Websocket routes of the live pages (consumers in console/ui/consumers.py)."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from console.ui import consumers
+
+websocket_urlpatterns: list = [
+    path("ws/fleet/", consumers.FleetMapConsumer.as_asgi()),
+    path("ws/servers/<int:pk>/", consumers.ServerConsumer.as_asgi()),
+]

@@ -1,8 +1,14 @@
 from django.urls import path
 
-from console.ui import views
+from console.ui import actions, views
 
 urlpatterns = [
     path("", views.fleet_overview, name="fleet-overview"),
+    path("servers/<int:pk>/", views.server_page, name="server-detail"),
+    path("servers/<int:pk>/tile/", views.server_tile, name="server-tile"),
+    path("servers/<int:pk>/gpus/<int:module_id>/", views.gpu_card, name="gpu-card"),
+    path("operations/<int:pk>/", views.operation_fragment, name="operation"),
+    path("actions/<str:action>/preview/", actions.action_preview, name="action-preview"),
+    path("actions/confirm/", actions.action_confirm, name="action-confirm"),
     path("healthz", views.healthz, name="healthz"),
 ]

@@ -6,7 +6,7 @@ from django.test.utils import CaptureQueriesContext
 
 from console.models import AuditEvent, Operation
 from fleet.models import Gpu, Server
-from fleet.previews import preview_action
+from fleet.operator_actions import preview_action
 from fleet.services import gpu_quarantine
 from tests.api.conftest import assert_problem, seed_payload
 from tests.factories import make_server

@@ -43,7 +43,7 @@ CASES = [(m, p, b, who, exp[who]) for m, p, b, exp in MATRIX for who in WHO]
 
 
 def _confirm_token(server):
-    from fleet.previews import preview_action
+    from fleet.operator_actions import preview_action
 
     return preview_action(action="cordon", target=server).token
 

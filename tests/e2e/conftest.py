@@ -12,6 +12,8 @@ that thread, and the test thread never sees an event loop.
 
 import os
 import shutil
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -126,14 +128,112 @@ def expect(playwright_thread):
     return Remote(expect, thread)
 
 
+class AsgiLiveServer:
+    """The project's ASGI application (HTTP and websockets) under daphne, on a thread of this process,
+    so it shares the test database as pytest-django's live_server does (which speaks only WSGI, so no
+    websockets). Twisted's reactor runs once per process: one server for the whole session."""
+
+    def __init__(self):
+        import asyncio
+
+        from daphne import server as daphne_server
+        from twisted.internet import reactor
+
+        from console.asgi import application
+
+        self.reactor = reactor
+        self.server = daphne_server.Server(application=application, endpoints=["tcp:port=0:interface=127.0.0.1"],
+                                           signal_handlers=False)
+        loop = daphne_server.twisted_loop
+
+        def run():
+            asyncio.set_event_loop(loop)
+            self.server.run()
+
+        self.thread = threading.Thread(target=run, name="asgi-live-server", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.listening_addresses:
+            if time.monotonic() > deadline:
+                raise RuntimeError("daphne did not start listening")
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.server.listening_addresses[0][1]}"
+
+    def stop(self):
+        self.reactor.callFromThread(self.reactor.stop)
+        self.thread.join(timeout=10)
+
+
+def _no_read_locks(sender, connection, **kwargs):
+    """The test database is SQLite in memory with a shared cache, where a reader's table lock makes a
+    writer on another thread fail at once (SQLITE_LOCKED, no busy wait): the server's threads read
+    while the test writes. Files (WAL) and PostgreSQL, what runs in production, need nothing."""
+    if connection.vendor == "sqlite" and "mode=memory" in str(connection.settings_dict["NAME"]):
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA read_uncommitted = true")
+
+
+@pytest.fixture(scope="session")
+def asgi_live_server(django_db_setup, django_db_blocker):
+    from django.db.backends.signals import connection_created
+
+    connection_created.connect(_no_read_locks, dispatch_uid="e2e-no-read-locks")
+    with django_db_blocker.unblock():
+        server = AsgiLiveServer()
+        try:
+            yield server
+        finally:
+            from console import relay
+
+            relay.stop_all()
+            server.stop()
+
+
 @pytest.fixture
-def page(playwright_thread, live_server):
-    """A fresh context (no cookies) per test on live_server; `page.problems` collects page errors,
-    console errors and HTTP errors (tests assert it stays empty)."""
+def live_url(asgi_live_server, transactional_db):
+    return asgi_live_server.url
+
+
+@pytest.fixture
+def new_page(playwright_thread, live_url):
+    """Open pages in fresh browser contexts (no shared cookies): `new_page()` → a `Remote` page with
+    `page.problems` (page errors, console errors, HTTP errors ≥ 400) that tests assert stay empty."""
+    thread, browser, _ = playwright_thread
+    contexts = []
+
+    def open_page(viewport=(1280, 800)):
+        context = browser.new_context(base_url=live_url, viewport={"width": viewport[0], "height": viewport[1]})
+        context.set_default_timeout(DEFAULT_TIMEOUT_MS)
+        page = context.new_page()
+        page.problems = problems = []
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        page.on("console", lambda msg: problems.append(f"console: {msg.text}") if msg.type == "error" else None)
+        page.on("response", lambda r: problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+        contexts.append(context)
+        return page
+
+    yield lambda **kw: Remote(thread.call(open_page, **kw), thread)
+    for context in contexts:
+        thread.call(context.close)
+
+
+def login(page, username, password="right-password"):
+    page.goto("/login/?next=/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_url("**/")
+    return page
+
+
+@pytest.fixture
+def page(playwright_thread, live_url):
+    """A fresh context (no cookies) per test on the ASGI live server; `page.problems` collects page
+    errors, console errors and HTTP errors (tests assert it stays empty)."""
     thread, browser, _ = playwright_thread
 
     def open_page():
-        context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 800})
+        context = browser.new_context(base_url=live_url, viewport={"width": 1280, "height": 800})
         context.set_default_timeout(DEFAULT_TIMEOUT_MS)
         page = context.new_page()
         page.problems = problems = []
@@ -158,9 +258,9 @@ def artifacts_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def operator(db):
-    from tests.factories import UserFactory
+    from tests.factories import make_user
 
-    return UserFactory(username="operator", password="right-password")
+    return make_user("support", username="operator", password="right-password")
 
 
 @pytest.fixture

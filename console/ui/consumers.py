@@ -1,0 +1,286 @@
+"""Websocket consumers of the live pages: small, permission-checked, rendering from the database.
+
+The live relay (console/relay.py) sends each page group the audit events that concern it; a
+consumer notes what changed, and at most every `FLUSH_S` renders those parts again with the same
+template partials as the page and sends them as one JSON message:
+`{"type": "fragments", "v": <newest event id>, "html": {element id: outer HTML}}`. The page's small
+script (console/static/console/live.js) swaps them in once per animation frame. Because every
+message is a render of the database, a duplicate is harmless and a missed one is repaired by the next.
+
+A page connects with `?v=<version it rendered>`; the consumer sends what changed since (or
+`{"type": "snapshot"}` when that is too much: the page fetches itself again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.auth.context_processors import PermWrapper
+from django.template.loader import render_to_string
+
+from console import relay
+from console.ui.permissions import can_view
+from console.ui.tiles import render_tile
+from fleet.models import Gpu, Server
+from fleet.overview import fleet_summary, server_detail, server_tiles
+
+FLUSH_S = 0.1  # at most 10 messages a second per subscriber
+SUMMARY_EVERY_S = 1.0  # legend counts and the capacity strip (they read the whole fleet)
+TELEMETRY_EVERY_S = 1.0
+
+
+class LiveConsumer(AsyncJsonWebsocketConsumer):
+    """What the map's and the server page's consumers share: login and permission, groups, the
+    version, catch-up, and coalesced flushes."""
+
+    page_groups: list[str] = []
+
+    async def connect(self):
+        user = self.scope.get("user")
+        if not await database_sync_to_async(can_view)(user):
+            await self.close(code=4403)
+            return
+        if not await database_sync_to_async(self.setup)():
+            await self.close(code=4404)
+            return
+        self.perms = PermWrapper(user)
+        self.pending: set = set()
+        self.flush_task: asyncio.Task | None = None
+        self.last_flush = 0.0
+        relay.ensure_started()
+        for group in self.page_groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        version = int(query.get("v", ["0"])[0] or 0)
+        self.version = version
+        if version:
+            missed = await database_sync_to_async(relay.events_since)(version)
+            if missed is None:
+                self.version = await database_sync_to_async(relay.latest_id)()
+                await self.send_json({"type": "snapshot", "v": self.version})
+            else:
+                for event in missed:
+                    self.version = max(self.version, event["id"])
+                    self.collect(event)
+                await self.caught_up()
+                self.schedule()
+        else:
+            self.version = await database_sync_to_async(relay.latest_id)()
+        await self.send_json({"type": "hello", "v": self.version})
+
+    async def disconnect(self, code):
+        for group in getattr(self, "page_groups", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+        task = getattr(self, "flush_task", None)
+        if task is not None:
+            task.cancel()
+
+    async def receive_json(self, content, **kwargs):
+        if content.get("type") == "ping":
+            await self.send_json({"type": "pong", "v": self.version})
+
+    async def relay_events(self, message):
+        """From the relay: the events of one batch that concern this page."""
+        for event in message["events"]:
+            self.version = max(self.version, event["id"])
+            self.collect(event)
+        self.schedule()
+
+    def schedule(self):
+        if self.pending and self.flush_task is None:
+            self.flush_task = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self):
+        try:
+            await asyncio.sleep(max(0.0, self.last_flush + FLUSH_S - time.monotonic()))
+            pending, self.pending = self.pending, set()
+            version = self.version
+            html = await self.render_pending(pending)
+            self.last_flush = time.monotonic()
+            if html:
+                await self.send_json({"type": "fragments", "v": version, "html": html})
+        finally:
+            self.flush_task = None
+        self.schedule()
+
+    async def render_pending(self, pending: set) -> dict[str, str]:
+        return await database_sync_to_async(self.render)(pending)
+
+    # for subclasses
+    def setup(self) -> bool:
+        return True
+
+    def collect(self, event: dict) -> None:
+        raise NotImplementedError
+
+    async def caught_up(self) -> None:
+        pass
+
+    def render(self, pending: set) -> dict[str, str]:
+        return {}
+
+
+class FleetMapConsumer(LiveConsumer):
+    """The fleet map: changed servers' tiles; the legend and capacity strip at most once a second."""
+
+    page_groups = ["fleet"]
+    SUMMARY = "summary"
+
+    def setup(self) -> bool:
+        self.last_summary = 0.0
+        return True
+
+    def collect(self, event: dict) -> None:
+        for group in event.get("groups", ()):
+            if group.startswith("server-"):
+                self.pending.add(int(group[7:]))
+        self.pending.add(self.SUMMARY)
+
+    async def render_pending(self, pending: set) -> dict[str, str]:
+        """Changed tiles first, in their own message (on the thread every consumer's database calls
+        share: the first renders, the rest find it cached); the legend and capacity strip, which
+        read the whole fleet, in a later one at most once a second, on a thread of their own so they
+        never hold up another page's tiles."""
+        ids = sorted(p for p in pending if p != self.SUMMARY)
+        if ids:
+            if self.SUMMARY in pending:
+                self.pending.add(self.SUMMARY)
+            return dict(await _tiles_once(tuple(ids), self.version))
+        now = time.monotonic()
+        if now - self.last_summary < SUMMARY_EVERY_S:
+            self.pending.add(self.SUMMARY)  # a later flush (schedule() after this one picks it up)
+            return {}
+        self.last_summary = now
+        return dict(await database_sync_to_async(_summary_html, thread_sensitive=False)())
+
+
+_TILE_CACHE: dict[tuple, tuple[float, dict[str, str]]] = {}
+_TILE_CACHE_S = 1.0
+_tile_cache_lock = threading.Lock()
+
+
+def _tiles_html(ids: tuple[int, ...], version: int) -> dict[str, str]:
+    """These servers' tiles as of `version`. Every map consumer of the process receives the same
+    batch and renders the same tiles (they show no per-user buttons): the first renders, the others
+    reuse it for a second, so fifty subscribers cost one render, not fifty."""
+    key = (ids, version)
+    now = time.monotonic()
+    with _tile_cache_lock:
+        hit = _TILE_CACHE.get(key)
+        if hit is not None and now - hit[0] < _TILE_CACHE_S:
+            return hit[1]
+    html = {f"server-{tile.pk}": str(render_tile(tile)) for tile in server_tiles(list(ids))}
+    with _tile_cache_lock:
+        for k in [k for k, (t, _) in _TILE_CACHE.items() if now - t >= _TILE_CACHE_S]:
+            del _TILE_CACHE[k]
+        _TILE_CACHE[key] = (now, html)
+    return html
+
+
+_INFLIGHT: dict[tuple, asyncio.Future] = {}
+
+
+async def _tiles_once(ids: tuple[int, ...], version: int) -> dict[str, str]:
+    """The tiles, rendered once for all the consumers on this event loop that got the same batch:
+    the first asks the database, the others await its result (or find it cached) without a thread hop."""
+    key = (ids, version)
+    with _tile_cache_lock:
+        hit = _TILE_CACHE.get(key)
+    if hit is not None and time.monotonic() - hit[0] < _TILE_CACHE_S:
+        return hit[1]
+    waiting = _INFLIGHT.get(key)
+    if waiting is not None:
+        return await asyncio.shield(waiting)
+    future = _INFLIGHT[key] = asyncio.get_running_loop().create_future()
+    try:
+        html = await database_sync_to_async(_tiles_html)(ids, version)
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+        raise
+    finally:
+        _INFLIGHT.pop(key, None)
+    future.set_result(html)
+    return html
+
+
+_SUMMARY: list = [0.0, None]
+
+
+_summary_lock = threading.Lock()
+
+
+def _summary_html() -> dict[str, str]:
+    """The map's legend and capacity strip, rendered at most once a second per process (one thread
+    renders; the others wait for it and take its result)."""
+    with _summary_lock:
+        if _SUMMARY[1] is not None and time.monotonic() - _SUMMARY[0] < SUMMARY_EVERY_S:
+            return _SUMMARY[1]
+        data = fleet_summary()
+        ctx = {"map": data, "capacity": data.capacity}
+        html = {"fleet-legend": render_to_string("console/fleet_map.html#fleet-legend", ctx),
+                "fleet-capacity": render_to_string("console/fleet_map.html#fleet-capacity", ctx)}
+        _SUMMARY[:] = [time.monotonic(), html]
+        return html
+
+
+class ServerConsumer(LiveConsumer):
+    """A server's page: its parts again on any of its events; temperatures as coalesced telemetry."""
+
+    PARTS = ("server-header", "server-partitions", "server-gpus", "server-history", "server-operations")
+
+    def setup(self) -> bool:
+        self.server_id = int(self.scope["url_route"]["kwargs"]["pk"])
+        self.page_groups = [f"server-{self.server_id}"]
+        self.temps: dict[int, float | None] = {}
+        return Server.objects.filter(pk=self.server_id).exists()
+
+    def collect(self, event: dict) -> None:
+        self.pending.add("all")
+
+    async def caught_up(self) -> None:
+        self.pending.add("all")  # a reconnecting page gets its server again, whatever it missed
+
+    async def accept(self, subprotocol=None, headers=None):
+        await super().accept(subprotocol, headers)
+        self.telemetry_task = asyncio.create_task(self._telemetry())
+
+    async def disconnect(self, code):
+        task = getattr(self, "telemetry_task", None)
+        if task is not None:
+            task.cancel()
+        await super().disconnect(code)
+
+    def render(self, pending: set) -> dict[str, str]:
+        detail = server_detail(self.server_id)
+        ctx = {"d": detail, "perms": self.perms}
+        html = {}
+        for part in self.PARTS:
+            html[f"server-{self.server_id}-{part.removeprefix('server-')}"] = render_to_string(
+                f"console/server_detail.html#{part}", ctx
+            )
+        return html
+
+    def _read_temps(self) -> dict[int, float | None]:
+        return dict(Gpu.objects.filter(server_id=self.server_id).values_list("pk", "temperature_c"))
+
+    async def _telemetry(self):
+        """Temperature is an observation, not an audited change: read it once a second, send what moved."""
+        while True:
+            temps = await database_sync_to_async(self._read_temps)()
+            changed = {pk: t for pk, t in temps.items() if self.temps.get(pk, "unset") != t}
+            if changed and self.temps:
+                await self.send_json(
+                    {
+                        "type": "telemetry",
+                        "temps": {str(pk): None if t is None else round(t) for pk, t in changed.items()},
+                    }
+                )
+            self.temps = temps
+            await asyncio.sleep(TELEMETRY_EVERY_S)
