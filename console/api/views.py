@@ -1,5 +1,6 @@
 """Operator API: read the fleet (servers, GPUs, partitions, allocations, events) and run the console's
-actions with a preview and preview token (`fleet.operator_actions`). Viewer reads; support acts."""
+actions with the console's own preview and preview token (`fleet.previews`, through
+`fleet.operator_actions`). Viewer reads; support acts."""
 
 from __future__ import annotations
 

@@ -63,14 +63,17 @@ def test_list_query_counts_do_not_grow_with_rows(callers, support, tasks, path):
 def test_preview_then_confirm_returns_the_operation_and_audits(support, tasks):
     server = make_server()
     preview = support.post(f"/api/v1/servers/{server.pk}/drain/", {"dry_run": True}).json()
-    assert preview["allowed"] and preview["blockers"] == [] and preview["token"] and "drain" in preview["summary"]
+    assert preview["allowed"] and preview["blockers"] == [] and preview["token"]
+    assert preview["summary"].startswith("Drain ")
     assert Server.objects.get(pk=server.pk).state == "active"  # a dry run changes nothing
     response = support.post(f"/api/v1/servers/{server.pk}/drain/", {"preview_token": preview["token"]})
     assert response.status_code == 202
     op = response.json()
     assert op["kind"] == "server.drain" and response["Location"] == f"/api/v1/operations/{op['id']}"
     assert support.get(f"/api/v1/operations/{op['id']}").json()["id"] == op["id"]
-    assert AuditEvent.objects.filter(verb="fleet.server.action", actor_text="op-support", source="api").exists()
+    # The same preview and audit as the console's (fleet.previews): the action's event holds its impact.
+    event = AuditEvent.objects.get(verb="fleet.action.server.drain", actor_text="op-support", source="api")
+    assert event.after["impact"] and event.after["summary"] == preview["summary"]
 
 
 def test_a_change_since_the_preview_is_a_409_with_a_fresh_preview(support, tasks):
