@@ -75,15 +75,16 @@ def publish_many(messages: list[tuple[str, dict]]) -> None:
         log.exception("realtime publish of %d events failed", len(messages))
 
 
-async def _send(layer, by_group: dict[str, list[dict]]) -> None:
+async def _send(layer, by_group: dict[str, list[dict]], message_type: str = "events.push") -> None:
+    """Send each group one message of `message_type` with its events; failures are logged per group."""
     groups = list(by_group)
     results = await asyncio.gather(
-        *(layer.group_send(g, {"type": "events.push", "events": by_group[g]}) for g in groups),
+        *(layer.group_send(g, {"type": message_type, "events": by_group[g]}) for g in groups),
         return_exceptions=True,
     )
     for group, result in zip(groups, results, strict=True):
         if isinstance(result, Exception):
-            log.error("realtime publish to %s failed: %s", group, result)
+            log.error("realtime publish (%s) to %s failed: %s", message_type, group, result)
 
 
 class _Publisher:
@@ -187,11 +188,4 @@ def page_groups(events: list[dict]) -> dict[str, list[dict]]:
 
 async def relay_send(layer, by_group: dict[str, list[dict]]) -> None:
     """Send each page group one `relay.events` message with its events (the relay's only send)."""
-    groups = list(by_group)
-    results = await asyncio.gather(
-        *(layer.group_send(g, {"type": "relay.events", "events": by_group[g]}) for g in groups),
-        return_exceptions=True,
-    )
-    for group, result in zip(groups, results, strict=True):
-        if isinstance(result, Exception):
-            log.error("relay send to %s failed: %s", group, result)
+    await _send(layer, by_group, "relay.events")

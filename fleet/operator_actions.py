@@ -20,12 +20,7 @@ from console.operations import operation_finish, operation_start
 from fleet import previews
 from fleet.models import Gpu, Server
 
-# URL action → fleet.previews action, per target type.
-ACTIONS = {
-    "server": {"cordon": "server.cordon", "uncordon": "server.uncordon", "drain": "server.drain"},
-    "gpu": {"drain": "gpu.drain", "scrub": "gpu.scrub", "level-firmware": "gpu.level_firmware",
-            "clear-quarantine": "gpu.clear_quarantine"},
-}
+ACTIONS = previews.API_ACTIONS  # URL action → fleet.previews action, per target type
 
 
 class UnknownAction(DomainError):

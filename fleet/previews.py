@@ -164,10 +164,22 @@ def _server_version(facts: dict[int, _ServerFacts]) -> str:
     ])
 
 
+# The operator API's routes for these actions (console/api, fleet/operator_actions.py): target type →
+# URL action → action here. An action not listed is the console's only.
+API_ACTIONS = {
+    "server": {"cordon": "server.cordon", "uncordon": "server.uncordon", "drain": "server.drain"},
+    "gpu": {"drain": "gpu.drain", "scrub": "gpu.scrub", "level-firmware": "gpu.level_firmware",
+            "clear-quarantine": "gpu.clear_quarantine"},
+}
+
+
 def _api_call(action: str, target_ids: list[int]) -> str:
-    """The operator API's equivalent (console/api): a dry run, then the confirmation with its token."""
-    kind, verb = action.split(".")
-    paths = [f"/api/v1/{kind}s/{i}/{verb.replace('_', '-')}/" for i in target_ids]
+    """The operator API's equivalent: a dry run, then the confirmation with its token."""
+    kind = action.split(".")[0]
+    route = next((url for url, name in API_ACTIONS.get(kind, {}).items() if name == action), None)
+    if route is None:
+        return "none: this action is the console's only"
+    paths = [f"/api/v1/{kind}s/{i}/{route}/" for i in target_ids]
     return "\n".join(f'POST {path} {{"dry_run": true}}, then {{"preview_token": "…"}}' for path in paths)
 
 

@@ -130,3 +130,10 @@ def test_gpu_actions_start_their_operations(busy, tasks):
     previews.confirm(token=previews.preview(action="gpu.drain", target_ids=[held.pk]).token, actor=ACTOR)
     held.refresh_from_db()
     assert held.state == "draining" and held.drain_requested
+
+
+def test_the_equivalent_api_call_is_a_real_route_or_says_there_is_none(busy):
+    assert previews.preview(action="server.cordon", target_ids=[busy.pk]).api_call.startswith(
+        f"POST /api/v1/servers/{busy.pk}/cordon/")
+    assert previews.preview(action="server.drain_cancel", target_ids=[busy.pk]).api_call == (
+        "none: this action is the console's only")
