@@ -35,7 +35,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from console.audit import Actor
+from console.audit import Actor, audit_record
 from console.locks import try_lock
 from fleet.allocations import allocation_activate, allocation_release
 from fleet.boot import server_boot_estimate, server_boot_features
@@ -193,15 +193,26 @@ def lease_record_boot_event(*, lease: Lease, event: BootPhaseEvent, actor: Actor
     if not event.phase:
         return False
     now = timezone.now()
-    row = BootPhase.objects.filter(lease=lease, phase=event.phase).first()
-    if row is None:
-        row = BootPhase(lease=lease, phase=event.phase, seq=BootPhase.objects.filter(lease=lease).count())
-    row.detail = event.detail
-    row.started_at = row.started_at or now
-    if event.ended_at is not None:
-        row.ended_at = row.ended_at or now
-        row.duration_s = max((event.ended_at - event.started_at).total_seconds(), 0.0)
-    row.save()
+    with transaction.atomic():
+        row = BootPhase.objects.filter(lease=lease, phase=event.phase).first()
+        if row is None:
+            row = BootPhase(lease=lease, phase=event.phase, seq=BootPhase.objects.filter(lease=lease).count())
+        boundary = "started" if row.started_at is None else ""
+        row.detail = event.detail
+        row.started_at = row.started_at or now
+        if event.ended_at is not None:
+            if row.ended_at is None:
+                boundary = "ended"
+            row.ended_at = row.ended_at or now
+            row.duration_s = max((event.ended_at - event.started_at).total_seconds(), 0.0)
+        row.save()
+        if boundary:
+            # A phase boundary is a change the lease page draws (its live timeline follows the audit
+            # log); a repeated event of the same boundary writes nothing.
+            audit_record(actor=actor, verb=f"tenants.bootphase.{boundary}", target=row, parent=lease,
+                         after={"phase": row.phase, "duration_s": row.duration_s},
+                         message=f"{row.phase} {boundary}" + (f" after {row.duration_s:.1f} s" if row.duration_s
+                                                              is not None else ""))
     return False
 
 

@@ -24,10 +24,13 @@ from django.contrib.auth.context_processors import PermWrapper
 from django.template.loader import render_to_string
 
 from console import relay
+from console.ui.leases import LEASE_PARTS
 from console.ui.permissions import can_view
 from console.ui.tiles import render_tile
 from fleet.models import Gpu, Server
 from fleet.overview import fleet_summary, server_detail, server_tiles
+from tenants.lease_view import lease_page
+from tenants.models import Lease
 
 FLUSH_S = 0.1  # at most 10 messages a second per subscriber
 SUMMARY_EVERY_S = 1.0  # legend counts and the capacity strip (they read the whole fleet)
@@ -284,3 +287,24 @@ class ServerConsumer(LiveConsumer):
                 )
             self.temps = temps
             await asyncio.sleep(TELEMETRY_EVERY_S)
+
+
+class LeaseConsumer(LiveConsumer):
+    """A lease's page: its parts again on any of its events (state changes, boot phase boundaries,
+    conditions). The running boot phase grows in the browser; only boundaries come from here."""
+
+    def setup(self) -> bool:
+        self.lease_id = int(self.scope["url_route"]["kwargs"]["pk"])
+        self.page_groups = [f"lease-{self.lease_id}"]
+        return Lease.objects.filter(pk=self.lease_id).exists()
+
+    def collect(self, event: dict) -> None:
+        self.pending.add("all")
+
+    async def caught_up(self) -> None:
+        self.pending.add("all")  # a reconnecting page gets its lease again, whatever it missed
+
+    def render(self, pending: set) -> dict[str, str]:
+        ctx = {"d": lease_page(self.lease_id), "perms": self.perms}
+        return {f"lease-{self.lease_id}-{part.removeprefix('lease-')}":
+                render_to_string(f"console/lease_detail.html#{part}", ctx) for part in LEASE_PARTS}

@@ -7,4 +7,5 @@ from console.ui import consumers
 websocket_urlpatterns: list = [
     path("ws/fleet/", consumers.FleetMapConsumer.as_asgi()),
     path("ws/servers/<int:pk>/", consumers.ServerConsumer.as_asgi()),
+    path("ws/leases/<int:pk>/", consumers.LeaseConsumer.as_asgi()),
 ]

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from console.ui import actions, views
+from console.ui import actions, leases, views
 
 urlpatterns = [
     path("", views.fleet_overview, name="fleet-overview"),
@@ -10,5 +10,8 @@ urlpatterns = [
     path("operations/<int:pk>/", views.operation_fragment, name="operation"),
     path("actions/<str:action>/preview/", actions.action_preview, name="action-preview"),
     path("actions/confirm/", actions.action_confirm, name="action-confirm"),
+    path("leases/", leases.lease_list, name="lease-list"),
+    path("leases/<int:pk>/", leases.lease_detail_page, name="lease-detail"),
+    path("leases/<int:pk>/release/", leases.lease_release_view, name="lease-release"),
     path("healthz", views.healthz, name="healthz"),
 ]
