@@ -166,12 +166,12 @@ def test_server_page_shows_the_partition_tree_gpus_and_history(viewer_client):
     # 8 → 4+4 → pairs → singles, nested in that order.
     assert find(r'<b>P0</b> GPUs 1,2,3,4,5,6,7,8.*?<ul><li[^>]*><span[^>]*><b>P1</b> GPUs 1,2,3,4', tree)
     assert find(r'class="pn size-2 on"><span[^>]*><b>P3</b> GPUs 1,3 · <span class="state">active</span>'
-                     r' · lease 42 \(acme, active\)', tree)
+                     r' · <a href="/leases/42/">lease 42</a> \(acme, active\)', tree)
     assert "inside active partition 3 (lease 42, acme)" in tree
     assert "overlaps active partition 3 (lease 42, acme)" in tree
     assert "GPU 5 is quarantined: thermal shutdown" in tree
     gpus = find(r'<section id="server-\d+-gpus".*?</section>', html).group(0)
-    assert "lease 42 · acme" in gpus and "0000:" in gpus
+    assert '<a href="/leases/42/">lease 42</a> · acme' in gpus and "0000:" in gpus
     assert "NVSwitches" in html and "fleet.gpu.quarantined" in html
 
 
