@@ -17,6 +17,9 @@ the last line one JSON object:
 * `cell_updates_apply_p95_ms`, `max_frame_gap_ms`: 1,000 cell updates a second (ten messages of 100
   tiles, as the consumer coalesces them) applied for 5 s: p95 of message → painted, and the longest
   gap between frames (≤ 50 ms each).
+* `lease_page_ms`: server time of GET /leases/<id>/ (median of 5) for a booted lease with all eight
+  boot phases and its state history; `timeline_paint_ms`: Chromium parses, lays out and paints that
+  page's main part (median of 3). `--lease-only` measures just these two, on a fleet of 10 servers.
 """
 
 from __future__ import annotations
@@ -253,6 +256,76 @@ def browser_figures(port: int, server_ids: list[int], tile_variants: dict) -> di
     return out
 
 
+def booted_lease(server) -> int:
+    """A lease that booted on `server`'s 8-GPU partition: every phase measured, its states audited."""
+    from django.utils import timezone
+
+    from console.audit import Actor
+    from fleet.boot import server_boot_estimate
+    from tenants.models import BootPhase, Lease, Tenant
+    from tenants.states import LEASE_MACHINE
+    from tests.support.demo import hold
+
+    actor = Actor.system("bench")
+    tenant, _ = Tenant.objects.get_or_create(name="bench", defaults={"state": "ready"})
+    lease = Lease.objects.create(tenant=tenant, image="bench", gpu_count=8, correlation_id="bench-lease")
+    Lease.objects.filter(pk=lease.pk).update(allocation=hold(server, 0, holder=f"lease/{lease.pk}", owner="bench"))
+    for state in ("placed", "partitioning", "booting", "running"):
+        LEASE_MACHINE.transition(lease, state, actor=actor)
+    now = timezone.now()
+    for seq, (phase, seconds) in enumerate(server_boot_estimate(server, gpus=8, guest_ram_gib=64).phases):
+        BootPhase.objects.create(lease=lease, seq=seq, phase=phase, predicted_seconds=seconds, started_at=now,
+                                 ended_at=now, duration_s=seconds * 1.07, detail="8 GPU(s)")
+    return lease.pk
+
+
+def measure_lease_page(lease_id: int) -> float:
+    from django.test import Client
+
+    from tests.factories import make_user
+
+    client = Client()
+    client.force_login(make_user("viewer"))
+    times = []
+    for _ in range(6):
+        t = time.perf_counter()
+        assert client.get(f"/leases/{lease_id}/").status_code == 200
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times[1:])
+
+
+def timeline_paint(port: int, lease_id: int) -> float:
+    from playwright.sync_api import sync_playwright
+
+    base = f"http://127.0.0.1:{port}"
+    cookie = session_cookie("viewer")  # before Playwright's loop runs on this thread
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.add_cookies([{"name": "sessionid", "value": cookie, "url": base}])
+        page = context.new_page()
+        page.goto(f"{base}/leases/{lease_id}/")
+        page.wait_for_selector("#live-badge.live", timeout=30000)
+        html = page.content()
+        paints = [page.evaluate(PAINT_JS, html)[0] for _ in range(3)]
+        browser.close()
+    return round(statistics.median(paints), 1)
+
+
+def lease_figures(server) -> dict:
+    lease_id = booted_lease(server)
+    ms = measure_lease_page(lease_id)
+    port = free_port()
+    proc = start_daphne(port, None)
+    try:
+        paint = timeline_paint(port, lease_id)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    print(f"lease page (8 phases): GET {ms:.0f} ms; Chromium timeline paint {paint} ms")
+    return {"lease_page_ms": round(ms, 1), "timeline_paint_ms": paint}
+
+
 def tile_variants(servers) -> dict:
     """Two renders of each tile (as is, and with its first GPU drained) for the apply benchmark."""
     from console.ui.tiles import render_tile
@@ -272,7 +345,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="300 servers instead of 1,000")
     parser.add_argument("--servers", type=int, default=None)
     parser.add_argument("--db", help="reuse this bench database (its fleet) instead of building one")
+    parser.add_argument("--lease-only", action="store_true", help="only lease_page_ms and timeline_paint_ms")
     args = parser.parse_args()
+    if args.lease_only:
+        setup_django()
+        print(json.dumps(lease_figures(add_servers(0, 10)[8])))
+        return
     total = args.servers or (300 if args.quick else 1000)
     if args.db:  # a fleet an earlier run built (its folder is printed): skips the build and the 100 figures
         ENV["DATABASE_URL"] = os.environ["DATABASE_URL"] = f"sqlite:///{args.db}"
@@ -325,6 +403,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(10)
     result.update(figures)
+    result.update(lease_figures(servers[8]))
     print(f"Chromium: map paint {figures['map_paint_ms_1000']} ms ({figures['map_dom_elements_1000']} elements), "
           f"remote change p95 {figures['remote_change_p95_ms']} ms, 1,000 cell updates/s: apply p95 "
           f"{figures['cell_updates_apply_p95_ms']} ms, longest frame gap {figures['max_frame_gap_ms']} ms")
