@@ -1,6 +1,6 @@
 from django.urls import path
 
-from console.ui import actions, views
+from console.ui import actions, tenants, views
 
 urlpatterns = [
     path("", views.fleet_overview, name="fleet-overview"),
@@ -11,4 +11,9 @@ urlpatterns = [
     path("actions/<str:action>/preview/", actions.action_preview, name="action-preview"),
     path("actions/confirm/", actions.action_confirm, name="action-confirm"),
     path("healthz", views.healthz, name="healthz"),
+    path("tenants/", tenants.tenant_list, name="tenant-list"),
+    path("tenants/<slug:name>/", tenants.tenant_page, name="tenant-detail"),
+    path("tenants/<slug:name>/quota/", tenants.tenant_quota, name="tenant-quota"),
+    path("tenants/<slug:name>/tokens/", tenants.tenant_token_create, name="tenant-token-create"),
+    path("tenants/<slug:name>/tokens/<int:token_id>/revoke/", tenants.tenant_token_revoke, name="tenant-token-revoke"),
 ]
