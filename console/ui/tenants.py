@@ -17,7 +17,7 @@ from tenants import selectors, services
 from tenants.models import ApiToken, Tenant
 from tenants.tokens import api_token_create, api_token_revoke
 
-SORTS = (("name", "Name"), ("state", "Onboarding"), ("gpus", "GPUs held"), ("running", "Running leases"),
+SORTS = (("name", "Name"), ("state", "Onboarding"), ("gpus", "GPUs held / quota"), ("running", "Running leases"),
          ("hours", "GPU-hours this month"))
 
 
