@@ -132,15 +132,33 @@ def lease_gpu_hours(lease: Lease, *, since: datetime, until: datetime) -> float:
     return lease.gpu_count * max(seconds, 0.0) / 3600
 
 
-def _tenants_with_use() -> QuerySet[Tenant]:
-    """Tenants with what they hold now: `gpus_held` (GPUs of their leases that hold GPUs, including
-    those being cleaned), `gpus_waiting` (of pending leases; both count against the quota) and
-    `leases_running`. One query, one join."""
-    return Tenant.objects.annotate(
-        gpus_held=Coalesce(Sum("leases__gpu_count", filter=Q(leases__state__in=LEASE_HOLDS_GPUS)), 0),
-        gpus_waiting=Coalesce(Sum("leases__gpu_count", filter=Q(leases__state=L.PENDING)), 0),
-        leases_running=Count("leases", filter=Q(leases__state=L.RUNNING)),
+def _use_by_tenant(tenant_ids=None) -> dict[int, dict]:
+    """What each tenant holds now: `gpus_held` (GPUs of its leases that hold GPUs, including those being
+    cleaned), `gpus_waiting` (of its pending leases; both count against the quota) and `leases_running`.
+    One query over the unfinished leases only (the state index), grouped by tenant."""
+    leases = Lease.objects.filter(state__in=LEASE_UNFINISHED)
+    if tenant_ids is not None:
+        leases = leases.filter(tenant_id__in=list(tenant_ids))
+    rows = leases.order_by().values("tenant_id").annotate(
+        gpus_held=Coalesce(Sum("gpu_count", filter=Q(state__in=LEASE_HOLDS_GPUS)), 0),
+        gpus_waiting=Coalesce(Sum("gpu_count", filter=Q(state=L.PENDING)), 0),
+        leases_running=Count("pk", filter=Q(state=L.RUNNING)),
     )
+    return {row.pop("tenant_id"): row for row in rows}
+
+
+_NO_USE = {"gpus_held": 0, "gpus_waiting": 0, "leases_running": 0}
+
+
+def _with_use(tenants: list[Tenant], *, now: datetime, tenant_ids=None) -> list[Tenant]:
+    """The tenants with their use now and `gpu_hours_month` (this calendar month up to `now`): two queries."""
+    use = _use_by_tenant(tenant_ids)
+    hours = gpu_hours_by_tenant(since=month_start(now), until=now, tenant_ids=tenant_ids)
+    for tenant in tenants:
+        for name, value in use.get(tenant.pk, _NO_USE).items():
+            setattr(tenant, name, value)
+        tenant.gpu_hours_month = hours.get(tenant.pk, 0.0)
+    return tenants
 
 
 TENANT_SORTS = {
@@ -154,11 +172,8 @@ TENANT_SORTS = {
 
 def tenants_overview(*, now: datetime, sort: str = "name") -> list[Tenant]:
     """Every tenant with its onboarding state, GPUs held and waiting, quota, running leases and
-    `gpu_hours_month` (this calendar month up to `now`): two queries whatever the number of tenants."""
-    tenants = list(_tenants_with_use())
-    hours = gpu_hours_by_tenant(since=month_start(now), until=now)
-    for tenant in tenants:
-        tenant.gpu_hours_month = hours.get(tenant.pk, 0.0)
+    `gpu_hours_month` (this calendar month up to `now`): three queries whatever the number of tenants."""
+    tenants = _with_use(list(Tenant.objects.all()), now=now)
     key, descending = TENANT_SORTS.get(sort, TENANT_SORTS["name"])
     return sorted(tenants, key=key, reverse=descending)
 
@@ -231,11 +246,12 @@ class TenantPage:
 
 
 def tenant_page(name: str, *, now: datetime, lease_limit: int = 50, history: int = 15) -> TenantPage:
-    """One tenant's page data in six queries whatever its number of leases; Tenant.DoesNotExist when
+    """One tenant's page data in seven queries whatever its number of leases; Tenant.DoesNotExist when
     there is none. Each shown lease carries `gpu_hours_month`."""
-    tenant = _tenants_with_use().annotate(leases_total=Count("leases")).get(name=name)
+    tenant = Tenant.objects.get(name=name)
+    _with_use([tenant], now=now, tenant_ids=[tenant.pk])
+    tenant.leases_total = tenant.leases.count()
     since = month_start(now)
-    tenant.gpu_hours_month = gpu_hours_by_tenant(since=since, until=now, tenant_ids=[tenant.pk]).get(tenant.pk, 0.0)
     leases = list(tenant.leases.select_related("allocation__server", "allocation__partition")[:lease_limit])
     for lease in leases:
         lease.gpu_hours_month = lease_gpu_hours(lease, since=since, until=now)

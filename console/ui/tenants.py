@@ -35,6 +35,17 @@ class TokenForm(forms.Form):
                            widget=forms.TextInput(attrs={"placeholder": "e.g. ci", "size": 16}))
 
 
+def _quota_bar(tenant: Tenant) -> Tenant:
+    """The bar's widths (held, then waiting, in % of the quota; capped to the bar) and whether the
+    tenant is over its quota (after an admin lowered it), worked out once here and not in the template."""
+    quota = tenant.gpu_quota
+    held_pct = min(100, round(100 * tenant.gpus_held / quota)) if quota else (100 if tenant.gpus_held else 0)
+    tenant.held_pct = held_pct
+    tenant.waiting_pct = min(100 - held_pct, round(100 * tenant.gpus_waiting / quota)) if quota else 0
+    tenant.over_quota = tenant.gpus_held + tenant.gpus_waiting > quota
+    return tenant
+
+
 def _actor(request) -> Actor:
     return Actor.for_user(request.user, correlation_id=getattr(request, "correlation_id", ""))
 
@@ -53,8 +64,8 @@ def tenant_list(request):
     sort = sort if sort in selectors.TENANT_SORTS else "name"
     now = timezone.now()
     return render(request, "console/tenant_list.html", {
-        "tenants": selectors.tenants_overview(now=now, sort=sort), "sort": sort, "sorts": SORTS,
-        "month_start": selectors.month_start(now),
+        "tenants": [_quota_bar(t) for t in selectors.tenants_overview(now=now, sort=sort)],
+        "sort": sort, "sorts": SORTS, "month_start": selectors.month_start(now),
     })
 
 
@@ -63,7 +74,7 @@ def _render_page(request, name: str, *, status: int = 200, quota_form=None, toke
         page = selectors.tenant_page(name, now=timezone.now())
     except Tenant.DoesNotExist as exc:
         raise Http404("no such tenant") from exc
-    context = {"p": page, "t": page.tenant, "new_token": new_token}
+    context = {"p": page, "t": _quota_bar(page.tenant), "new_token": new_token}
     if request.user.has_perm(ADMINISTER):
         context["quota_form"] = quota_form or QuotaForm(initial={"gpu_quota": page.tenant.gpu_quota})
         context["token_form"] = token_form or TokenForm()
