@@ -106,6 +106,28 @@ def tenant_update(*, tenant: Tenant, actor: Actor, display_name: str, gpu_quota:
     return tenant
 
 
+MAX_GPU_QUOTA = 100_000  # far above any fleet: a typo's extra digits, not a real limit
+
+
+def tenant_set_quota(*, tenant: Tenant, actor: Actor, gpu_quota: int) -> Tenant:
+    """An admin sets how many GPUs the tenant may hold or wait for at once (audited, before/after).
+    Lowering it below what the tenant holds ends nothing: its new requests are refused until its use
+    falls under the quota. ValidationError for a quota that is not a whole number in 0..MAX_GPU_QUOTA."""
+    if isinstance(gpu_quota, bool) or not isinstance(gpu_quota, int) or not 0 <= gpu_quota <= MAX_GPU_QUOTA:
+        raise ValidationError({"gpu_quota": [f"a whole number of GPUs from 0 to {MAX_GPU_QUOTA}"]})
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        before = tenant.gpu_quota  # read under the lock: the audit's "before" is what this change replaced
+        if before == gpu_quota:
+            return tenant
+        tenant.gpu_quota = gpu_quota
+        tenant.save(update_fields=["gpu_quota"])
+        audit_record(actor=actor, verb="tenants.tenant.quota_changed", target=tenant,
+                     before={"gpu_quota": before}, after={"gpu_quota": gpu_quota},
+                     message=f"GPU quota {before} → {gpu_quota}")
+    return tenant
+
+
 def tenant_delete(*, tenant: Tenant, actor: Actor) -> Tenant:
     """Start deleting a tenant: refused while it has unfinished leases (they must be released and
     their GPUs cleaned first); otherwise the tenant goes to `deleting` (audited), which takes it out

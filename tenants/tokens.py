@@ -61,7 +61,8 @@ def api_token_revoke(*, token: ApiToken, actor: Actor) -> ApiToken:
             return token
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
-        audit_record(actor=actor, verb="tenants.apitoken.revoked", target=token, message=f"token {token.prefix}")
+        audit_record(actor=actor, verb="tenants.apitoken.revoked", target=token, message=f"token {token.prefix}",
+                     parent=token.tenant if token.tenant_id else None)
     return token
 
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from console.ui import actions, leases, views
+from console.ui import actions, leases, tenants, views
 
 urlpatterns = [
     path("", views.fleet_overview, name="fleet-overview"),
@@ -14,4 +14,9 @@ urlpatterns = [
     path("leases/<int:pk>/", leases.lease_detail_page, name="lease-detail"),
     path("leases/<int:pk>/release/", leases.lease_release_view, name="lease-release"),
     path("healthz", views.healthz, name="healthz"),
+    path("tenants/", tenants.tenant_list, name="tenant-list"),
+    path("tenants/<slug:name>/", tenants.tenant_page, name="tenant-detail"),
+    path("tenants/<slug:name>/quota/", tenants.tenant_quota, name="tenant-quota"),
+    path("tenants/<slug:name>/tokens/", tenants.tenant_token_create, name="tenant-token-create"),
+    path("tenants/<slug:name>/tokens/<int:token_id>/revoke/", tenants.tenant_token_revoke, name="tenant-token-revoke"),
 ]
