@@ -2,9 +2,10 @@
 
 from django.urls import path
 
-from console.ui import consumers
+from console.ui import consumers, events
 
 websocket_urlpatterns: list = [
     path("ws/fleet/", consumers.FleetMapConsumer.as_asgi()),
     path("ws/servers/<int:pk>/", consumers.ServerConsumer.as_asgi()),
+    path("ws/events/", events.EventsConsumer.as_asgi()),
 ]

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from console.ui import actions, views
+from console.ui import actions, events, views
 
 urlpatterns = [
     path("", views.fleet_overview, name="fleet-overview"),
@@ -10,5 +10,7 @@ urlpatterns = [
     path("operations/<int:pk>/", views.operation_fragment, name="operation"),
     path("actions/<str:action>/preview/", actions.action_preview, name="action-preview"),
     path("actions/confirm/", actions.action_confirm, name="action-confirm"),
+    path("events/", events.events_page, name="events"),
+    path("events/correlation/<str:correlation_id>/", events.correlation_page, name="event-correlation"),
     path("healthz", views.healthz, name="healthz"),
 ]
