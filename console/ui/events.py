@@ -7,14 +7,16 @@ consumer adds the new rows that match the page's filters to its top.
 
 from __future__ import annotations
 
+from datetime import UTC
+from html import escape
 from urllib.parse import quote, urlencode
 
 from channels.db import database_sync_to_async
 from django import forms
 from django.apps import apps
 from django.shortcuts import render
-from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET
 
 from console import events, relay
@@ -25,6 +27,7 @@ from fleet.selectors import server_ids_of
 
 # Objects whose page is their server's page (found through their server).
 ON_A_SERVER = ("fleet.gpu", "fleet.partition", "fleet.allocation", "fleet.nvswitch")
+EVENTS_URL = "/events/"  # the page's path (console/ui/urls.py), spelled once per row
 LIVE_ROWS_MAX = 200  # rows a live first page keeps (older ones drop off; the Older link follows)
 
 
@@ -112,9 +115,41 @@ def change(before: dict, after: dict, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _rows(rows) -> list[dict]:
+def render_row(e, url: str | None, *, fresh: bool = False) -> str:
+    """One event's table row. A function rather than a template partial: Django's template engine
+    takes about 2 ms a row (50 rows: most of the page's time at a million events), this 0.05 ms. The
+    page and the live rows (EventsConsumer) both call it."""
+    at = e.at.astimezone(UTC)
+    repr_ = escape(e.target_repr)
+    obj = f'<a href="{escape(url)}">{repr_}</a>' if url else repr_
+    narrow = escape(f"{EVENTS_URL}?{urlencode({'target_type': e.target_type, 'target_id': e.target_id})}")
+    what = escape(change(e.before or {}, e.after or {}))
+    if what:
+        what = f'<span class="chg">{what}</span>'
+    if e.message:
+        what += ("<br>" if what else "") + escape(e.message)
+    if e.correlation_id:
+        cid = escape(e.correlation_id)
+        corr = (f'<a href="{EVENTS_URL}correlation/{quote(e.correlation_id)}/" title="Everything under {cid}, '
+                f'oldest first"><code>{cid[:8]}…</code></a>')
+    else:
+        corr = "—"
+    cls = ' class="fresh"' if fresh else ""
+    return (
+        f'<tr id="event-{e.pk}" data-id="{e.pk}"{cls}>'
+        f'<td><time datetime="{at.isoformat()}">{at:%Y-%m-%d %H:%M:%S}</time></td>'
+        f'<td><a href="{EVENTS_URL}?actor={quote(e.actor_text)}">{escape(e.actor_text)}</a> '
+        f'<small class="src">{escape(e.source)}</small></td>'
+        f'<td><a href="{EVENTS_URL}?verb={quote(e.verb)}" class="verb">{escape(e.verb)}</a></td>'
+        f'<td>{obj} <a class="obj-filter" href="{narrow}" aria-label="Only events of {repr_}">⌕</a></td>'
+        f"<td>{what}</td><td>{corr}</td></tr>"
+    )
+
+
+def render_rows(rows, *, fresh: bool = False) -> SafeString:
     urls = object_urls(rows)
-    return [{"e": e, "url": urls.get(e.pk), "change": change(e.before or {}, e.after or {})} for e in rows]
+    # every value is escaped in render_row
+    return mark_safe("".join(render_row(e, urls.get(e.pk), fresh=fresh) for e in rows))
 
 
 def _object_types() -> list[str]:
@@ -140,7 +175,7 @@ def events_page(request):
     page = events.events_page(f, before=form.cleaned_data["before"])
     raw = {k: request.GET.get(k, "") for k in form.fields}
     ctx.update(
-        page=page, rows=_rows(page.events), version=version, filtered=not f.is_empty(),
+        page=page, rows=render_rows(page.events), version=version, filtered=not f.is_empty(),
         older_query=_query(raw, before=page.older) if page.older else None,
         newest_query=_query(raw),
         live_path="/ws/events/" + (f"?{q}" if (q := _query(raw)) else ""),
@@ -157,7 +192,7 @@ def correlation_page(request, correlation_id: str):
     if after and not after.isdigit():
         error, after = "The page marker (after) must be a whole number.", ""
     life = events.correlation_life(correlation_id, after=int(after) if after else None)
-    ctx = {"life": life, "rows": _rows(life.events), "error": error}
+    ctx = {"life": life, "rows": render_rows(life.events), "error": error}
     if life.events:
         ctx["took"] = _duration((life.events[-1].at - life.events[0].at).total_seconds())
         ctx["objects"] = sorted({e.target_repr for e in life.events})
@@ -201,7 +236,4 @@ class EventsConsumer(LiveConsumer):
         return {}  # sent as a `rows` message (live.js inserts them in id order), not fragments
 
     def render_rows(self, ids: list[int]) -> str:
-        rows = events.events_by_id(self.filter, ids, size=LIVE_ROWS_MAX)
-        if not rows:
-            return ""
-        return "".join(render_to_string("console/events.html#event-row", {"r": r, "fresh": True}) for r in _rows(rows))
+        return str(render_rows(events.events_by_id(self.filter, ids, size=LIVE_ROWS_MAX), fresh=True))
