@@ -20,6 +20,8 @@ the last line one JSON object:
 * `lease_page_ms`: server time of GET /leases/<id>/ (median of 5) for a booted lease with all eight
   boot phases and its state history; `timeline_paint_ms`: Chromium parses, lays out and paints that
   page's main part (median of 3). `--lease-only` measures just these two, on a fleet of 10 servers.
+* `events_page_ms_1m` (and its parts): the events page over 1,000,000 audit rows, when DATABASE_URL
+  names a PostgreSQL server (bench/events_page.py, in its own database; target ≤ 150 ms).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ ENV = {
     "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver", "DATABASE_URL": f"sqlite:///{DB}", "VAR_DIR": str(TMP),
     "CELERY_BROKER_URL": "memory://",
 }
+GIVEN_DATABASE_URL = os.environ.get("DATABASE_URL", "")  # PostgreSQL: the events page bench runs there
 os.environ.update(ENV)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-gpu"]
@@ -340,6 +343,20 @@ def tile_variants(servers) -> dict:
     return variants
 
 
+def events_page_figures() -> dict:
+    """bench/events_page.py on the given PostgreSQL server (a process of its own: this one is on SQLite)."""
+    if not GIVEN_DATABASE_URL.startswith(("postgres://", "postgresql://")):
+        print("no PostgreSQL DATABASE_URL: events_page_ms_1m skipped")
+        return {}
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "events_page.py")], cwd=ROOT, text=True,
+                         capture_output=True, env=dict(os.environ, DATABASE_URL=GIVEN_DATABASE_URL))
+    print(run.stdout.rstrip())
+    if run.returncode:
+        print(f"events page bench failed:\n{run.stderr[-2000:]}")
+        return {}
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="300 servers instead of 1,000")
@@ -407,6 +424,7 @@ def main() -> None:
     print(f"Chromium: map paint {figures['map_paint_ms_1000']} ms ({figures['map_dom_elements_1000']} elements), "
           f"remote change p95 {figures['remote_change_p95_ms']} ms, 1,000 cell updates/s: apply p95 "
           f"{figures['cell_updates_apply_p95_ms']} ms, longest frame gap {figures['max_frame_gap_ms']} ms")
+    result.update(events_page_figures())
     result["servers"] = total
     print(json.dumps(result))
 

@@ -9,6 +9,9 @@ class ConsoleConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from console import events, realtime
+
+        realtime.register_group_resolver(events.events_group)  # the events page's live rows
         # The filesystem broker needs its folders before the first task is sent.
         from django.conf import settings
 

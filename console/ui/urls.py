@@ -1,6 +1,6 @@
 from django.urls import path
 
-from console.ui import actions, leases, tenants, views
+from console.ui import actions, events, leases, tenants, views
 
 urlpatterns = [
     path("", views.fleet_overview, name="fleet-overview"),
@@ -13,6 +13,8 @@ urlpatterns = [
     path("leases/", leases.lease_list, name="lease-list"),
     path("leases/<int:pk>/", leases.lease_detail_page, name="lease-detail"),
     path("leases/<int:pk>/release/", leases.lease_release_view, name="lease-release"),
+    path("events/", events.events_page, name="events"),
+    path("events/correlation/<str:correlation_id>/", events.correlation_page, name="event-correlation"),
     path("healthz", views.healthz, name="healthz"),
     path("tenants/", tenants.tenant_list, name="tenant-list"),
     path("tenants/<slug:name>/", tenants.tenant_page, name="tenant-detail"),

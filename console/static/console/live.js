@@ -64,7 +64,7 @@
   function connect() {
     var proto = location.protocol === "https:" ? "wss://" : "ws://";
     try {
-      socket = new WebSocket(proto + location.host + path + "?v=" + version);
+      socket = new WebSocket(proto + location.host + path + (path.indexOf("?") < 0 ? "?" : "&") + "v=" + version);
     } catch (err) {
       lost();
       return;
@@ -83,6 +83,8 @@
           var cell = document.querySelector('[data-temp="' + pk + '"]');
           if (cell) cell.textContent = msg.temps[pk] === null ? "—" : msg.temps[pk] + " °C";
         }
+      } else if (msg.type === "rows") {
+        insertRows(msg);
       } else if (msg.type === "snapshot") {
         snapshot(msg.v);
       }
@@ -153,6 +155,40 @@
       if (v === null) { if (a.hasAttribute(MORPHED[k])) a.removeAttribute(MORPHED[k]); }
       else if (a.getAttribute(MORPHED[k]) !== v) a.setAttribute(MORPHED[k], v);
     }
+  }
+
+  // The events page: new rows (newest first, each with data-id) go in id order, once each; the
+  // table keeps at most `keep` rows, and the Older link then starts below the last one kept.
+  function insertRows(msg) {
+    var body = document.getElementById(msg.into);
+    if (!body) return;
+    var t = document.createElement("template");
+    t.innerHTML = msg.html.trim();
+    var added = 0;
+    Array.prototype.slice.call(t.content.children).reverse().forEach(function (row) {
+      var id = parseInt(row.dataset.id, 10);
+      if (document.getElementById(row.id)) return;
+      var empty = body.querySelector("tr.none");
+      if (empty) empty.remove();
+      var next = body.firstElementChild;
+      while (next && parseInt(next.dataset.id, 10) > id) next = next.nextElementSibling;
+      body.insertBefore(row, next);
+      added += 1;
+    });
+    var rows = body.children;
+    var keep = Math.max(msg.keep || 0, parseInt(body.dataset.keep || "0", 10));
+    if (keep && rows.length > keep) {
+      while (rows.length > keep) body.removeChild(body.lastElementChild);
+      var older = document.querySelector("[data-older]");
+      if (older) {
+        var u = new URL(older.href);
+        u.searchParams.set("before", body.lastElementChild.dataset.id);
+        older.href = u.toString();
+      }
+    }
+    var say = document.getElementById("events-announce");
+    if (say && added) say.textContent = added + " new event" + (added === 1 ? "" : "s");
+    window.__live.applied += added;
   }
 
   function snapshot(v) {
