@@ -89,9 +89,14 @@ def _start_server(url: str, port: int) -> subprocess.Popen:
            "ALLOWED_HOSTS": "127.0.0.1,localhost", "CELERY_BROKER_URL": "memory://", "LOG_LEVEL": "WARNING",
            "API_RATE": "1000000/min", "API_CREATE_RATE": "1000000/min",
            "DATABASE_POOL": os.environ.get("DATABASE_POOL", "1"), "DATABASE_POOL_MAX": "40"}
-    daphne = Path(sys.executable).with_name("daphne")
-    proc = subprocess.Popen([str(daphne), "-b", "127.0.0.1", "-p", str(port), "--verbosity", "0",
-                             "console.asgi:application"], cwd=ROOT, env=env)
+    if os.environ.get("BENCH_SERVER") == "uvicorn":
+        cmd = [str(Path(sys.executable).with_name("uvicorn")), "--host", "127.0.0.1", "--port", str(port),
+               "--workers", os.environ.get("BENCH_WORKERS", "2"), "--log-level", "warning", "--no-access-log",
+               "console.asgi:application"]
+    else:
+        cmd = [str(Path(sys.executable).with_name("daphne")), "-b", "127.0.0.1", "-p", str(port), "--verbosity", "0",
+               "console.asgi:application"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

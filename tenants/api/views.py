@@ -201,8 +201,9 @@ class LeaseDetailView(APIView):
                    responses={202: OpenApiResponse(LeaseSerializer, description="Releasing (or already ended)")},
                    tags=["leases"])
     def delete(self, request, pk: int):
-        lease = self._lease(request, pk)
-        services.lease_release(lease=lease, actor=api_actor(request))
+        if not selectors.lease_exists_for_api(pk, tenant=caller_tenant(request)):
+            raise NotFound(f"No lease {pk}.")
+        services.lease_release(lease=Lease(pk=pk), actor=api_actor(request))
         return _lease_response(selectors.lease_for_api(pk), request, status_code=status.HTTP_202_ACCEPTED)
 
 
