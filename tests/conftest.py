@@ -23,6 +23,8 @@ def pytest_addoption(parser):
 
 
 def _uses_database(item) -> bool:
+    if item.get_closest_marker("anydb"):
+        return False
     if item.get_closest_marker("django_db") or item.get_closest_marker("postgres"):
         return True
     if item.get_closest_marker("redis"):

@@ -21,7 +21,7 @@ from tenants.tokens import api_token_create
 from tests.factories import TenantFactory
 from tests.factories.fleet import TEST_ACTOR
 
-pytestmark = [pytest.mark.django_db, pytest.mark.slow]
+pytestmark = [pytest.mark.django_db, pytest.mark.slow, pytest.mark.anydb]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", get_wsgi_application())
 

@@ -19,6 +19,7 @@ def staff_client(client):
     return client
 
 
+@pytest.mark.anydb
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m._meta.label)
 def test_changelist_search_and_filter(staff_client, model):
     server = make_server()
@@ -30,6 +31,7 @@ def test_changelist_search_and_filter(staff_client, model):
     assert model_admin.search_fields
 
 
+@pytest.mark.anydb
 @pytest.mark.parametrize("model", [Server, Gpu, Partition, Tenant, Lease], ids=lambda m: m._meta.label)
 def test_state_is_read_only_in_the_admin(staff_client, model):
     make_server()

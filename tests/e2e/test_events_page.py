@@ -13,7 +13,7 @@ from tests.e2e.conftest import login
 from tests.factories import make_server, make_user
 from tests.support.demo import lived_in
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.anydb, pytest.mark.django_db(transaction=True)]
 SCREENSHOTS = Path(settings.BASE_DIR) / "docs" / "screenshots"
 
 

@@ -8,7 +8,7 @@ from console.audit import Actor
 from fleet.services import gpu_drain
 from tests.factories import make_server
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.anydb, pytest.mark.django_db(transaction=True)]
 
 
 def _assert_htmx_loaded(page):

@@ -16,7 +16,7 @@ from tests.factories import make_user
 from tests.support.boots import running_node_watch
 from tests.support.simfleet import register, sim_fleet_with_cluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.anydb, pytest.mark.django_db(transaction=True)]
 ACTOR = Actor.system("e2e", source="api")
 IMAGE = "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0-ubi8"
 SCREENSHOTS = Path(django_settings.BASE_DIR) / "docs" / "screenshots"

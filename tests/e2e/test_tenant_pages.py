@@ -20,7 +20,7 @@ from tests.factories import LeaseFactory, TenantFactory, make_server, make_user
 from tests.factories.fleet import TEST_ACTOR
 from tests.support.demo import hold
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.anydb, pytest.mark.django_db(transaction=True)]
 SCREENSHOTS = Path(settings.BASE_DIR) / "docs" / "screenshots"
 
 
