@@ -131,7 +131,7 @@ def fault(request):
         if gpu is None:
             raise controls.SimulatorError(f"{server.hostname} has no GPU {module or '(none chosen)'}")
         kind, _, value = chosen["fault"].partition(":")
-        if kind == "xid" and not value.isdigit():
+        if not kind or (kind == "xid" and not value.isdigit()):
             raise controls.SimulatorError("choose a fault")
         done = controls.fault_inject(gpu=gpu, kind=kind, actor=_actor(request),
                                      xid=int(value) if kind == "xid" else None, thermal=value, nvlink_errors=10)
