@@ -38,9 +38,6 @@ class AgentSwitch:
         self.host(node)
         return self.inner.lease_book(node)
 
-    def __getattr__(self, name):  # backend, leases, hosts: the wrapped resolver's
-        return getattr(self.inner, name)
-
 
 def serve_sim_host(
     host: SimHost,
@@ -51,7 +48,7 @@ def serve_sim_host(
     workers: int = 16,
 ) -> AgentServer:
     resolver = SingleHost(host, host.hostname)
-    return serve(
+    server = serve(
         AgentSwitch(resolver),
         listen,
         tls=tls,
@@ -59,6 +56,8 @@ def serve_sim_host(
         workers=workers,
         extra_servicers=(add_sim_admin(resolver, host.clock),),
     )
+    server.resolver = resolver  # the host and its lease book, for the device plugin (not the switch)
+    return server
 
 
 def serve_from_args(args, *, tls: TlsIdentity | None) -> AgentServer:

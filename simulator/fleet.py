@@ -118,6 +118,7 @@ class SimFleet:
                     workers=self.multiplexed_workers,
                     extra_servicers=(add_sim_admin(table, self.clock),),
                 )
+                server.resolver = table
                 self.servers.append(server)
                 for name in self.hosts:
                     self.endpoints[name] = Endpoint(name, server.address, name)

@@ -30,8 +30,9 @@ class GeneratorForm(forms.Form):
     rate_per_min = forms.FloatField(label="Arrival rate (leases/min)", min_value=0.01, max_value=600)
     sizes = forms.CharField(label="Size mix (GPUs:weight)", max_length=200,
                             help_text="e.g. 1:4, 2:3, 4:2, 8:1 — four 1-GPU leases for each 8-GPU one")
-    lifetime_min_s = forms.IntegerField(label="Lifetime from (s)", min_value=1)
-    lifetime_max_s = forms.IntegerField(label="to (s)", min_value=1)
+    lifetime_min_s = forms.IntegerField(label="Shortest lifetime (s)", min_value=1)
+    lifetime_max_s = forms.IntegerField(label="Longest lifetime (s)", min_value=1,
+                                        help_text="from the request to its release, in wall-clock seconds")
     tenants = forms.IntegerField(label="Tenants", min_value=1, max_value=MAX_TENANTS)
     tenant_quota = forms.IntegerField(label="Tenant quota (GPUs)", min_value=1, max_value=10_000)
     seed = forms.IntegerField(label="Seed", min_value=0, max_value=2**31 - 1)
