@@ -46,6 +46,10 @@ class SimulatorError(DomainError):
     """The simulated fleet could not do it; the message says why, in words."""
 
 
+class SimulatorUnreachable(SimulatorError):
+    """The `simfleet` process does not answer (HTTP 503 on the panel)."""
+
+
 @dataclass(frozen=True)
 class ThermalLevel:
     key: str
@@ -77,7 +81,7 @@ def _call(server: Server, doing: str, fn: Callable[[SimAdminClient], T]) -> T:
     try:
         return fn(_admin(server))
     except AgentUnavailable as exc:
-        raise SimulatorError(
+        raise SimulatorUnreachable(
             f"The simulated fleet does not answer at {server.agent_endpoint} ({server.hostname}), so nothing "
             f"was done. Is `manage.py simfleet` running (the Procfile's `fleet`)? Detail: {exc}"
         ) from exc

@@ -93,7 +93,7 @@ def _panel(request, *, error: str = "", status: int = 200, form: GeneratorForm |
 
 
 def _refused(request, exc: Exception, chosen=None):
-    status = 503 if "does not answer" in str(exc) else 400
+    status = 503 if isinstance(exc, controls.SimulatorUnreachable) else 400
     text = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
     return _panel(request, error=text, status=status, chosen=chosen)
 
