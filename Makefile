@@ -12,6 +12,7 @@ run: venv
 	@mkdir -p var
 	DEBUG=$${DEBUG:-1} .venv/bin/python manage.py migrate --noinput -v0
 	DEBUG=$${DEBUG:-1} .venv/bin/python manage.py ensureadmin
+	DEBUG=$${DEBUG:-1} .venv/bin/python manage.py workload start --keep --rate 4 --sizes 1:4,2:3,4:2,8:1 --lifetime 60-300 --tenants 3
 	DEBUG=$${DEBUG:-1} .venv/bin/honcho start -f Procfile
 
 test: venv

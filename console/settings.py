@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "tenants",
     "hardware",
     "simulator",
+    "simcontrol",
 ]
 
 MIDDLEWARE = [
@@ -82,6 +83,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "console.ui.context.simulated_fleet",
             ],
         },
     },
@@ -172,8 +174,10 @@ AGENT_TLS_DIR = Path(env.str("AGENT_TLS_DIR", default=str(VAR_DIR / "pki")))
 AGENT_INSECURE = env.bool("AGENT_INSECURE", default=False)
 AGENT_TIMEOUT_S = env.float("AGENT_TIMEOUT_S", default=10.0)
 SIM_CLOCK_ACCEL = env.float("SIM_CLOCK_ACCEL", default=60.0)
-# Simulated fleet only: how long a tenant's container runs (simulated seconds; 0 = until deleted).
-SIM_WORKLOAD_S = env.float("SIM_WORKLOAD_S", default=1800.0)
+# Simulated fleet only: how long a tenant's container runs before it exits by itself (simulated
+# seconds; `simfleet --workload-seconds`). 0, the default: until its lease is released, as a tenant's
+# service would; the workload generator (simcontrol) gives its leases lifetimes by releasing them.
+SIM_WORKLOAD_S = env.float("SIM_WORKLOAD_S", default=0.0)
 
 # The REST API (tenants/api, console/api). Tokens first: its `Bearer` challenge makes a missing
 # credential a 401. Throttle state lives in the cache: Redis in production, per process otherwise.
@@ -243,7 +247,10 @@ RECONCILE_STUCK_AFTER_S = env.float("RECONCILE_STUCK_AFTER_S", default=30.0)
 # How stale a process's in-memory placement index may grow before it reads the fleet again (other
 # processes' releases; its own are seen at once, and a refusal always reads again first).
 PLACEMENT_INDEX_MAX_AGE_S = env.float("PLACEMENT_INDEX_MAX_AGE_S", default=2.0)
+# The workload generator (simcontrol): how often it issues due requests and releases due leases.
+WORKLOAD_TICK_S = env.float("WORKLOAD_TICK_S", default=5.0)
 CELERY_BEAT_SCHEDULE = {
     "reconcile-fleet": {"task": "fleet.tasks.reconcile", "schedule": RECONCILE_EVERY_S},
     "reconcile-leases": {"task": "tenants.tasks.reconcile", "schedule": RECONCILE_EVERY_S},
+    "workload-generator": {"task": "simcontrol.tasks.generator_tick", "schedule": WORKLOAD_TICK_S},
 }

@@ -274,13 +274,13 @@ class AgentClient(_GrpcClient):
         response = self._unary(self._stub.ListGpuLeases, pb.ListGpuLeasesRequest())
         return [convert.gpu_lease_from_pb(m) for m in response.leases]
 
-    def sim_admin(self) -> SimAdminClient:
+    def sim_admin(self, *, timeout: float | None = None, retries: int | None = None) -> SimAdminClient:
         """A SimAdmin client on this client's channel and node (simulated agents only)."""
         return SimAdminClient(
             self.endpoint,
             node=self.node,
-            timeout=self.timeout,
-            retries=self.retries,
+            timeout=self.timeout if timeout is None else timeout,
+            retries=self.retries if retries is None else retries,
             backoff=self.backoff,
             channel=self._channel,
         )
@@ -350,3 +350,10 @@ class SimAdminClient(_GrpcClient):
 
     def get_clock(self) -> ClockInfo:
         return convert.clock_from_pb(self._unary(self._stub.GetClock, simpb.GetClockRequest()))
+
+    def set_agent(self, *, up: bool) -> bool:
+        """Take the host's node agent down or bring it up (NodeAgent answers UNAVAILABLE while down)."""
+        return self._unary(self._stub.SetAgent, simpb.SetAgentRequest(up=up)).up
+
+    def agent_up(self) -> bool:
+        return self._unary(self._stub.GetAgent, simpb.GetAgentRequest()).up

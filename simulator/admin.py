@@ -92,6 +92,14 @@ class SimAdminServicer(simadmin_pb2_grpc.SimAdminServicer):
     def GetClock(self, request, context):
         return convert.clock_to_pb(ClockInfo(self.clock.now(), self.clock.acceleration))
 
+    def SetAgent(self, request, context):
+        host = self._host(context)
+        host.set_agent_up(request.up)
+        return simpb.AgentState(up=host.agent_up)
+
+    def GetAgent(self, request, context):
+        return simpb.AgentState(up=self._host(context).agent_up)
+
 
 def add_sim_admin(resolver: HostResolver, clock: SimClock):
     """An `extra_servicers` hook for hardware.agent.server.serve."""

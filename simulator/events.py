@@ -68,6 +68,11 @@ class EventHub:
         with self._lock:
             self._subscriptions = [s for s in self._subscriptions if s is not sub]
 
+    def close_host(self, hostname: str) -> None:
+        """End every subscription to one host's events (its agent went away)."""
+        for sub in [s for s in self._subscriptions if s.hostname == hostname]:
+            sub.close()
+
     def publish(self, event: HealthEvent) -> None:
         # Copy-on-write list: publishers iterate without holding the lock.
         for sub in self._subscriptions:

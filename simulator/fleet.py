@@ -22,7 +22,7 @@ from hardware.agent.server import AgentServer, serve
 from hardware.platforms import get_platform
 from hardware.tls import TlsIdentity
 from simulator.admin import add_sim_admin
-from simulator.agent import serve_sim_host
+from simulator.agent import AgentSwitch, serve_sim_host
 from simulator.clock import SimClock
 from simulator.events import EventHub
 from simulator.faults import FaultProcess
@@ -111,13 +111,14 @@ class SimFleet:
             if self.multiplexed:
                 table = HostTable(self.hosts, lambda: self.hub.subscribe(None))
                 server = serve(
-                    table,
+                    AgentSwitch(table),
                     self._listen(0),
                     tls=self.tls,
                     insecure=self.insecure,
                     workers=self.multiplexed_workers,
                     extra_servicers=(add_sim_admin(table, self.clock),),
                 )
+                server.resolver = table
                 self.servers.append(server)
                 for name in self.hosts:
                     self.endpoints[name] = Endpoint(name, server.address, name)

@@ -153,6 +153,9 @@ class SimHost:
                 fw = (firmware or {}).get(dev.module_id, self.platform.pinned_firmware)
                 self.gpus[dev.module_id] = SimGpu(dev.module_id, dev, uuid, serial, fw)
         self.vms: dict[str, SimVm] = {}
+        # The node agent process: while down every NodeAgent call answers UNAVAILABLE
+        # (simulator.agent.AgentSwitch) and nothing is reported; the host and its VMs run on.
+        self.agent_up = True
         # isolate_gpus: the console's idle baseline, every GPU in its own active 1-GPU partition,
         # is the fabric manager's boot configuration (also after a reboot).
         self.fabric_manager = FabricManager(
@@ -207,7 +210,8 @@ class SimHost:
 
     def _emit(self, module_id: int, kind: HealthKind, **fields) -> HealthEvent:
         event = HealthEvent(hostname=self.hostname, module_id=module_id, kind=kind, at=self.clock.now(), **fields)
-        self.hub.publish(event)
+        if self.agent_up:  # a stopped agent reports nothing; the hardware's counters still moved
+            self.hub.publish(event)
         return event
 
     def _group_members(self, dev: SimPciDevice) -> list[GroupMember]:
@@ -468,6 +472,13 @@ class SimHost:
             HealthKind.FABRIC_MANAGER_RESTARTED,
             message=f"fabric manager restarted: waiting {RESTART_WINDOW_S:g} s for SetActivatedPartitions",
         )
+
+    def set_agent_up(self, up: bool) -> None:
+        """Stop the node agent (its open health streams end, every call answers UNAVAILABLE) or start
+        it again. Simulates a crashed or restarted agent process, not a host that is down."""
+        self.agent_up = up
+        if not up:
+            self.hub.close_host(self.hostname)
 
     def reboot(self) -> None:
         """Reboot the host: VMs stop, lost GPUs come back, a fresh fabric manager starts."""

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from console.ui import actions, events, leases, tenants, views
 
@@ -15,6 +15,7 @@ urlpatterns = [
     path("leases/<int:pk>/release/", leases.lease_release_view, name="lease-release"),
     path("events/", events.events_page, name="events"),
     path("events/correlation/<str:correlation_id>/", events.correlation_page, name="event-correlation"),
+    path("simulator/", include("console.ui.simulator")),
     path("healthz", views.healthz, name="healthz"),
     path("tenants/", tenants.tenant_list, name="tenant-list"),
     path("tenants/<slug:name>/", tenants.tenant_page, name="tenant-detail"),

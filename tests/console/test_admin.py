@@ -6,11 +6,12 @@ from django.urls import reverse
 
 from console.models import AuditEvent, Operation
 from fleet.models import Gpu, NvSwitch, Partition, Server
+from simcontrol.models import GeneratedLease, Simulation
 from tenants.models import BootPhase, Lease, Tenant
 from tests.factories import AllocationFactory, LeaseFactory, UserFactory, make_server
 
 pytestmark = pytest.mark.django_db
-MODELS = [Server, Gpu, NvSwitch, Partition, Tenant, Lease, BootPhase, AuditEvent, Operation]
+MODELS = [Server, Gpu, NvSwitch, Partition, Tenant, Lease, BootPhase, AuditEvent, Operation, Simulation, GeneratedLease]
 
 
 @pytest.fixture

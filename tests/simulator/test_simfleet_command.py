@@ -108,3 +108,29 @@ def test_simfleet_serves_the_simulated_cluster_over_the_kubernetes_api(transacti
     pod = seen["pod"]
     # Bound to its node and its VM booting: SimAdmin's StartVm answered over mTLS.
     assert (pod.node, pod.phase, pod.reason) == (seen["node"], "Pending", "ContainerCreating")
+
+
+@pytest.mark.parametrize("option, expected", [(None, 0.0), (600.0, 600.0)])
+def test_containers_run_until_released_unless_given_workload_seconds(transactional_db, settings, tmp_path,
+                                                                     monkeypatch, option, expected):
+    """By default (SIM_WORKLOAD_S 0) a lease's container runs until the lease is released."""
+    from simulator.management.commands import simfleet
+
+    settings.VAR_DIR = tmp_path
+    seen = {}
+    original = simfleet.KubeApiServer.for_fleet
+
+    def for_fleet(fleet, **kw):
+        seen["workload_seconds"] = kw["workload_seconds"]
+        return original(fleet, **kw)
+
+    monkeypatch.setattr(simfleet.KubeApiServer, "for_fleet", for_fleet)
+    monkeypatch.setattr(simfleet.Command, "_serve_until_signalled", lambda command: None)
+    extra = {} if option is None else {"workload_seconds": option}
+    call_command("simfleet", servers=1, racks=1, accel=2000.0, prefix=f"wl{int(expected)}", kube_port=0,
+                 insecure=True, stdout=io.StringIO(), **extra)
+    assert seen["workload_seconds"] == expected
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match="workload-seconds"):
+        call_command("simfleet", servers=1, once=True, insecure=True, workload_seconds=-1)

@@ -7,11 +7,21 @@ from collections import Counter
 from django.utils import timezone
 
 from console.audit import Actor
+from console.models import AuditEvent
 from fleet.allocations import allocation_return_if_clean
-from fleet.models import Allocation, AllocationGpu, Gpu
-from fleet.states import ALLOCATION_MACHINE, ALLOCATION_OPEN, GPU_HELD, GPU_MACHINE, AllocationState, GpuState
+from fleet.models import Allocation, AllocationGpu, Gpu, Partition, Server
+from fleet.states import (
+    ALLOCATION_MACHINE,
+    ALLOCATION_OPEN,
+    GPU_HELD,
+    GPU_MACHINE,
+    AllocationState,
+    GpuState,
+    PartitionState,
+)
 
 A, G = AllocationState, GpuState
+RESET_CLASS = {"reset_gpu", "drain_and_reset", "drain_and_reboot_host"}
 
 
 def assert_no_gpu_in_two_open_allocations() -> None:
@@ -35,6 +45,41 @@ def assert_allocations_are_partitions() -> None:
 def assert_held_gpus_have_an_allocation() -> None:
     for gpu in Gpu.objects.filter(state__in=GPU_HELD):
         assert gpu.allocation_gpus.filter(held=True).exists(), f"{gpu} {gpu.state} without an allocation"
+
+
+def assert_free_only_after_scrub_and_level(pinned: str) -> None:
+    """Invariant 2: a free GPU holds nothing, is at the pinned firmware, and after its last lease and
+    its last fault that needs a reset it went through scrub, then level, then out of cleaning."""
+    for gpu in Gpu.objects.filter(state=G.FREE):
+        assert not gpu.allocation_gpus.filter(held=True).exists()
+        assert gpu.firmware_version == pinned
+        events = list(AuditEvent.objects.filter(target_type="fleet.gpu", target_id=str(gpu.pk))
+                      .order_by("id").values_list("verb", "after"))
+        verbs = [verb for verb, _ in events]
+        for i in reversed(range(len(events))):
+            verb, after = events[i]
+            if verb == "fleet.gpu.reserved" or (verb == "fleet.gpu.xid" and after["action"] in RESET_CLASS):
+                tail = verbs[i:]
+                assert "fleet.gpu.scrubbing" in tail, tail
+                tail = tail[tail.index("fleet.gpu.scrubbing"):]
+                assert "fleet.gpu.leveling" in tail, tail
+                tail = tail[tail.index("fleet.gpu.leveling"):]
+                assert {"fleet.gpu.leveled", "fleet.gpu.free", "fleet.gpu.drained"} & set(tail), tail
+
+
+def assert_active_partitions_disjoint(reported_of=None) -> None:
+    """Invariant 4: active partitions of a server share no GPU, in the database and, given
+    `reported_of(server)` (what its fabric manager lists, or None when it does not answer), there."""
+    for server in Server.objects.all():
+        seen: set[int] = set()
+        for partition in Partition.objects.filter(server=server, state=PartitionState.ACTIVE):
+            assert not seen & set(partition.module_ids), f"{server}: overlap at {partition}"
+            seen |= set(partition.module_ids)
+        seen = set()
+        for p in (reported_of(server) or []) if reported_of else []:
+            if p.active:
+                assert not seen & set(p.gpu_module_ids), f"{server}: fabric manager overlap at {p}"
+                seen |= set(p.gpu_module_ids)
 
 
 def clean_without_agents(allocation: Allocation, actor: Actor) -> None:

@@ -26,17 +26,16 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from console.audit import Actor
-from console.models import AuditEvent
 from console.statemachine import InvalidTransition
 from fleet import cluster as cluster_access
 from fleet import services as fleet_services
 from fleet.agents import agent_for, forget_agents
 from fleet.health import gpu_record_health
 from fleet.inventory import server_register_from_inventory
-from fleet.models import Gpu, Partition, Server
+from fleet.models import Gpu, Server
 from fleet.placement_live import LivePlacementIndex, live_index
 from fleet.reconciler import reconcile_fleet
-from fleet.states import GpuState, PartitionState, ServerState
+from fleet.states import ServerState
 from hardware.agent_client import AgentClient
 from hardware.exceptions import AgentUnavailable
 from hardware.types import HealthEvent, HealthKind
@@ -48,7 +47,9 @@ from tenants.reconciler import reconcile_leases
 from tenants.states import LEASE_HOLDS_GPUS, LEASE_TENANT_OWNS, LEASE_UNFINISHED, LeaseState
 from tests.factories import TenantFactory
 from tests.support.invariants import (
+    assert_active_partitions_disjoint,
     assert_allocations_are_partitions,
+    assert_free_only_after_scrub_and_level,
     assert_held_gpus_have_an_allocation,
     assert_no_gpu_in_two_open_allocations,
 )
@@ -58,7 +59,6 @@ ACTOR = Actor.system("hypothesis", source="api")
 IMAGE = "registry.example.com/lab/train:2"
 TENANTS = ("alpha", "beta")
 ACCEL = 20000.0
-RESET_CLASS = {"reset_gpu", "drain_and_reset", "drain_and_reboot_host"}
 UNSCHEDULABLE = {ServerState.CORDONED, ServerState.DRAINING, ServerState.DRAINED}
 
 
@@ -80,6 +80,13 @@ def fleet(db, settings, tasks):
     yield sim
     forget_agents()
     sim.stop()
+
+
+def _reported_partitions(server):
+    try:
+        return agent_for(server).list_partitions()
+    except AgentUnavailable:
+        return None
 
 
 def _reconcile() -> None:
@@ -221,23 +228,7 @@ def test_invariants_hold_under_random_operations(fleet, tasks):
 
         @invariant()
         def free_only_after_scrub_and_level(self):
-            for gpu in Gpu.objects.filter(state=GpuState.FREE):
-                assert not gpu.allocation_gpus.filter(held=True).exists()
-                assert gpu.firmware_version == pinned
-                events = list(AuditEvent.objects.filter(target_type="fleet.gpu", target_id=str(gpu.pk))
-                              .order_by("id").values_list("verb", "after"))
-                verbs = [verb for verb, _ in events]
-                # After its last lease, and after its last fault that needs a reset: scrub, then level,
-                # then out of cleaning (levelled for its allocation, free or drained).
-                for i in reversed(range(len(events))):
-                    verb, after = events[i]
-                    if verb == "fleet.gpu.reserved" or (verb == "fleet.gpu.xid" and after["action"] in RESET_CLASS):
-                        tail = verbs[i:]
-                        assert "fleet.gpu.scrubbing" in tail, tail
-                        tail = tail[tail.index("fleet.gpu.scrubbing"):]
-                        assert "fleet.gpu.leveling" in tail, tail
-                        tail = tail[tail.index("fleet.gpu.leveling"):]
-                        assert {"fleet.gpu.leveled", "fleet.gpu.free", "fleet.gpu.drained"} & set(tail), tail
+            assert_free_only_after_scrub_and_level(pinned)
 
         @invariant()
         def lease_gpus_are_one_partition(self):
@@ -255,20 +246,7 @@ def test_invariants_hold_under_random_operations(fleet, tasks):
 
         @invariant()
         def active_partitions_disjoint(self):
-            for server in Server.objects.all():
-                seen: set[int] = set()
-                for partition in Partition.objects.filter(server=server, state=PartitionState.ACTIVE):
-                    assert not seen & set(partition.module_ids), f"{server}: overlap at {partition}"
-                    seen |= set(partition.module_ids)
-                try:
-                    reported = agent_for(server).list_partitions()
-                except AgentUnavailable:
-                    reported = []
-                seen = set()
-                for p in reported:
-                    if p.active:
-                        assert not seen & set(p.gpu_module_ids)
-                        seen |= set(p.gpu_module_ids)
+            assert_active_partitions_disjoint(_reported_partitions)
 
         @invariant()
         def unschedulable_servers_get_nothing_new(self):

@@ -89,6 +89,13 @@ class Command(BaseCommand):
         parser.add_argument("--plug-mode", default="hot", choices=["hot", "cold"], help="with one --host-kernel")
         parser.add_argument("--fault-rate", type=float, default=0.0, help="random faults per GPU per sim hour")
         parser.add_argument(
+            "--workload-seconds",
+            type=float,
+            default=None,
+            help="simulated seconds a lease's container runs before it exits by itself "
+            "(default: SIM_WORKLOAD_S; 0: until the lease is released)",
+        )
+        parser.add_argument(
             "--insecure", action="store_true", default=None, help="plaintext gRPC (default: settings.AGENT_INSECURE)"
         )
         parser.add_argument(
@@ -102,6 +109,8 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         if opts["servers"] < 1 or opts["racks"] < 1:
             raise CommandError("--servers and --racks must be ≥ 1")
+        if (opts["workload_seconds"] or 0) < 0 or opts["fault_rate"] < 0:
+            raise CommandError("--workload-seconds and --fault-rate must be ≥ 0")
         try:
             platform = get_platform(opts["platform"])
             variant = platform.variant(opts["variant"] or platform.variants[0].key)
@@ -157,7 +166,9 @@ class Command(BaseCommand):
                 insecure=insecure,
                 client_options=client_options,
                 port=port,
-                workload_seconds=settings.SIM_WORKLOAD_S,
+                workload_seconds=settings.SIM_WORKLOAD_S
+                if opts["workload_seconds"] is None
+                else opts["workload_seconds"],
             ).start()
         except OSError as exc:
             raise CommandError(f"cannot serve the simulated Kubernetes API on port {port}: {exc}") from exc

@@ -85,6 +85,16 @@ class SimAdminStub:
                 request_serializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.GetClockRequest.SerializeToString,
                 response_deserializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.Clock.FromString,
                 _registered_method=True)
+        self.SetAgent = channel.unary_unary(
+                '/gpuconsole.simulator.v1.SimAdmin/SetAgent',
+                request_serializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.SetAgentRequest.SerializeToString,
+                response_deserializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.AgentState.FromString,
+                _registered_method=True)
+        self.GetAgent = channel.unary_unary(
+                '/gpuconsole.simulator.v1.SimAdmin/GetAgent',
+                request_serializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.GetAgentRequest.SerializeToString,
+                response_deserializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.AgentState.FromString,
+                _registered_method=True)
 
 
 class SimAdminServicer:
@@ -151,6 +161,20 @@ class SimAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAgent(self, request, context):
+        """Take the host's node agent down (every NodeAgent call answers UNAVAILABLE, its health streams
+        end, nothing is reported) or bring it back. The host, its VMs and SimAdmin keep running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAgent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SimAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +227,16 @@ def add_SimAdminServicer_to_server(servicer, server):
                     servicer.GetClock,
                     request_deserializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.GetClockRequest.FromString,
                     response_serializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.Clock.SerializeToString,
+            ),
+            'SetAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAgent,
+                    request_deserializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.SetAgentRequest.FromString,
+                    response_serializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.AgentState.SerializeToString,
+            ),
+            'GetAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAgent,
+                    request_deserializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.GetAgentRequest.FromString,
+                    response_serializer=gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.AgentState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -475,6 +509,60 @@ class SimAdmin:
             '/gpuconsole.simulator.v1.SimAdmin/GetClock',
             gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.GetClockRequest.SerializeToString,
             gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.Clock.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuconsole.simulator.v1.SimAdmin/SetAgent',
+            gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.SetAgentRequest.SerializeToString,
+            gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.AgentState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuconsole.simulator.v1.SimAdmin/GetAgent',
+            gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.GetAgentRequest.SerializeToString,
+            gpuconsole_dot_simulator_dot_v1_dot_simadmin__pb2.AgentState.FromString,
             options,
             channel_credentials,
             insecure,
