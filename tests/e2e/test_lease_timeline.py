@@ -63,5 +63,5 @@ def test_a_booting_lease_grows_to_running_without_reload(new_page, expect, setti
         expect(page.locator(".boot-summary")).to_contain_text("Booted in")
         assert page.evaluate("window.__sameDocument") is True, "grew without a reload"
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / "lease_timeline.png"), full_page=True)
+        page.screenshot(path=str(SCREENSHOTS / "lease-timeline.png"), full_page=True)
         assert page.problems == []

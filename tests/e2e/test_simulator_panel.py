@@ -16,7 +16,7 @@ from tests.e2e.conftest import login
 from tests.factories import make_user
 from tests.support.simfleet import register
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.anydb, pytest.mark.django_db(transaction=True)]
 SCREENSHOTS = Path(settings.BASE_DIR) / "docs" / "screenshots"
 
 
@@ -62,5 +62,5 @@ def test_an_admin_drives_the_simulated_fleet_from_the_panel(new_page, expect, si
     expect(page.locator(".sim-list")).to_contain_text(hosts[2])
     assert Simulation.objects.get(pk=1).generator_running
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "simulator_panel.png"), full_page=True)
+    page.screenshot(path=str(SCREENSHOTS / "simulator-panel.png"), full_page=True)
     assert page.problems == []

@@ -71,7 +71,7 @@ def test_list_and_tenant_page_for_an_admin(new_page, expect):
     expect(page.locator(".steps .st-done")).to_have_count(3)
     expect(page.locator("#tenant-leases tbody tr")).to_have_count(5)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "tenant_page.png"), full_page=True)
+    page.screenshot(path=str(SCREENSHOTS / "tenant-page.png"), full_page=True)
 
     page.fill("#id_gpu_quota", "-3")
     page.click("#quota-form button")
