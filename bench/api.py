@@ -1,12 +1,12 @@
-"""REST API benchmark: the README's ASGI server (daphne, console.asgi) on PostgreSQL, 32 clients.
+"""REST API benchmark: the README's ASGI server (the Procfile's `web`) on PostgreSQL, 32 clients.
 
 Run: `.venv/bin/python bench/api.py` (PostgreSQL at DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/test; the bench creates and at the end drops a throwaway database
 `bench_api` next to it). It migrates it, seeds BENCH_SERVERS HGX H100 servers (default 128) and one
-READY tenant with its own API token per client, starts `daphne console.asgi:application` on a free
-loopback port (DEBUG off, tasks to an in-memory broker: the workers' side is not measured), and runs
-32 concurrent clients, each a thread with one keep-alive HTTP/1.1 connection, for BENCH_SECONDS
-(default 10, after 2 of warm-up).
+READY tenant with its own API token per client, starts the Procfile's `web` line (uvicorn,
+WEB_WORKERS processes, default 2) on a free loopback port (DEBUG off, tasks to an in-memory broker:
+the workers' side is not measured), and runs 32 concurrent clients, each a thread with one keep-alive
+HTTP/1.1 connection, for BENCH_SECONDS (default 10, after 2 of warm-up).
 
 Each client loops over a tenant's life: POST /api/v1/containers (seed payload, 1/2/4/8 GPUs, an
 Idempotency-Key), GET the lease, GET /api/v1/leases (a page of 20), DELETE the lease.
@@ -78,6 +78,13 @@ def _seed(servers: int, clients: int) -> list[tuple[str, str]]:
     return out
 
 
+def procfile_command(name: str) -> str:
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise SystemExit(f"no {name!r} process in the Procfile")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,13 +96,10 @@ def _start_server(url: str, port: int) -> subprocess.Popen:
            "ALLOWED_HOSTS": "127.0.0.1,localhost", "CELERY_BROKER_URL": "memory://", "LOG_LEVEL": "WARNING",
            "API_RATE": "1000000/min", "API_CREATE_RATE": "1000000/min",
            "DATABASE_POOL": os.environ.get("DATABASE_POOL", "1"), "DATABASE_POOL_MAX": "40"}
-    if os.environ.get("BENCH_SERVER") == "uvicorn":
-        cmd = [str(Path(sys.executable).with_name("uvicorn")), "--host", "127.0.0.1", "--port", str(port),
-               "--workers", os.environ.get("BENCH_WORKERS", "2"), "--log-level", "warning", "--no-access-log",
-               "console.asgi:application"]
-    else:
-        cmd = [str(Path(sys.executable).with_name("daphne")), "-b", "127.0.0.1", "-p", str(port), "--verbosity", "0",
-               "console.asgi:application"]
+    # The README's server as `make run` starts it: the Procfile's `web` line, on a free port.
+    env["WEB_PORT"] = str(port)
+    env.setdefault("WEB_WORKERS", os.environ.get("WEB_WORKERS", "2"))
+    cmd = ["bash", "-c", "exec " + procfile_command("web").replace(".venv/bin/", f"{Path(sys.executable).parent}/")]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -107,7 +111,7 @@ def _start_server(url: str, port: int) -> subprocess.Popen:
         except OSError:
             time.sleep(0.2)
     proc.kill()
-    raise SystemExit("daphne did not start")
+    raise SystemExit("the web server did not start")
 
 
 class Client:
