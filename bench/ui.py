@@ -48,6 +48,8 @@ ENV = {
     "CELERY_BROKER_URL": "memory://",
 }
 GIVEN_DATABASE_URL = os.environ.get("DATABASE_URL", "")  # PostgreSQL: the events page bench runs there
+if os.environ.get("BENCH_DATABASE_URL"):  # e.g. postgres://postgres@127.0.0.1:5432/bench (created if missing)
+    ENV["DATABASE_URL"] = os.environ["BENCH_DATABASE_URL"]
 os.environ.update(ENV)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-gpu"]
@@ -370,7 +372,8 @@ def main() -> None:
         return
     total = args.servers or (300 if args.quick else 1000)
     if args.db:  # a fleet an earlier run built (its folder is printed): skips the build and the 100 figures
-        ENV["DATABASE_URL"] = os.environ["DATABASE_URL"] = f"sqlite:///{args.db}"
+        url = args.db if "://" in args.db else f"sqlite:///{args.db}"  # or a PostgreSQL URL
+        ENV["DATABASE_URL"] = os.environ["DATABASE_URL"] = url
     setup_django()
     result: dict = {}
     t = time.perf_counter()

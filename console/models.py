@@ -103,6 +103,9 @@ class Operation(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # One operator action on several targets (drain three servers) is one operation whose parts are
+    # its children: its progress is theirs, it ends when they all have (console.operations).
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -115,3 +118,8 @@ class Operation(models.Model):
     @property
     def done(self) -> bool:
         return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)
+
+    def open_part_target_ids(self) -> str:
+        """"12,14": the targets of its parts still running (what its Cancel applies to)."""
+        return ",".join(self.children.filter(status__in=self.UNFINISHED).order_by("pk")
+                        .values_list("target_id", flat=True))

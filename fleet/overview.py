@@ -55,6 +55,8 @@ class GpuCell:
     overdue: bool = False
     hot: bool = False
     isolated: bool = True
+    limit_s: int | None = None  # how long its state (or phase) may last before it is overdue
+    phase: str = ""  # what its holder is doing with it, when that is timed (the console's "booting")
 
     @property
     def mark(self) -> str:
@@ -83,6 +85,7 @@ class ServerTile:
     state: str
     since: datetime | None = None
     overdue: bool = False
+    limit_s: int | None = None
     gpus: list[GpuCell] = field(default_factory=list)
 
     @property
@@ -290,10 +293,12 @@ def _time_in_state(tiles: dict[int, ServerTile], cells: dict[int, GpuCell], now:
     }
     for c in gpus:
         c.since = since.get(("fleet.gpu", str(c.pk), f"fleet.gpu.{c.state}"))
-        c.overdue = bool(c.since and (now - c.since).total_seconds() > STATE_LIMITS_S[c.state])
+        c.limit_s = STATE_LIMITS_S[c.state]
+        c.overdue = bool(c.since and (now - c.since).total_seconds() > c.limit_s)
     for t in servers:
         t.since = since.get(("fleet.server", str(t.pk), f"fleet.server.{t.state}"))
-        t.overdue = bool(t.since and (now - t.since).total_seconds() > STATE_LIMITS_S[t.state])
+        t.limit_s = STATE_LIMITS_S[t.state]
+        t.overdue = bool(t.since and (now - t.since).total_seconds() > t.limit_s)
 
 
 def tenant_mark(name: str) -> str:

@@ -91,6 +91,7 @@ class Preview:
     version: str
     target_names: tuple[str, ...] = ()
     token: str = ""
+    items: tuple[str, ...] = ()  # one sentence per target when there are several (the dialog lists them)
 
     @property
     def allowed(self) -> bool:
@@ -219,7 +220,13 @@ def _server_preview(action: str, target_ids: list[int], *, to: str, verb: str, t
     names = [facts[i].server.hostname for i in target_ids if i in facts]
     owners = sorted({t for f in facts.values() for t in f.owners})
     level = friction({"servers": len(facts), "owners": len(owners)})
-    summary = "; ".join(sentence(facts[i]) for i in target_ids if i in facts) or "nothing to do"
+    items = tuple(sentence(facts[i]) for i in target_ids if i in facts)
+    summary = "; ".join(items) or "nothing to do"
+    if len(items) > 1:  # the dialog lists each server; the summary counts them
+        holders = {h: n for f in facts.values() for h, (_, n) in f.holders.items()}
+        leases = (f"{_plural(len(holders), 'lease')} of {', '.join(owners) or 'unnamed holders'} "
+                  f"({_plural(sum(holders.values()), 'GPU')})" if holders else "no lease")
+        summary = f"{title} {len(items)} servers, with {leases} on them"
     impact = {
         "servers": {f.server.hostname: {"state": f.server.state, "leases": {h: {"owner": o, "gpus": n}
                                                                           for h, (o, n) in f.holders.items()}}
@@ -232,6 +239,7 @@ def _server_preview(action: str, target_ids: list[int], *, to: str, verb: str, t
         confirm_text=(names[0] if len(names) == 1 else str(len(names))) if level == TYPE else "",
         api_call=_api_call(action, target_ids),
         impact=impact, version=_server_version(facts), target_names=tuple(names),
+        items=items if len(items) > 1 else (),
     )
 
 
@@ -435,6 +443,10 @@ def _apply(p: Preview, actor: Actor) -> Outcome:
                 services.server_cordon(server=server, actor=actor)
             elif p.action == "server.uncordon":
                 services.server_uncordon(server=server, actor=actor)
+            elif p.action == "server.drain" and len(p.target_ids) > 1:
+                ops.append(services.servers_drain(
+                    servers=list(Server.objects.filter(pk__in=p.target_ids).order_by("pk")), actor=actor))
+                break
             elif p.action == "server.drain":
                 ops.append(services.server_drain(server=server, actor=actor))
             elif p.action == "server.drain_cancel":

@@ -16,7 +16,7 @@ from console import dispatch
 from console.audit import Actor, audit_record
 from console.errors import Conflict
 from console.models import Operation
-from console.operations import operation_finish, operation_log, operation_start
+from console.operations import operation_cancel, operation_finish, operation_log, operation_start
 from fleet.agents import agent_for
 from fleet.models import Gpu, Partition, Server
 from fleet.states import (
@@ -50,14 +50,27 @@ def server_uncordon(*, server: Server, actor: Actor) -> Server:
     return server
 
 
-def server_drain(*, server: Server, actor: Actor) -> Operation:
-    """Stop new leases; running ones continue; the server becomes `drained` once nothing runs."""
+def server_drain(*, server: Server, actor: Actor, parent: Operation | None = None) -> Operation:
+    """Stop new leases; running ones continue; the server becomes `drained` once nothing runs.
+    With `parent` (servers_drain), its operation is one part of that one."""
     with transaction.atomic():
         SERVER_MACHINE.transition(server, S.DRAINING, actor=actor, message="drain requested")
-        op = operation_start(kind="server.drain", target=server, actor=actor, line="drain started")
+        op = operation_start(kind="server.drain", target=server, actor=actor, line="drain started", parent=parent)
     dispatch.on_commit("node_set_schedulable", server.pk, False)
     server_check_drained(server=server, actor=actor, operation_id=op.pk)
     return op
+
+
+def servers_drain(*, servers: list[Server], actor: Actor) -> Operation:
+    """Drain several servers as one operation: each server's drain is a part of it, its progress
+    is theirs, and cancelling it cancels every drain still running (those servers stay cordoned)."""
+    names = ", ".join(s.hostname for s in servers)
+    with transaction.atomic():
+        group = operation_start(kind="servers.drain", target=servers[0], actor=actor,
+                                target_repr=f"{len(servers)} servers: {names}", line=f"drain of {names} started")
+        for server in servers:
+            server_drain(server=server, actor=actor, parent=group)
+    return group
 
 
 def server_drain_cancel(*, server: Server, actor: Actor) -> Server:
@@ -73,8 +86,7 @@ def server_drain_cancel(*, server: Server, actor: Actor) -> Server:
             kind="server.drain", target_type="fleet.server", target_id=str(server.pk),
             status__in=Operation.UNFINISHED,
         ):
-            operation_log(op.pk, f"cancelled by {actor.name}: server stays cordoned")
-            Operation.objects.filter(pk=op.pk).update(status=Operation.Status.CANCELLED, finished_at=timezone.now())
+            operation_cancel(op.pk, line=f"cancelled by {actor.name}: server stays cordoned")
     return server
 
 

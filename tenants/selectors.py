@@ -283,3 +283,18 @@ def tenant_page(name: str, *, now: datetime, lease_limit: int = 50, history: int
         history=list(AuditEvent.objects.filter(target_type=Tenant._meta.label_lower, target_id=str(tenant.pk))
                      [:history]),
     )
+def booting_holders(server_ids: list[int] | None = None) -> dict[str, tuple[datetime | None, int]]:
+    """Leases booting on these servers (default: all), by their allocation's holder: (when the boot
+    began, how long it may take before it is overdue: the pod's start-up timeout from the recorded
+    prediction). One query; the fleet map marks their GPUs "booting"."""
+    from tenants.orchestration import boot_limits
+
+    limits = boot_limits()
+    rows = Lease.objects.filter(state=L.BOOTING, allocation__isnull=False)
+    if server_ids is not None:
+        rows = rows.filter(allocation__server_id__in=server_ids)
+    return {
+        holder: (since, limits.pod_timeout_s(predicted or limits.max_predicted_s))
+        for holder, since, predicted in rows.annotate(predicted=Sum("boot_phases__predicted_seconds"))
+        .values_list("allocation__holder", "booting_at", "predicted")
+    }

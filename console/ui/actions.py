@@ -25,8 +25,8 @@ def _render_preview(request, p, *, status=200, notice=""):
 
 
 def _target_ids(request) -> list[int]:
-    raw = request.POST.getlist("target_ids") or request.POST.get("target_id", "").split(",")
-    return [int(x) for x in raw if str(x).strip().isdigit()]
+    raw = request.POST.getlist("target_ids") or [request.POST.get("target_id", "")]
+    return [int(x) for value in raw for x in value.split(",") if x.strip().isdigit()]
 
 
 @require_POST

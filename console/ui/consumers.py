@@ -26,7 +26,7 @@ from django.template.loader import render_to_string
 from console import relay
 from console.ui.leases import LEASE_PARTS
 from console.ui.permissions import can_view
-from console.ui.tiles import render_tile
+from console.ui.tiles import mark_booting, render_tile
 from fleet.models import Gpu, Server
 from fleet.overview import fleet_summary, server_detail, server_tiles
 from tenants.lease_view import lease_page
@@ -178,7 +178,7 @@ def _tiles_html(ids: tuple[int, ...], version: int) -> dict[str, str]:
         hit = _TILE_CACHE.get(key)
         if hit is not None and now - hit[0] < _TILE_CACHE_S:
             return hit[1]
-    html = {f"server-{tile.pk}": str(render_tile(tile)) for tile in server_tiles(list(ids))}
+    html = {f"server-{tile.pk}": str(render_tile(tile)) for tile in mark_booting(server_tiles(list(ids)))}
     with _tile_cache_lock:
         for k in [k for k, (t, _) in _TILE_CACHE.items() if now - t >= _TILE_CACHE_S]:
             del _TILE_CACHE[k]

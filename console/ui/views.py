@@ -9,7 +9,7 @@ from django.views.decorators.http import require_GET
 
 from console.models import Operation
 from console.ui.permissions import VIEW, require
-from console.ui.tiles import render_tile, render_tiles
+from console.ui.tiles import mark_booting, render_tile, render_tiles
 from fleet.models import Gpu, Server
 from fleet.overview import HEALTH_CHOICES, Filters, fleet_map, server_detail, server_tiles
 from fleet.states import GpuState, ServerState
@@ -18,6 +18,7 @@ from hardware.platforms import PLATFORMS
 
 def map_context(filters: Filters) -> dict:
     data = fleet_map(filters)
+    mark_booting([t for _, tiles in data.racks for t in tiles])
     return {
         "map": data,
         "racks": [(rack, len(tiles), render_tiles(tiles)) for rack, tiles in data.racks],
@@ -60,7 +61,7 @@ SERVER_PARTS = ("server-header", "server-partitions", "server-gpus", "server-his
 @require_GET
 @require(VIEW)
 def server_tile(request, pk: int):
-    tiles = server_tiles([pk])
+    tiles = mark_booting(server_tiles([pk]))
     if not tiles:
         raise Http404("no such server")
     return HttpResponse(render_tile(tiles[0]))

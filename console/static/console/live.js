@@ -107,33 +107,60 @@
     setTimeout(connect, Math.min(250 * Math.pow(2, retry - 1), 5000));
   }
 
-  // Swap what arrived, once per frame. Tiles whose shape is unchanged are morphed (classes, labels
-  // and text copied onto the existing nodes: only changed cells are touched, which holds thousands of
-  // cell updates a second); anything else is replaced by the server's fragment as it is.
+  // Swap what arrived, a frame's worth at a time: at most BUDGET_MS of work per animation frame, the
+  // rest in the next one (a burst never stalls a frame). Tiles whose shape is unchanged are morphed
+  // (classes and data copied onto the existing nodes: only changed cells are touched); anything else
+  // is replaced by the server's fragment as it is.
+  var BUDGET_MS = 8;
+  var CHUNK = 40;
   function apply() {
     frame = 0;
+    var start = performance.now();
     var active = activeKey();
-    var t = document.createElement("template");
-    var ids = [];
-    var html = [];
-    pending.forEach(function (h, id) { ids.push(id); html.push(h.trim()); });
-    pending.clear();
-    t.innerHTML = html.join("");
-    var fresh = Array.prototype.slice.call(t.content.children);
-    for (var i = 0; i < fresh.length; i++) {
-      var el = document.getElementById(fresh[i].id || ids[i]);
-      if (!el) continue;
-      if (!(el.classList.contains("t") && morph(el, fresh[i]))) {
-        el.replaceWith(fresh[i]);
-        untab(fresh[i]);
-        if (window.htmx && fresh[i].querySelector("[hx-get],[hx-post]")) htmx.process(fresh[i]);
+    var touched = [];
+    while (pending.size && performance.now() - start < BUDGET_MS) {
+      var ids = [];
+      var html = [];
+      var it = pending.keys();
+      for (var n = 0; n < CHUNK; n++) {
+        var next = it.next();
+        if (next.done) break;
+        ids.push(next.value);
+        html.push(pending.get(next.value).trim());
       }
-      window.__live.applied += 1;
+      for (var d = 0; d < ids.length; d++) pending.delete(ids[d]);
+      var t = document.createElement("template");
+      t.innerHTML = html.join("");
+      var fresh = Array.prototype.slice.call(t.content.children);
+      for (var i = 0; i < fresh.length; i++) {
+        var el = document.getElementById(fresh[i].id || ids[i]);
+        if (!el) continue;
+        if (el.classList.contains("t") && morph(el, fresh[i])) {
+          touched.push(el);
+        } else {
+          el.replaceWith(fresh[i]);
+          untab(fresh[i]);
+          touched.push(fresh[i]);
+          if (window.htmx && fresh[i].querySelector("[hx-get],[hx-post]")) htmx.process(fresh[i]);
+        }
+        window.__live.applied += 1;
+      }
     }
+    for (var k = 0; k < touched.length; k++) refresh(touched[k]);
     if (active) restoreActive(active);
+    if (pending.size) frame = requestAnimationFrame(apply);
+  }
+  // After a swap: the tiles' cells get their names again, selection and clock marks are put back.
+  function refresh(el) {
+    var tiles = el.classList && el.classList.contains("t") ? [el] : el.querySelectorAll ? el.querySelectorAll(".t") : [];
+    for (var i = 0; i < tiles.length; i++) {
+      labelTile(tiles[i]);
+      if (selected.has(tiles[i].id)) tiles[i].classList.add("sel");
+      if (tiles[i].querySelector("[data-s]")) tickIn(tiles[i]);
+    }
   }
 
-  var MORPHED = ["class", "aria-label", "data-t"];
+  var MORPHED = ["class", "aria-label", "data-t", "data-l", "data-x", "data-c", "data-s", "data-o"];
   function morph(el, fresh) {
     if (el.childNodes.length !== fresh.childNodes.length) return false;
     for (var i = 0; i < el.childNodes.length; i++) {
@@ -209,21 +236,93 @@
   var STATES = { f: "free", r: "reserved", u: "in use", s: "scrubbing", l: "leveling firmware", d: "draining",
     x: "drained", q: "quarantined", o: "offline" };
   var activeCell = null;
+  var selected = new Set();
   function mapEl() { return document.getElementById("fleet-map"); }
   function cells() { return mapEl().querySelectorAll(".t i"); }
   function indexOf(cell) { return Array.prototype.indexOf.call(cell.parentNode.querySelectorAll("i"), cell); }
-  function describe(cell) {
-    var tile = cell.closest(".t");
-    var host = tile.firstChild.textContent.trim();
-    var n = indexOf(cell) + 1;
-    var code = cell.classList[0];
-    var parts = [host + " GPU " + n + ": " + (STATES[code] || code)];
-    if (cell.dataset.t) parts.push(cell.dataset.t);
-    if (cell.classList.contains("od")) parts.push("overdue");
-    var st = tile.querySelector(".ss");
-    if (st) parts.push("server " + st.textContent);
-    return parts.join(", ");
+
+  // The server's clock (the page says what time it rendered): times in state are the server's.
+  var skew = 0;
+  (function () { var m = mapEl(); if (m && m.dataset.now) skew = parseInt(m.dataset.now, 10) * 1000 - Date.now(); })();
+  function nowS() { return (Date.now() + skew) / 1000; }
+  function dur(seconds) {  // console/ui/tiles.py duration()
+    var m = Math.floor(seconds / 60);
+    if (m < 1) return "<1 min";
+    if (m < 60) return m + " min";
+    var h = Math.floor(m / 60); m = m % 60;
+    if (h < 24) return m ? h + " h " + m + " min" : h + " h";
+    var d = Math.floor(h / 24); h = h % 24;
+    return h ? d + " d " + h + " h" : d + " d";
   }
+  function timed(el) {  // [seconds in state, overdue] of an element with data-s / data-o
+    var since = parseInt(el.dataset.s, 10);
+    var limit = parseInt(el.dataset.o || "0", 10);
+    var elapsed = Math.max(0, nowS() - since);
+    return [elapsed, limit > 0 && elapsed > limit];
+  }
+
+  // Every cell's accessible name, from the compact data on it and its tile (tiles.py says what is where).
+  function labelTile(tile) {
+    var host = tile.firstChild.textContent.trim();
+    var temps = (tile.dataset.c || "").split(" ");
+    var st = tile.querySelector(".ss");
+    var cs = tile.querySelectorAll("i");
+    var tenant = "", lease = "";
+    for (var i = 0; i < cs.length; i++) {
+      var c = cs[i];
+      if (c.dataset.t) { tenant = c.dataset.t; lease = c.dataset.l || ""; }
+      else if (!c.textContent) { tenant = ""; lease = ""; }
+      var code = c.classList[0];
+      var state = STATES[code] || code;
+      if (c.classList.contains("bt")) state += ", booting";
+      if (c.dataset.s) { var tm = timed(c); state += " " + dur(tm[0]) + (tm[1] ? ", overdue" : ""); }
+      else if (c.classList.contains("od")) state += ", overdue";
+      var parts = [host + " GPU " + (i + 1) + ": " + state];
+      if (tenant) parts.push(tenant);
+      if (lease) parts.push(/^\d+$/.test(lease) ? "lease " + lease : lease);
+      if (temps[i] && temps[i] !== "-") parts.push(temps[i] + " °C");
+      if (c.dataset.x) parts.push("last Xid " + c.dataset.x);
+      if (st) parts.push("server " + st.textContent);
+      c.setAttribute("role", "img");
+      c.setAttribute("aria-label", parts.join(", "));
+    }
+  }
+  function describe(cell) { labelTile(cell.closest(".t")); return cell.getAttribute("aria-label"); }
+  // All of them once the page has painted, a few racks per idle slice (the first paint does not wait).
+  function labelAll() {
+    var m = mapEl();
+    if (!m) return;
+    var tiles = m.querySelectorAll(".t");
+    var i = 0;
+    var idle = window.requestIdleCallback || function (fn) { return setTimeout(function () { fn({ timeRemaining: function () { return 8; } }); }, 1); };
+    (function step(deadline) {
+      while (i < tiles.length && deadline.timeRemaining() > 1) {
+        for (var n = 0; n < 50 && i < tiles.length; n++, i++) if (tiles[i].isConnected) labelTile(tiles[i]);
+      }
+      if (i < tiles.length) idle(step); else m.dataset.labelled = "1";
+    })({ timeRemaining: function () { return 0; } });
+  }
+
+  // One clock for every time in state: badges' text ticks, and what passes its limit is marked overdue.
+  function tickIn(root) {
+    var els = root.querySelectorAll("[data-s]");
+    for (var i = 0; i < els.length; i++) {
+      var el = els[i];
+      var tm = timed(el);
+      if (el.tagName === "B") {
+        var word = el.textContent.replace(/ (<1|\d).*$/, "");
+        var text = word + " " + dur(tm[0]);
+        if (el.textContent !== text) el.textContent = text;
+      }
+      if (tm[1] && !el.classList.contains("od")) {
+        el.classList.add("od");
+        var tile = el.closest(".t");
+        if (tile) { if (el.classList.contains("ss")) tile.classList.add("od"); labelTile(tile); }
+      }
+    }
+  }
+  function tick() { var m = mapEl(); if (m) tickIn(m); }
+
   function activeKey() {
     if (!activeCell || !mapEl()) return null;
     var tile = activeCell.closest(".t");
@@ -240,15 +339,11 @@
     if (activeCell && activeCell !== cell) {
       activeCell.classList.remove("act");
       activeCell.removeAttribute("id");
-      activeCell.removeAttribute("role");
-      activeCell.removeAttribute("aria-label");
     }
     activeCell = cell;
     cell.classList.add("act");
     cell.id = "map-active-cell";
-    cell.setAttribute("role", "img");
     var name = describe(cell);
-    cell.setAttribute("aria-label", name);
     mapEl().setAttribute("aria-activedescendant", "map-active-cell");
     if (announce !== false) {
       var live = document.getElementById("map-active");
@@ -306,6 +401,11 @@
     if (keys[ev.key]) { ev.preventDefault(); move(keys[ev.key][0], keys[ev.key][1]); }
     else if (ev.key === "Home") { ev.preventDefault(); activate(cells()[0]); }
     else if (ev.key === "End") { ev.preventDefault(); var a = cells(); activate(a[a.length - 1]); }
+    else if ((ev.key === "s" || ev.key === "S") && selForm) {
+      ev.preventDefault();
+      if (!activeCell || !activeCell.isConnected) move(0);
+      if (activeCell) toggleSelect(activeCell.closest(".t"), true);
+    }
     else if (ev.key === "Enter" || ev.key === " ") {
       ev.preventDefault();
       if (!activeCell || !activeCell.isConnected) move(0);
@@ -317,9 +417,57 @@
     var links = el.matches && el.matches(".t") ? [el] : el.querySelectorAll(".t");
     for (var i = 0; i < links.length; i++) if (links[i]) links[i].tabIndex = -1;
   }
+  // Several servers at once: Shift+click a tile, or S on the map, toggles its server in the selection;
+  // the selection bar's buttons preview the action on all of them (fleet.previews, one token).
+  var selForm = document.getElementById("map-selection");
+  function toggleSelect(tile, announce) {
+    if (!selForm || !tile) return;
+    if (selected.has(tile.id)) { selected.delete(tile.id); tile.classList.remove("sel"); }
+    else { selected.add(tile.id); tile.classList.add("sel"); }
+    renderSelection();
+    if (announce) {
+      var live = document.getElementById("map-active");
+      if (live) live.textContent = tile.firstChild.textContent.trim() + (selected.has(tile.id) ? " selected" : " unselected") +
+        "; " + selected.size + " selected";
+    }
+  }
+  function clearSelection() {
+    selected.forEach(function (id) { var t = document.getElementById(id); if (t) t.classList.remove("sel"); });
+    selected.clear();
+    renderSelection();
+  }
+  function renderSelection() {
+    if (!selForm) return;
+    var box = selForm.querySelector(".ids");
+    box.textContent = "";
+    var names = [];
+    selected.forEach(function (id) {
+      var t = document.getElementById(id);
+      if (!t) { selected.delete(id); return; }
+      var input = document.createElement("input");
+      input.type = "hidden"; input.name = "target_ids"; input.value = id.slice(7);
+      box.appendChild(input);
+      names.push(t.firstChild.textContent.trim());
+    });
+    selForm.hidden = selected.size === 0;
+    selForm.querySelector(".what").textContent = names.length + " server" + (names.length === 1 ? "" : "s") +
+      " selected: " + names.join(", ");
+  }
+  document.addEventListener("click", function (ev) {
+    if (ev.target.closest && ev.target.closest("[data-clear-selection]")) clearSelection();
+  });
+  // A confirmed action on the selection is done with it.
+  document.addEventListener("htmx:afterSettle", function (ev) {
+    if (ev.detail.target && ev.detail.target.id === "dialog-body" && document.getElementById("action-done") &&
+        selected.size) clearSelection();
+  });
+
   var map0 = mapEl();
   if (map0) {
     untab(map0);
+    setTimeout(labelAll, 0);
+    tick();
+    setInterval(tick, 15000);
     document.addEventListener("focusin", function (ev) {
       if (ev.target === mapEl() && (!activeCell || !activeCell.isConnected)) move(0);
     });
@@ -331,6 +479,8 @@
       hoverTimer = setTimeout(function () { activate(cell, false); openCard(cell, false); }, 150);
     });
     document.addEventListener("click", function (ev) {
+      var tile = ev.target.closest && ev.target.closest("#fleet-map .t");
+      if (tile && ev.shiftKey && selForm) { ev.preventDefault(); toggleSelect(tile, true); return; }
       var cell = ev.target.closest && ev.target.closest("#fleet-map .t i");
       if (cell) { ev.preventDefault(); activate(cell); openCard(cell, true); }
       else if (card && !card.hidden && !ev.target.closest("#gpu-card")) closeCard();
