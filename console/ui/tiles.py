@@ -120,7 +120,7 @@ def render_tile(tile: ServerTile) -> SafeString:
     label = f"{host}: {tile.available}/{len(tile.gpus)} GPUs available"
     badges = ""
     if tile.state != "active":
-        since = f" {duration((now - tile.since).total_seconds())}" if tile.since else ""
+        since = f" {escape(duration((now - tile.since).total_seconds()))}" if tile.since else ""
         overdue = " od" if tile.overdue else ""
         badges += f'<b class="ss{overdue}"{_timed(tile.since, tile.limit_s)}>{tile.state}{since}</b>'
         label += f", {tile.state}{since}{', overdue' if tile.overdue else ''}"
@@ -130,7 +130,7 @@ def render_tile(tile: ServerTile) -> SafeString:
     if cells:
         what = worst or BOOTING
         oldest = _oldest(cells)
-        since = f" {duration((now - oldest.since).total_seconds())}" if oldest else ""
+        since = f" {escape(duration((now - oldest.since).total_seconds()))}" if oldest else ""
         overdue = oldest is not None and any(c.overdue for c in cells)
         attrs = _timed(oldest.since, oldest.limit_s) if oldest else ""
         badges += f'<b class="ws{" od" if overdue else ""}"{attrs}>{what}{since}</b>'
