@@ -14,6 +14,7 @@ A page connects with `?v=<version it rendered>`; the consumer sends what changed
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from urllib.parse import parse_qs
@@ -54,6 +55,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.perms = PermWrapper(user)
         self.pending: set = set()
         self.flush_task: asyncio.Task | None = None
+        self.flush_at = 0.0
+        self.flushing = False
         self.last_flush = 0.0
         relay.ensure_started()
         for group in self.page_groups:
@@ -95,22 +98,45 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             self.collect(event)
         self.schedule()
 
-    def schedule(self):
-        if self.pending and self.flush_task is None:
-            self.flush_task = asyncio.create_task(self._flush_later())
+    def due(self, pending: set) -> float:
+        """When the next message may go (monotonic): FLUSH_S after the last one sent."""
+        return self.last_flush + FLUSH_S
 
-    async def _flush_later(self):
+    def schedule(self):
+        """Flush what is pending when it is due. A flush waiting for something later (the map's
+        once-a-second legend) is moved up when something due sooner arrives (a tile)."""
+        if not self.pending:
+            return
+        when = self.due(self.pending)
+        task = self.flush_task
+        if task is not None:
+            if self.flushing or self.flush_at <= when:
+                return
+            task.cancel()
+        self.flush_at = when
+        self.flush_task = asyncio.create_task(self._flush_later(when))
+
+    async def _flush_later(self, when: float):
+        me = asyncio.current_task()
         try:
-            await asyncio.sleep(max(0.0, self.last_flush + FLUSH_S - time.monotonic()))
+            await asyncio.sleep(max(0.0, when - time.monotonic()))
+            self.flushing = True
             pending, self.pending = self.pending, set()
             version = self.version
-            html = await self.render_pending(pending)
-            self.last_flush = time.monotonic()
-            if html:
-                await self.send_json({"type": "fragments", "v": version, "html": html})
+            message = await self.render_message(pending, version)
+            if message:
+                await self.send(text_data=message)
+                self.last_flush = time.monotonic()  # only what was sent counts against the rate
         finally:
-            self.flush_task = None
+            if self.flush_task is me:
+                self.flush_task = None
+                self.flushing = False
         self.schedule()
+
+    async def render_message(self, pending: set, version: int) -> str:
+        """The JSON text of one `fragments` message, or "" when there is nothing to send."""
+        html = await self.render_pending(pending)
+        return json.dumps({"type": "fragments", "v": version, "html": html}) if html else ""
 
     async def render_pending(self, pending: set) -> dict[str, str]:
         return await database_sync_to_async(self.render)(pending)
@@ -145,33 +171,38 @@ class FleetMapConsumer(LiveConsumer):
                 self.pending.add(int(group[7:]))
         self.pending.add(self.SUMMARY)
 
-    async def render_pending(self, pending: set) -> dict[str, str]:
-        """Changed tiles first, in their own message (on the thread every consumer's database calls
-        share: the first renders, the rest find it cached); the legend and capacity strip, which
-        read the whole fleet, in a later one at most once a second, on a thread of their own so they
-        never hold up another page's tiles."""
+    def due(self, pending: set) -> float:
+        soon = super().due(pending)
+        if pending == {self.SUMMARY}:  # the legend alone waits for its second
+            return max(soon, self.last_summary + SUMMARY_EVERY_S)
+        return soon
+
+    async def render_message(self, pending: set, version: int) -> str:
+        """Changed tiles first, in their own message, rendered and encoded once for every map
+        consumer of the process that got the same batch (the first renders on the database thread,
+        the rest await it or find it cached); the legend and capacity strip, which read the whole
+        fleet, in a later message at most once a second, on a thread of their own so they never
+        hold up another page's tiles."""
         ids = sorted(p for p in pending if p != self.SUMMARY)
         if ids:
             if self.SUMMARY in pending:
                 self.pending.add(self.SUMMARY)
-            return dict(await _tiles_once(tuple(ids), self.version))
-        now = time.monotonic()
-        if now - self.last_summary < SUMMARY_EVERY_S:
-            self.pending.add(self.SUMMARY)  # a later flush (schedule() after this one picks it up)
-            return {}
-        self.last_summary = now
-        return dict(await database_sync_to_async(_summary_html, thread_sensitive=False)())
+            return await _tiles_once(tuple(ids), version)
+        self.last_summary = time.monotonic()
+        html = await database_sync_to_async(_summary_html, thread_sensitive=False)()
+        return json.dumps({"type": "fragments", "v": version, "html": html})
 
 
-_TILE_CACHE: dict[tuple, tuple[float, dict[str, str]]] = {}
+_TILE_CACHE: dict[tuple, tuple[float, str]] = {}
 _TILE_CACHE_S = 1.0
 _tile_cache_lock = threading.Lock()
 
 
-def _tiles_html(ids: tuple[int, ...], version: int) -> dict[str, str]:
-    """These servers' tiles as of `version`. Every map consumer of the process receives the same
-    batch and renders the same tiles (they show no per-user buttons): the first renders, the others
-    reuse it for a second, so fifty subscribers cost one render, not fifty."""
+def _tiles_html(ids: tuple[int, ...], version: int) -> str:
+    """These servers' tiles as of `version`, as the `fragments` message's JSON text. Every map
+    consumer of the process receives the same batch and sends the same tiles (they show no per-user
+    buttons): the first renders and encodes, the others reuse it for a second, so fifty subscribers
+    cost one render and one encoding, not fifty."""
     key = (ids, version)
     now = time.monotonic()
     with _tile_cache_lock:
@@ -179,6 +210,7 @@ def _tiles_html(ids: tuple[int, ...], version: int) -> dict[str, str]:
         if hit is not None and now - hit[0] < _TILE_CACHE_S:
             return hit[1]
     html = {f"server-{tile.pk}": str(render_tile(tile)) for tile in mark_booting(server_tiles(list(ids)))}
+    html = json.dumps({"type": "fragments", "v": version, "html": html}) if html else ""
     with _tile_cache_lock:
         for k in [k for k, (t, _) in _TILE_CACHE.items() if now - t >= _TILE_CACHE_S]:
             del _TILE_CACHE[k]
@@ -189,7 +221,7 @@ def _tiles_html(ids: tuple[int, ...], version: int) -> dict[str, str]:
 _INFLIGHT: dict[tuple, asyncio.Future] = {}
 
 
-async def _tiles_once(ids: tuple[int, ...], version: int) -> dict[str, str]:
+async def _tiles_once(ids: tuple[int, ...], version: int) -> str:
     """The tiles, rendered once for all the consumers on this event loop that got the same batch:
     the first asks the database, the others await its result (or find it cached) without a thread hop."""
     key = (ids, version)

@@ -121,7 +121,7 @@ def test_a_multi_server_drain_lists_every_server_asks_for_the_count_and_refuses_
 
 
 def test_a_cancelled_multi_drain_leaves_every_server_cordoned(support_client):
-    servers = _leased(2) + [make_server(hostname="sel-empty")]
+    servers = [*_leased(2), make_server(hostname="sel-empty")]
     ids = [s.pk for s in servers]
     p = previews.preview(action="server.drain", target_ids=ids)
     assert p.friction == previews.TYPE and p.confirm_text == "3"

@@ -68,7 +68,8 @@ def test_a_drained_or_cordoned_server_is_never_shown_available(viewer_client):
     server_drain(server=drained, actor=ACTOR)  # nothing runs: drained at once
     html = viewer_client.get("/").content.decode()
     assert find(rf'id="server-{cordoned.pk}" class="t s-cordoned".*?<b class="ss">cordoned', html)
-    assert find(rf'id="server-{draining.pk}" class="t s-draining".*?<b class="ss" data-s="\d+" data-o="3600">draining &lt;1 min', html)
+    assert find(rf'id="server-{draining.pk}" class="t s-draining".*?'
+                r'<b class="ss" data-s="\d+" data-o="3600">draining &lt;1 min', html)
     assert find(rf'id="server-{drained.pk}" class="t s-drained".*?<b class="ss">drained', html)
     for server in (cordoned, draining, drained):
         assert find(rf'id="server-{server.pk}".*?0/8 GPUs available', html)
