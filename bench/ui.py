@@ -256,7 +256,7 @@ def browser_figures(port: int, server_ids: list[int], tile_variants: dict) -> di
         out["remote_change_p95_ms"] = round(p95(latencies), 1)
         page.evaluate("() => { window.__live.work = []; }")
         lat, gap, n = page.evaluate(APPLY_JS, [tile_variants, 5, 100, 1000])
-        work = sorted(page.evaluate("() => window.__live.work"))  # ms of script per frame applying them
+        work = sorted(page.evaluate("() => window.__live.work || []"))  # ms of script per frame applying them
         out["cell_updates_work_p95_ms"] = round(work[round(0.95 * (len(work) - 1))], 1) if work else None
         out["cell_updates_apply_p95_ms"] = round(lat, 1)
         out["max_frame_gap_ms"] = round(gap, 1)

@@ -138,6 +138,14 @@ class _ServerFacts:
         return f"{_plural(len(self.holders), word)} of {who} ({_plural(gpus, 'GPU')})"
 
 
+def _holders_named(f: _ServerFacts) -> str:
+    """" — lease 41 (acme, 4 GPUs), lease 42 (beta, 2 GPUs)" or ""."""
+    if not f.holders:
+        return ""
+    return " — " + ", ".join(f"{holder_label(h)} ({o or '?'}, {_plural(n, 'GPU')})"
+                             for h, (o, n) in sorted(f.holders.items()))
+
+
 def _server_facts(server_ids: list[int]) -> dict[int, _ServerFacts]:
     servers = Server.objects.in_bulk(server_ids)
     facts = {pk: _ServerFacts(s, [], {}, {}) for pk, s in servers.items()}
@@ -222,7 +230,8 @@ def _server_preview(action: str, target_ids: list[int], *, to: str, verb: str, t
     level = friction({"servers": len(facts), "owners": len(owners)})
     items = tuple(sentence(facts[i]) for i in target_ids if i in facts)
     summary = "; ".join(items) or "nothing to do"
-    if len(items) > 1:  # the dialog lists each server; the summary counts them
+    if len(items) > 1:  # the dialog lists each server with its leases; the summary counts them
+        items = tuple(sentence(facts[i]) + _holders_named(facts[i]) for i in target_ids if i in facts)
         holders = {h: n for f in facts.values() for h, (_, n) in f.holders.items()}
         leases = (f"{_plural(len(holders), 'lease')} of {', '.join(owners) or 'unnamed holders'} "
                   f"({_plural(sum(holders.values()), 'GPU')})" if holders else "no lease")

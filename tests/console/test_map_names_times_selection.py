@@ -104,8 +104,9 @@ def test_a_multi_server_drain_lists_every_server_asks_for_the_count_and_refuses_
     response = support_client.post("/actions/server.drain/preview/", {"target_ids": [str(i) for i in ids]})
     html = response.content.decode()
     assert "Drain 3 servers, with 3 leases of acme, beta (12 GPUs) on them" in html
-    for s in servers:
+    for i, s in enumerate(servers):
         assert f"<li>Drain {s.hostname}: 1 lease of" in html
+        assert f"— lease {100 + i} ({'acme' if i % 2 == 0 else 'beta'}, 4 GPUs)</li>" in html
     assert "Type <code>3</code> to confirm" in html
     token = re.search(r'name="token" value="([^"]+)"', html).group(1)
 

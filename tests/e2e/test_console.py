@@ -102,6 +102,16 @@ def test_a_server_drained_by_keyboard_alone(new_page, expect):
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowLeft")
     assert "kbd-01 GPU 1: free" in page.locator("#map-active-cell").get_attribute("aria-label")
+    # Every cell has its name, not only the active one.
+    page.wait_for_function("() => window.__live.unnamed() === 0")
+    names = page.evaluate("() => [...document.querySelectorAll('#fleet-map .t i')]"
+                          ".map(c => c.getAttribute('aria-label'))")
+    assert names == [f"kbd-01 GPU {n}: free" for n in range(1, 9)]
+    # S selects the active GPU's server for the selection bar (S again unselects it).
+    page.keyboard.press("s")
+    expect(page.locator("#map-selection")).to_contain_text("1 server selected: kbd-01")
+    page.keyboard.press("s")
+    expect(page.locator("#map-selection")).to_be_hidden()
     page.keyboard.press("Enter")
     expect(page.locator("#gpu-card")).to_contain_text("kbd-01 GPU 1: free")
     # In the card: the link to the server comes first.
@@ -145,9 +155,18 @@ def test_screenshots_for_the_readme(new_page, expect):
     page = login(new_page(viewport=(1280, 820)), "ana")
     expect(page.locator("#live-badge")).to_have_text("Live")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    # Two servers selected (Shift+click) for the selection bar, and a GPU's card.
+    page.click(f"#server-{servers[6].pk}", modifiers=["Shift"])
+    page.click(f"#server-{servers[7].pk}", modifiers=["Shift"])
+    expect(page.locator("#map-selection")).to_contain_text(f"2 servers selected: {servers[6].hostname}")
     page.hover(f"#server-{notes['draining'].pk} i >> nth=2")
     expect(page.locator("#gpu-card")).to_be_visible()
     page.screenshot(path=str(SCREENSHOTS / "fleet-map.png"))
+    page.click("#map-selection button[data-action='server.drain']")
+    expect(page.locator("#action-dialog")).to_contain_text(f"Drain {servers[6].hostname}:")
+    expect(page.locator("#action-dialog input[name=typed]")).to_be_focused()
+    page.screenshot(path=str(SCREENSHOTS / "multi-drain-preview.png"))
+    page.click("#action-dialog button[data-close]")
     page.goto(f"/servers/{notes['draining'].pk}/")
     expect(page.locator("#live-badge")).to_have_text("Live")
     page.screenshot(path=str(SCREENSHOTS / "server-page.png"), full_page=True)
