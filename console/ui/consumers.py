@@ -58,6 +58,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.flush_at = 0.0
         self.flushing = False
         self.last_flush = 0.0
+        self.sent_version = 0
         relay.ensure_started()
         for group in self.page_groups:
             await self.channel_layer.group_add(group, self.channel_name)
@@ -127,6 +128,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             if message:
                 await self.send(text_data=message)
                 self.last_flush = time.monotonic()  # only what was sent counts against the rate
+                self.sent_version = version
         finally:
             if self.flush_task is me:
                 self.flush_task = None
@@ -156,41 +158,54 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
 
 class FleetMapConsumer(LiveConsumer):
-    """The fleet map: changed servers' tiles; the legend and capacity strip at most once a second."""
+    """The fleet map: changed servers' tiles as soon as they may go (≤ 10 messages a second); the
+    legend and capacity strip, which read the whole fleet, on a clock of their own (at most once a
+    second), so a slow legend never holds up a tile."""
 
     page_groups = ["fleet"]
-    SUMMARY = "summary"
 
     def setup(self) -> bool:
         self.last_summary = 0.0
+        self.summary_dirty = False
+        self.summary_task: asyncio.Task | None = None
         return True
 
     def collect(self, event: dict) -> None:
         for group in event.get("groups", ()):
             if group.startswith("server-"):
                 self.pending.add(int(group[7:]))
-        self.pending.add(self.SUMMARY)
+        self.summary_dirty = True
 
-    def due(self, pending: set) -> float:
-        soon = super().due(pending)
-        if pending == {self.SUMMARY}:  # the legend alone waits for its second
-            return max(soon, self.last_summary + SUMMARY_EVERY_S)
-        return soon
+    def schedule(self):
+        super().schedule()
+        if self.summary_dirty and self.summary_task is None:
+            self.summary_task = asyncio.create_task(self._summary_later())
+
+    async def disconnect(self, code):
+        task = getattr(self, "summary_task", None)
+        if task is not None:
+            task.cancel()
+        await super().disconnect(code)
+
+    async def _summary_later(self):
+        try:
+            await asyncio.sleep(max(0.0, self.last_summary + SUMMARY_EVERY_S - time.monotonic()))
+            self.summary_dirty = False
+            self.last_summary = time.monotonic()
+            html = await database_sync_to_async(_summary_html, thread_sensitive=False)()
+            # The version of the last tiles sent, never a newer one: a page that reconnects with it
+            # must still get the tiles of the events after it.
+            await self.send_json({"type": "fragments", "v": self.sent_version, "html": html})
+        finally:
+            self.summary_task = None
+        if self.summary_dirty:
+            self.summary_task = asyncio.create_task(self._summary_later())
 
     async def render_message(self, pending: set, version: int) -> str:
-        """Changed tiles first, in their own message, rendered and encoded once for every map
-        consumer of the process that got the same batch (the first renders on the database thread,
-        the rest await it or find it cached); the legend and capacity strip, which read the whole
-        fleet, in a later message at most once a second, on a thread of their own so they never
-        hold up another page's tiles."""
-        ids = sorted(p for p in pending if p != self.SUMMARY)
-        if ids:
-            if self.SUMMARY in pending:
-                self.pending.add(self.SUMMARY)
-            return await _tiles_once(tuple(ids), version)
-        self.last_summary = time.monotonic()
-        html = await database_sync_to_async(_summary_html, thread_sensitive=False)()
-        return json.dumps({"type": "fragments", "v": version, "html": html})
+        """The changed tiles, rendered and encoded once for every map consumer of the process that
+        got the same batch (the first renders on the database thread, the rest await it or find it
+        cached)."""
+        return await _tiles_once(tuple(sorted(pending)), version)
 
 
 _TILE_CACHE: dict[tuple, tuple[float, str]] = {}
