@@ -18,7 +18,9 @@ preview and the confirmation is shown to the operator instead of applied. Every 
 writes an audit event `fleet.action.<action>` holding the previewed impact, in the same transaction
 as the change.
 
-Actions (ACTIONS): server.cordon, server.uncordon, server.drain (one or several servers),
+Actions (ACTIONS): server.cordon, server.uncordon, server.drain (one or several servers: several are
+one `servers.drain` Operation whose parts are the servers' drains, and the dialog lists each server
+with its leases),
 server.drain_cancel, gpu.drain, gpu.scrub, gpu.level_firmware, gpu.clear_quarantine.
 Friction follows the blast radius: cordon and uncordon apply at once with an Undo; scrub, level and
 single drains ask for a confirmation; clearing a quarantine, draining several servers or a server

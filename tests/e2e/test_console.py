@@ -155,6 +155,13 @@ def test_screenshots_for_the_readme(new_page, expect):
     page = login(new_page(viewport=(1280, 820)), "ana")
     expect(page.locator("#live-badge")).to_have_text("Live")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    # One client clock ticks times in state and marks what passes its limit overdue.
+    badge = page.locator(f"#server-{notes['draining'].pk} .ss")
+    expect(badge).to_have_text("draining <1 min")
+    page.evaluate(f"""() => {{ const b = document.querySelector('#server-{notes['draining'].pk} .ss');
+        b.dataset.s = String(Math.floor(Date.now() / 1000) - 7260); b.dataset.o = '3600'; window.__live.tick(); }}""")
+    expect(badge).to_have_text("draining 2 h 1 min")
+    expect(badge).to_have_class("ss od")
     # Two servers selected (Shift+click) for the selection bar, and a GPU's card.
     page.click(f"#server-{servers[6].pk}", modifiers=["Shift"])
     page.click(f"#server-{servers[7].pk}", modifiers=["Shift"])

@@ -340,6 +340,7 @@
     }
   }
   function tick() { var m = mapEl(); if (m) tickIn(m); }
+  window.__live.tick = tick;
 
   function activeKey() {
     if (!activeCell || !mapEl()) return null;
