@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('console', '0002_roles'),
+        ('console', '0003_audit_event_indexes'),
     ]
 
     operations = [
