@@ -88,15 +88,16 @@ class Relay:
     # the thread
     def _run(self) -> None:
         try:
+            self._prepare_connection()
             # From here on; what a page missed before comes from its own catch-up (`events_since`).
-            self.last = latest_id()
+            self.last = self._latest_id()
             if isinstance(self.layer, InMemoryChannelLayer):
                 self._relay()
             else:
                 while not self.stopped.is_set():
                     with locks.try_lock("console.relay") as held:
                         if held:
-                            self.last = max(self.last, latest_id())
+                            self.last = max(self.last, self._latest_id())
                             self._relay()
                     self.stopped.wait(STANDBY_RETRY_S)
         except Exception:
@@ -104,14 +105,28 @@ class Relay:
         finally:
             connections.close_all()
 
-    def _relay(self) -> None:
+    def _prepare_connection(self) -> None:
         connection = connections[router.db_for_read(AuditEvent)]
         if connection.vendor == "sqlite" and "mode=memory" in str(connection.settings_dict["NAME"]):
-            # Tests' shared-cache in-memory database: a reader's table locks would fail writers at
-            # once (SQLITE_LOCKED, no busy wait). Files (WAL) and PostgreSQL need nothing.
+            # Tests' shared-cache in-memory database: table locks fail at once (SQLITE_LOCKED, no busy
+            # wait), for this reader and for writers. Files (WAL) and PostgreSQL need nothing.
             connection.ensure_connection()
             with connection.cursor() as cursor:
                 cursor.execute("PRAGMA read_uncommitted = true")
+
+    def _latest_id(self) -> int:
+        """The log's newest id; a failed read (the database busy or restarting) is tried again, since a
+        relay that stops leaves every page of this process without live updates."""
+        while True:
+            try:
+                return latest_id()
+            except DatabaseError:
+                if self.stopped.wait(POLL_S):
+                    raise
+                log.warning("live relay: reading the log's end failed; again in a moment", exc_info=True)
+
+    def _relay(self) -> None:
+        connection = connections[router.db_for_read(AuditEvent)]
         listener = self._listen() if connection.vendor == "postgresql" else None
         try:
             while not self.stopped.is_set() and not self.loop.is_closed():
