@@ -8,6 +8,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.core.wsgi import get_wsgi_application
+from django.db import transaction
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import (
     content_type_conformance,
@@ -83,3 +84,43 @@ def test_stateful_create_get_delete(tokens):
             response = client.generic(method, location, **auth)
             assert response.status_code == expected
             _validate(document, "/api/v1/leases/{id}", method.lower(), response)
+
+
+def test_stateful_links_schemathesis_infers(tokens):
+    """Schemathesis' own state machine over the links it infers from the schema (POST /containers →
+    GET/DELETE /leases/{id}, the list → one lease, DELETE → GET): random sequences of calls that carry
+    real ids, each answer checked like every operation's."""
+    machine = schema.include(path_regex="^/api/v1/(containers|leases)").as_state_machine()
+    auth = {"Authorization": f"Bearer {tokens['tenant']}"}
+
+    class LeaseLifecycle(machine):
+        # Each generated sequence starts from the same database (Hypothesis replays sequences and
+        # expects the same ids back): a savepoint around each one.
+        def setup(self):
+            self._savepoint = transaction.savepoint()
+
+        def teardown(self):
+            transaction.savepoint_rollback(self._savepoint)
+
+        def before_call(self, case):
+            cache.clear()  # throttles
+            if case.path == "/api/v1/containers" and isinstance(case.body, dict):
+                # Bad bodies are test_every_operation's; here creates should mostly succeed, so the
+                # chains have leases to follow (command, args, env and limits stay generated).
+                case.body.update({"tenancy": "landon", "container-url": "nvcr.io/nvidia/cuda:12.5.0-base"})
+                if case.body.get("gpus") not in (1, 2, 4, 8):
+                    case.body["gpus"] = 1
+
+        def get_call_kwargs(self, case):
+            return {"headers": auth}
+
+        def validate_response(self, response, case, additional_checks=(), **kwargs):
+            seen.add((case.method, case.operation.path, response.status_code))
+            case.validate_response(response, checks=CHECKS)
+
+    seen: set[tuple[str, str, int]] = set()
+    LeaseLifecycle.run(settings=settings(max_examples=10, stateful_step_count=5, deadline=None,
+                                         suppress_health_check=list(HealthCheck)))
+    # The chains reached real leases: a create, then a call on the lease it made through a link.
+    assert ("POST", "/api/v1/containers", 202) in seen
+    assert {("GET", "/api/v1/leases/{id}", 200), ("DELETE", "/api/v1/leases/{id}", 202)} & seen, seen
