@@ -46,6 +46,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs Redis: the PostgreSQL + Redis pass runs it"))
 
 
+def _no_read_locks(sender, connection, **kwargs):
+    """SQLite's test database is in memory with a shared cache, where a reader's table lock makes a
+    writer on another thread fail at once (SQLITE_LOCKED: no busy wait, unlike a file). Threads that
+    read while the test writes (the node watcher, the live relay, the browser tests' server) read
+    uncommitted instead. Files (WAL) and PostgreSQL, what runs in production, need nothing."""
+    if connection.vendor == "sqlite" and "mode=memory" in str(connection.settings_dict["NAME"]):
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA read_uncommitted = true")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sqlite_readers_take_no_locks():
+    from django.db.backends.signals import connection_created
+
+    connection_created.connect(_no_read_locks, dispatch_uid="tests-no-read-locks")
+    yield
+    connection_created.disconnect(dispatch_uid="tests-no-read-locks")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_placement_index(monkeypatch, request):
     """Each test starts on its own database state: the process's placement index must not carry

@@ -164,20 +164,8 @@ class AsgiLiveServer:
         self.thread.join(timeout=10)
 
 
-def _no_read_locks(sender, connection, **kwargs):
-    """The test database is SQLite in memory with a shared cache, where a reader's table lock makes a
-    writer on another thread fail at once (SQLITE_LOCKED, no busy wait): the server's threads read
-    while the test writes. Files (WAL) and PostgreSQL, what runs in production, need nothing."""
-    if connection.vendor == "sqlite" and "mode=memory" in str(connection.settings_dict["NAME"]):
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA read_uncommitted = true")
-
-
 @pytest.fixture(scope="session")
 def asgi_live_server(django_db_setup, django_db_blocker):
-    from django.db.backends.signals import connection_created
-
-    connection_created.connect(_no_read_locks, dispatch_uid="e2e-no-read-locks")
     with django_db_blocker.unblock():
         server = AsgiLiveServer()
         try:

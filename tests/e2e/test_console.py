@@ -159,7 +159,7 @@ def test_screenshots_for_the_readme(new_page, expect):
     badge = page.locator(f"#server-{notes['draining'].pk} .ss")
     expect(badge).to_have_text("draining <1 min")
     page.evaluate(f"""() => {{ const b = document.querySelector('#server-{notes['draining'].pk} .ss');
-        b.dataset.s = String(Math.floor(Date.now() / 1000) - 7260); b.dataset.o = '3600'; window.__live.tick(); }}""")
+        b.dataset.s = String(Math.floor(Date.now() / 1000) - 7290); b.dataset.o = '3600'; window.__live.tick(); }}""")
     expect(badge).to_have_text("draining 2 h 1 min")
     expect(badge).to_have_class("ss od")
     # Two servers selected (Shift+click) for the selection bar, and a GPU's card.
