@@ -17,21 +17,19 @@ class ServiceManagedAdmin(admin.ModelAdmin):
         return False
 
 
-@admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ("at", "actor_text", "source", "verb", "target_repr", "message")
-    list_filter = ("source", "verb", "target_type")
-    search_fields = ("actor_text", "verb", "target_repr", "message", "correlation_id")
-    date_hierarchy = "at"
-
-    def has_add_permission(self, request):
-        return False
+class ReadOnlyAdmin(ServiceManagedAdmin):
+    """Rows nobody edits by hand either: shown and searched only."""
 
     def has_change_permission(self, request, obj=None):
         return False
 
-    def has_delete_permission(self, request, obj=None):
-        return False
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ("at", "actor_text", "source", "verb", "target_repr", "message")
+    list_filter = ("source", "verb", "target_type")
+    search_fields = ("actor_text", "verb", "target_repr", "message", "correlation_id")
+    date_hierarchy = "at"
 
 
 @admin.register(Operation)

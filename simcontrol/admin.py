@@ -2,29 +2,19 @@
 
 from django.contrib import admin
 
+from console.admin import ReadOnlyAdmin
 from simcontrol.models import GeneratedLease, Simulation
 
 
-class ReadOnly(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(Simulation)
-class SimulationAdmin(ReadOnly):
+class SimulationAdmin(ReadOnlyAdmin):
     list_display = ("__str__", "generator_running", "rate_per_min", "seed", "requested", "refused", "released",
                     "clock_acceleration", "updated_at")
     search_fields = ("last_error",)
 
 
 @admin.register(GeneratedLease)
-class GeneratedLeaseAdmin(ReadOnly):
+class GeneratedLeaseAdmin(ReadOnlyAdmin):
     list_display = ("lease", "index", "release_at", "released_at")
     list_filter = ("released_at",)
     search_fields = ("lease__tenant__name",)

@@ -8,16 +8,14 @@ from unittest import mock
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import channel_layers
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from console import relay
 from console.audit import Actor
 from console.models import AuditEvent
 from fleet.models import Gpu, Server
 from fleet.services import server_cordon
-from tests.console.test_live import IN_MEMORY, _communicator, _next, _until, in_worker_thread
+from tests.console.test_live import _communicator, _next, _until, in_worker_thread
 from tests.factories import make_server, make_user
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -204,15 +202,6 @@ def test_a_correlation_id_shows_one_life_oldest_first(viewer):
     assert shown(response) == [e.pk for e in life]
     assert "took 2.0 s" in response.content.decode()
     assert viewer.get("/events/correlation/abc123/?after=zz").status_code == 400
-
-
-@pytest.fixture
-def memory_layer(settings):
-    settings.CHANNEL_LAYERS = IN_MEMORY
-    channel_layers.backends.clear()
-    yield
-    relay.stop_all()
-    channel_layers.backends.clear()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -10,14 +10,12 @@ from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from console import relay
 from console.audit import Actor
 from console.models import AuditEvent
 from fleet.boot import server_boot_estimate
@@ -197,15 +195,6 @@ def _communicator(path, cookie):
     headers = [(b"origin", b"http://testserver"), (b"host", b"testserver"),
                (b"cookie", f"{django_settings.SESSION_COOKIE_NAME}={cookie}".encode())]
     return WebsocketCommunicator(application, path, headers=headers)
-
-
-@pytest.fixture
-def memory_layer(settings):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    channel_layers.backends.clear()
-    yield
-    relay.stop_all()
-    channel_layers.backends.clear()
 
 
 @pytest.mark.django_db(transaction=True)
