@@ -77,6 +77,7 @@ class Relay:
         self.gaps: dict[int, float] = {}
         self.sent = 0
         self.stopped = threading.Event()
+        self.ready = threading.Event()  # `last` read: events after it will be relayed
         self.thread = threading.Thread(target=self._run, name="live-relay", daemon=True)
 
     def start(self) -> None:
@@ -85,12 +86,20 @@ class Relay:
     def stop(self) -> None:
         self.stopped.set()
 
+    async def wait_ready(self, timeout: float = 5.0) -> None:
+        """Until the relay has read where it starts, so that a page which reads its version after this
+        misses nothing (a new relay's thread may not have run yet)."""
+        deadline = time.monotonic() + timeout
+        while not self.ready.is_set() and self.thread.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
     # the thread
     def _run(self) -> None:
         try:
             self._prepare_connection()
             # From here on; what a page missed before comes from its own catch-up (`events_since`).
             self.last = self._latest_id()
+            self.ready.set()
             if isinstance(self.layer, InMemoryChannelLayer):
                 self._relay()
             else:

@@ -59,7 +59,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.flushing = False
         self.last_flush = 0.0
         self.sent_version = 0
-        relay.ensure_started()
+        await relay.ensure_started().wait_ready()
         for group in self.page_groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
