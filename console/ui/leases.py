@@ -9,6 +9,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from console.audit import Actor
 from console.statemachine import InvalidTransition
 from console.ui.permissions import OPERATE, VIEW, require
+from console.ui.views import render_page_or_part
 from tenants import services
 from tenants.lease_view import lease_page, leases_for_list, release_refusal
 from tenants.models import Lease
@@ -36,10 +37,7 @@ def lease_detail_page(request, pk: int):
         page = lease_page(pk)
     except Lease.DoesNotExist as exc:
         raise Http404("no such lease") from exc
-    part = request.GET.get("part")
-    if request.htmx and part in LEASE_PARTS:
-        return render(request, f"console/lease_detail.html#{part}", {"d": page})
-    return render(request, "console/lease_detail.html", {"d": page})
+    return render_page_or_part(request, "console/lease_detail.html", LEASE_PARTS, {"d": page})
 
 
 @require_http_methods(["GET", "POST"])

@@ -6,6 +6,8 @@ the panel again with the reason in words (400 for bad input, 503 when the simula
 
 from __future__ import annotations
 
+from functools import wraps
+
 from django import forms
 from django.conf import settings
 from django.contrib import messages
@@ -49,6 +51,17 @@ class GeneratorForm(forms.Form):
                       lifetime_max_s=d["lifetime_max_s"], tenants=d["tenants"])
 
 
+def simulated_fleet_only(view):
+    """After the permission check: a console that runs a real fleet has no simulator panel (404)."""
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        if not settings.SIMULATED_FLEET:
+            raise Http404("this console runs a real fleet: there is no simulator panel")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
 def _actor(request) -> Actor:
     return Actor.for_user(request.user, correlation_id=getattr(request, "correlation_id", ""))
 
@@ -67,8 +80,6 @@ def _fault_choices(server: Server | None) -> list[tuple[str, list[tuple[str, str
 
 
 def _panel(request, *, error: str = "", status: int = 200, form: GeneratorForm | None = None, chosen=None):
-    if not settings.SIMULATED_FLEET:
-        raise Http404("this console runs a real fleet: there is no simulator panel")
     sim = generator.simulation()
     servers = list(Server.objects.exclude(agent_endpoint="").order_by("hostname"))
     clock, clock_error = None, ""
@@ -105,6 +116,7 @@ def _done(request, text: str):
 
 @require_GET
 @require(ADMINISTER)
+@simulated_fleet_only
 def panel(request):
     return _panel(request)
 
@@ -119,12 +131,11 @@ def _server(request) -> Server:
 
 @require_POST
 @require(ADMINISTER)
+@simulated_fleet_only
 def fault(request):
     chosen = {"server": request.POST.get("server", ""), "module": request.POST.get("module", ""),
               "fault": request.POST.get("fault", "")}
     try:
-        if not settings.SIMULATED_FLEET:
-            raise Http404("no simulator panel")
         server = _server(request)
         module = request.POST.get("module", "")
         gpu = Gpu.objects.select_related("server").filter(server=server, module_id=int(module)).first() \
@@ -143,13 +154,12 @@ def fault(request):
 
 @require_POST
 @require(ADMINISTER)
+@simulated_fleet_only
 def node(request):
     """Node agent down / up, fabric manager restart, on one server."""
     chosen = {"node_server": request.POST.get("server", "")}
     action = request.POST.get("action", "")
     try:
-        if not settings.SIMULATED_FLEET:
-            raise Http404("no simulator panel")
         server = _server(request)
         if action in ("agent-down", "agent-up"):
             done = controls.agent_set(server=server, up=action == "agent-up", actor=_actor(request))
@@ -164,10 +174,9 @@ def node(request):
 
 @require_POST
 @require(ADMINISTER)
+@simulated_fleet_only
 def clock(request):
     try:
-        if not settings.SIMULATED_FLEET:
-            raise Http404("no simulator panel")
         try:
             acceleration = float(request.POST.get("acceleration", ""))
         except ValueError:
@@ -180,9 +189,8 @@ def clock(request):
 
 @require_POST
 @require(ADMINISTER)
+@simulated_fleet_only
 def workload(request):
-    if not settings.SIMULATED_FLEET:
-        raise Http404("no simulator panel")
     if request.POST.get("action") == "stop":
         generator.generator_stop(actor=_actor(request))
         return _done(request, "Workload generator stopped: no new requests; its leases are still released "

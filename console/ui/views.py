@@ -49,10 +49,16 @@ def server_page(request, pk: int):
         detail = server_detail(pk)
     except Server.DoesNotExist as exc:
         raise Http404("no such server") from exc
+    return render_page_or_part(request, "console/server_detail.html", SERVER_PARTS, {"d": detail})
+
+
+def render_page_or_part(request, template: str, parts: tuple[str, ...], context: dict):
+    """The whole page, or (htmx, `?part=NAME`) one of its named partials, which the live consumers
+    render too."""
     part = request.GET.get("part")
-    if request.htmx and part in SERVER_PARTS:
-        return render(request, f"console/server_detail.html#{part}", {"d": detail})
-    return render(request, "console/server_detail.html", {"d": detail})
+    if request.htmx and part in parts:
+        return render(request, f"{template}#{part}", context)
+    return render(request, template, context)
 
 
 SERVER_PARTS = ("server-header", "server-partitions", "server-gpus", "server-history", "server-operations")
