@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db.models import Count, DateTimeField, DurationField, ExpressionWrapper, Prefetch, Q, QuerySet, Sum, Value
+from django.db.models import Count, DateTimeField, DurationField, ExpressionWrapper, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
 from console.models import AuditEvent
-from fleet.models import AllocationGpu
 from tenants.models import ApiToken, Lease, Tenant
 from tenants.states import LEASE_HOLDS_GPUS, LEASE_UNFINISHED, LeaseState, TenantState
 
@@ -45,45 +44,6 @@ def tenants_to_onboard() -> QuerySet[Tenant]:
     return Tenant.objects.filter(
         Q(state=TenantState.FAILED) | Q(state=TenantState.PENDING, leases__isnull=False)
     ).distinct()
-
-
-# The columns the API's representation reads of the related rows: compiling a query costs per column,
-# and the server and GPU rows are wide (bench/api.py: about a third of a GET's time was the SQL compiler).
-_API_RELATED_COLUMNS = (
-    "tenant__name", "allocation__server_id", "allocation__partition_id",
-    "allocation__server__hostname", "allocation__server__rack", "allocation__server__platform",
-    "allocation__partition__partition_id", "allocation__partition__module_ids", "allocation__partition__size",
-    "allocation__partition__nvlinks",
-)
-_API_GPU_COLUMNS = ("allocation_id", "gpu__module_id", "gpu__uuid", "gpu__pci_address")
-
-
-def _leases_for_api():
-    own = [f.attname for f in Lease._meta.concrete_fields]
-    return Lease.objects.select_related(*_WITH_ALLOCATION).only(*own, *_API_RELATED_COLUMNS).prefetch_related(
-        Prefetch("allocation__allocation_gpus",
-                 queryset=AllocationGpu.objects.select_related("gpu").only(*_API_GPU_COLUMNS)),
-        "boot_phases",
-    )
-
-
-def leases_for_api_list(*, tenant: Tenant | None = None, tenant_name: str | None = None) -> QuerySet[Lease]:
-    """Leases as the API lists them (a tenant's own, or all for operators), with everything the
-    representation reads in a fixed number of queries."""
-    leases = _leases_for_api()
-    if tenant is not None:
-        leases = leases.filter(tenant=tenant)
-    elif tenant_name is not None:
-        leases = leases.filter(tenant__name=tenant_name)
-    return leases
-
-
-def lease_for_api(lease_id: int, *, tenant: Tenant | None = None) -> Lease:
-    """One lease as the API shows it; Lease.DoesNotExist when it is not the tenant's."""
-    leases = _leases_for_api()
-    if tenant is not None:
-        leases = leases.filter(tenant=tenant)
-    return leases.get(pk=lease_id)
 
 
 def lease_exists_for_api(lease_id: int, *, tenant: Tenant | None = None) -> bool:

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import re
 
-from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from hardware.exceptions import InvalidArgument
 from hardware.oci import parse_image_reference
 from tenants.constants import MAX_PENDING_SECONDS_MAX
+from tenants.lease_documents import TIMESTAMPS
 from tenants.models import Lease, Tenant
-from tenants.states import LEASE_TERMINAL, FailureReason, LeaseState, TenantState, failure_code
+from tenants.states import LEASE_TERMINAL, FailureReason, LeaseState, TenantState
 from tenants.validators import MAX_TENANT_NAME_LENGTH, validate_gpu_count, validate_tenant_name
 
 IMAGE_MAX = Lease._meta.get_field("image").max_length
-LEASES_PATH, TENANCIES_PATH = "/api/v1/leases", "/api/v1/tenancies"  # tested against the URLconf
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -120,7 +119,7 @@ class ServerRefSerializer(serializers.Serializer):
 
 
 class PartitionRefSerializer(serializers.Serializer):
-    id = serializers.IntegerField(source="partition_id", help_text="The platform table's partition id")
+    id = serializers.IntegerField(help_text="The platform table's partition id")
     module_ids = serializers.ListField(child=serializers.IntegerField())
     size = serializers.IntegerField()
     nvlinks = serializers.IntegerField()
@@ -134,7 +133,7 @@ class GpuRefSerializer(serializers.Serializer):
 
 class BootPhaseSerializer(serializers.Serializer):
     phase = serializers.CharField()
-    started_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True, help_text="Empty until the phase starts")
     ended_at = serializers.DateTimeField(allow_null=True)
     seconds = serializers.FloatField(allow_null=True)
     predicted_seconds = serializers.FloatField(allow_null=True)
@@ -146,36 +145,34 @@ class LeaseLinksSerializer(serializers.Serializer):
     tenancy = serializers.CharField()
 
 
-TIMESTAMPS = ("placed_at", "partitioning_at", "booting_at", "running_at", "releasing_at", "scrubbing_at",
-              "leveling_at", "released_at", "failed_at")
-
-
 class LeaseSerializer(serializers.Serializer):
-    """A lease: one container on one NVLink partition, from request to clean-up."""
+    """A lease: one container on one NVLink partition, from request to clean-up.
+
+    The shape only (the OpenAPI component): `tenants.lease_documents` builds it from rows."""
 
     id = serializers.IntegerField()
     state = serializers.ChoiceField(choices=LeaseState.choices, help_text=(
         "pending → placed → partitioning → booting → running → releasing → scrubbing → leveling → released; "
         f"failed from any. Terminal: {', '.join(sorted(LEASE_TERMINAL))}."))
-    terminal = serializers.SerializerMethodField()
-    tenancy = serializers.CharField(source="tenant.name")
-    container_url = serializers.CharField(source="image")
-    gpus = serializers.IntegerField(source="gpu_count")
+    terminal = serializers.BooleanField()
+    tenancy = serializers.CharField()
+    container_url = serializers.CharField()
+    gpus = serializers.IntegerField()
     command = serializers.ListField(child=serializers.CharField())
     args = serializers.ListField(child=serializers.CharField())
     env = serializers.DictField(child=serializers.CharField())
     max_pending_seconds = serializers.IntegerField(allow_null=True)
     conditions = ConditionSerializer(many=True)
-    failure_reason = serializers.SerializerMethodField()
-    failure_message = serializers.CharField(source="failure_reason")
+    failure_reason = serializers.ChoiceField(choices=FailureReason.choices, allow_null=True)
+    failure_message = serializers.CharField()
     pending_reason = serializers.CharField()
-    server = serializers.SerializerMethodField()
-    partition = serializers.SerializerMethodField()
-    gpu_devices = serializers.SerializerMethodField()
+    server = ServerRefSerializer(allow_null=True)
+    partition = PartitionRefSerializer(allow_null=True)
+    gpu_devices = GpuRefSerializer(many=True)
     boot_phases = BootPhaseSerializer(many=True)
     release_requested = serializers.BooleanField()
     created_at = serializers.DateTimeField()
-    links = serializers.SerializerMethodField()
+    links = LeaseLinksSerializer()
 
     def get_fields(self):
         fields = super().get_fields()
@@ -183,47 +180,6 @@ class LeaseSerializer(serializers.Serializer):
         for name in TIMESTAMPS:
             fields[name] = serializers.DateTimeField(allow_null=True, read_only=True)
         return fields
-
-    def get_terminal(self, lease) -> bool:
-        return lease.state in LEASE_TERMINAL
-
-    @extend_schema_field(serializers.ChoiceField(choices=FailureReason.choices, allow_null=True))
-    def get_failure_reason(self, lease):
-        if lease.failure_reason:
-            return failure_code(lease.failure_reason)
-        if lease.state == LeaseState.PENDING:
-            scheduled = next((c for c in lease.conditions if c.get("type") == "Scheduled"), None)
-            if scheduled and scheduled.get("reason") == FailureReason.INSUFFICIENT_CAPACITY:
-                return FailureReason.INSUFFICIENT_CAPACITY.value
-        return None
-
-    # The nested parts are built as plain dicts (their shapes, for the schema, are the serializers named
-    # in extend_schema_field): a serializer per row deep-copies its fields, which cost a list of 20
-    # leases more than its queries did (bench/api.py).
-    @extend_schema_field(ServerRefSerializer(allow_null=True))
-    def get_server(self, lease):
-        if not lease.allocation_id:
-            return None
-        server = lease.allocation.server
-        return {"id": server.pk, "hostname": server.hostname, "rack": server.rack, "platform": server.platform}
-
-    @extend_schema_field(PartitionRefSerializer(allow_null=True))
-    def get_partition(self, lease):
-        if not lease.allocation_id:
-            return None
-        p = lease.allocation.partition
-        return {"id": p.partition_id, "module_ids": list(p.module_ids), "size": p.size, "nvlinks": p.nvlinks}
-
-    @extend_schema_field(GpuRefSerializer(many=True))
-    def get_gpu_devices(self, lease):
-        if not lease.allocation_id:
-            return []
-        gpus = sorted((ag.gpu for ag in lease.allocation.allocation_gpus.all()), key=lambda g: g.module_id)
-        return [{"module_id": g.module_id, "uuid": g.uuid, "pci_address": g.pci_address} for g in gpus]
-
-    @extend_schema_field(LeaseLinksSerializer)
-    def get_links(self, lease):
-        return {"self": f"{LEASES_PATH}/{lease.pk}", "tenancy": f"{TENANCIES_PATH}/{lease.tenant.name}"}
 
 
 class LeaseFilterSerializer(NoUnknownFieldsMixin, serializers.Serializer):

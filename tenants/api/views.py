@@ -2,7 +2,7 @@
 
 POST /api/v1/containers answers 202 from the transaction that records the lease (no agent or
 cluster call on the request path); the lease then advances in workers. Leases are read through
-`selectors.leases_for_api` (scoped to the caller's tenant; operators see all).
+`tenants.lease_documents` (scoped to the caller's tenant; operators see all).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from tenants.api.serializers import (
 from tenants.api.throttles import CreateRateThrottle, TokenRateThrottle
 from tenants.constants import IDEMPOTENCY_KEY_MAX, LEASE_WAIT_POLL_S, ROLE_VIEWER
 from tenants.idempotency import lease_request_once, request_digest
+from tenants.lease_documents import LEASES_PATH, lease_document, lease_documents, lease_rows, leases_visible
 from tenants.models import Lease
 
 TENANT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,54}[a-z0-9])?")  # what validate_tenant_name accepts
@@ -76,8 +77,7 @@ def _matches(if_none_match: str, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def _lease_response(lease: Lease, request, *, status_code=status.HTTP_200_OK, headers=None) -> Response:
-    data = LeaseSerializer(lease).data
+def _lease_response(data: dict, request, *, status_code=status.HTTP_200_OK, headers=None) -> Response:
     etag = _etag(data)
     headers = {"ETag": etag, "Cache-Control": "no-cache", **(headers or {})}
     if status_code == status.HTTP_200_OK and _matches(request.headers.get("If-None-Match", ""), etag):
@@ -122,11 +122,11 @@ class ContainerCreateView(APIView):
                                                  create=create)
         else:
             lease = create()
-        lease = selectors.lease_for_api(lease.pk)
-        headers = {"Location": f"/api/v1/leases/{lease.pk}"}
+        headers = {"Location": f"{LEASES_PATH}/{lease.pk}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"
-        return _lease_response(lease, request, status_code=status.HTTP_202_ACCEPTED, headers=headers)
+        return _lease_response(lease_document(lease.pk), request, status_code=status.HTTP_202_ACCEPTED,
+                               headers=headers)
 
 
 class LeaseListView(APIView):
@@ -140,11 +140,11 @@ class LeaseListView(APIView):
         f = filters.validated_data
         tenant = caller_tenant(request)
         if tenant is None and f.get("tenancy"):
-            queryset = selectors.leases_for_api_list(tenant_name=f["tenancy"])
+            queryset = leases_visible(tenant_name=f["tenancy"])
         elif tenant is not None and f.get("tenancy") not in (None, tenant.name):
             raise PermissionDenied("A tenant's token sees only its own tenancy.")
         else:
-            queryset = selectors.leases_for_api_list(tenant=tenant)
+            queryset = leases_visible(tenant=tenant)
         if f.get("state"):
             queryset = queryset.filter(state__in=f["state"])
         if f.get("created_after"):
@@ -152,17 +152,17 @@ class LeaseListView(APIView):
         if f.get("created_before"):
             queryset = queryset.filter(created_at__lt=f["created_before"])
         paginator = LeaseCursorPagination()
-        page = paginator.paginate_queryset(queryset, request, view=self)
-        return paginator.get_paginated_response(LeaseSerializer(page, many=True).data)
+        page = paginator.paginate_queryset(lease_rows(queryset), request, view=self)
+        return paginator.get_paginated_response(lease_documents(page))
 
 
 class LeaseDetailView(APIView):
     permission_classes = [IsTenantOrOperator]
 
-    def _lease(self, request, pk: int) -> Lease:
+    def _lease(self, request, pk: int) -> dict:
         tenant = caller_tenant(request)
         try:
-            return selectors.lease_for_api(pk, tenant=tenant)
+            return lease_document(pk, tenant=tenant)
         except Lease.DoesNotExist:
             raise NotFound(f"No lease {pk}.") from None
 
@@ -181,21 +181,22 @@ class LeaseDetailView(APIView):
             lease = self._wait(request, lease, wait)
         return _lease_response(lease, request)
 
-    def _wait(self, request, lease: Lease, seconds: int) -> Lease:
+    def _wait(self, request, lease: dict, seconds: int) -> dict:
         """Long-poll: back at the first change of state or conditions (or of the representation the
         client holds, by If-None-Match), else after `seconds`. Holds no lock while it waits."""
         held = request.headers.get("If-None-Match", "")
-        if held and not _matches(held, _etag(LeaseSerializer(lease).data)):
+        if held and not _matches(held, _etag(lease)):
             return lease  # the client's copy is already stale
-        start = (lease.state, lease.conditions)
+        progress = Lease.objects.filter(pk=lease["id"]).values_list("state", "conditions")
+        start = progress.first()
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             time.sleep(LEASE_WAIT_POLL_S)
-            now = Lease.objects.filter(pk=lease.pk).values_list("state", "conditions").first()
-            if now is not None and (now[0], now[1]) != start:
+            now = progress.first()
+            if now is not None and now != start:
                 break
             _release_pooled_connection()
-        return self._lease(request, lease.pk)
+        return self._lease(request, lease["id"])
 
     @extend_schema(operation_id="leases_destroy", request=None,
                    responses={202: OpenApiResponse(LeaseSerializer, description="Releasing (or already ended)")},
@@ -204,7 +205,7 @@ class LeaseDetailView(APIView):
         if not selectors.lease_exists_for_api(pk, tenant=caller_tenant(request)):
             raise NotFound(f"No lease {pk}.")
         services.lease_release(lease=Lease(pk=pk), actor=api_actor(request))
-        return _lease_response(selectors.lease_for_api(pk), request, status_code=status.HTTP_202_ACCEPTED)
+        return _lease_response(lease_document(pk), request, status_code=status.HTTP_202_ACCEPTED)
 
 
 class TenancyDetailView(APIView):

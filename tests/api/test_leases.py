@@ -194,7 +194,7 @@ def test_failure_codes_of_known_texts():
 def test_link_paths_match_the_urlconf():
     from django.urls import reverse
 
-    from tenants.api.serializers import LEASES_PATH, TENANCIES_PATH
+    from tenants.lease_documents import LEASES_PATH, TENANCIES_PATH
 
     assert reverse("api-lease-detail", args=[7]) == f"{LEASES_PATH}/7"
     assert reverse("api-tenancy-detail", args=["x"]) == f"{TENANCIES_PATH}/x"

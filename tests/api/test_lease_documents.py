@@ -1,0 +1,98 @@
+"""The lease representation built from rows (tenants.lease_documents) fills exactly the documented shape
+(LeaseSerializer, the OpenAPI component), for leases in every stage, in a fixed number of queries."""
+
+from datetime import UTC, datetime
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from rest_framework import serializers
+
+from console.audit import Actor
+from tenants import services
+from tenants.api.serializers import LeaseSerializer
+from tenants.lease_documents import iso, lease_document, lease_documents, lease_rows, leases_visible
+from tenants.models import BootPhase, Lease
+from tenants.states import LeaseState
+from tests.api.conftest import seed_payload
+from tests.factories import LeaseFactory, make_server
+
+pytestmark = pytest.mark.django_db
+ACTOR = Actor.system("tests")
+
+
+def _shape(field):
+    """The keys a serializer declares, nested serializers (and lists of them) included."""
+    if isinstance(field, serializers.ListSerializer):
+        return [_shape(field.child)]
+    if isinstance(field, serializers.Serializer):
+        return {name: _shape(f) for name, f in field.fields.items()}
+    return None
+
+
+def _keys(value, shape):
+    if isinstance(shape, list):
+        return [_keys(v, shape[0]) for v in value][:1] or [shape[0]]
+    if isinstance(shape, dict) and value is not None:
+        return {k: _keys(value[k], shape[k]) if k in shape else "unexpected" for k in value}
+    return None
+
+
+def _booted(lease: Lease) -> Lease:
+    """The lease moved to booting as the orchestrator does: phase rows with the move, one not started."""
+    now = timezone.now()
+    BootPhase.objects.create(lease=lease, seq=0, phase="firmware", predicted_seconds=5.0, started_at=now,
+                             ended_at=now, duration_s=4.5, detail="ok")
+    BootPhase.objects.create(lease=lease, seq=1, phase="kernel", predicted_seconds=9.0)
+    Lease.objects.filter(pk=lease.pk).update(state=LeaseState.BOOTING, booting_at=now)
+    return lease
+
+
+def test_documents_fill_exactly_the_documented_shape_at_every_stage(landon, tasks):
+    make_server()
+    placed = landon.post("/api/v1/containers", seed_payload(gpus=2)).json()
+    booted = _booted(Lease.objects.get(pk=landon.post("/api/v1/containers", seed_payload()).json()["id"]))
+    pending = LeaseFactory(tenant=landon.tenant)
+    failed = LeaseFactory(tenant=landon.tenant)
+    services.lease_fail(lease=failed, actor=ACTOR, reason="ImagePullFailed: no such image")
+    shape = _shape(LeaseSerializer())
+    docs = {d["id"]: d for d in lease_documents(lease_rows(leases_visible(tenant=landon.tenant)))}
+    for doc in docs.values():
+        assert _keys(doc, shape) == {k: _keys(doc[k], shape[k]) for k in shape}, doc
+    assert docs[placed["id"]]["gpu_devices"] and docs[placed["id"]]["server"]["hostname"]
+    assert [g["module_id"] for g in docs[placed["id"]]["gpu_devices"]] == docs[placed["id"]]["partition"]["module_ids"]
+    phases = docs[booted.pk]["boot_phases"]
+    assert [p["phase"] for p in phases] == ["firmware", "kernel"]
+    assert phases[0]["seconds"] == 4.5 and phases[0]["started_at"].endswith("Z") and phases[1]["started_at"] is None
+    assert docs[pending.pk]["server"] is None and docs[pending.pk]["gpu_devices"] == []
+    assert docs[failed.pk]["failure_reason"] == "ImagePullFailed" and docs[failed.pk]["terminal"] is True
+
+
+def test_a_page_reads_three_queries_whatever_its_leases(landon, tasks):
+    make_server()
+    for n in (1, 2, 4):
+        landon.post("/api/v1/containers", seed_payload(gpus=n))
+    _booted(LeaseFactory(tenant=landon.tenant))
+    pending = LeaseFactory(tenant=landon.tenant)
+    with CaptureQueriesContext(connection) as queries:
+        docs = lease_documents(lease_rows(leases_visible(tenant=landon.tenant)))
+    assert len(docs) == 5 and len(queries) == 3  # rows, GPUs of the placed, phases of the booted
+    with CaptureQueriesContext(connection) as queries:
+        lease_document(pending.pk)
+    assert len(queries) == 1  # never placed, never booted: the row only
+
+
+def test_a_lease_of_another_tenant_is_not_found(landon, callers, tasks):
+    lease = LeaseFactory(tenant=landon.tenant)
+    with pytest.raises(Lease.DoesNotExist):
+        lease_document(lease.pk, tenant=callers["tenant_b"].tenant)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "America/Los_Angeles"])
+def test_times_are_written_as_drf_writes_them(zone):
+    field = serializers.DateTimeField()
+    value = datetime(2026, 3, 29, 1, 30, 15, 123456, tzinfo=UTC)
+    with timezone.override(zone):
+        assert iso(value) == field.to_representation(value)
+    assert iso(None) is None
