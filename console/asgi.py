@@ -1,11 +1,13 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels (authenticated sessions)."""
+"""ASGI entry point: HTTP through Django (one thread hop per request, console.asgi_http), websockets
+through Channels (authenticated sessions)."""
 
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
-django_asgi_app = get_asgi_application()
+
+from console.asgi_http import get_http_application
+
+django_asgi_app = get_http_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
