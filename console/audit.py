@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connections, models, router
+from django.db import models
 
 from console import correlation, realtime
 from console.db import insert_many
@@ -38,7 +38,7 @@ class Actor:
         return cls(name=name, source=source, correlation_id=correlation_id)
 
 
-NOTIFY_CHANNEL = "console_audit"
+NOTIFY_CHANNEL = "console_audit"  # notified by the audit table's trigger (migration console 0005)
 
 # The batch open on this thread, if any (see audit_batch).
 _local = threading.local()
@@ -76,18 +76,8 @@ def _append(events: list[AuditEvent]) -> list[AuditEvent]:
 def _write(events: list[AuditEvent]) -> None:
     """One INSERT, and one realtime push once the transaction commits."""
     if events:
-        insert_many(events)
-        _notify_relays()
+        insert_many(events)  # on PostgreSQL its trigger wakes the live relays at commit (console 0005)
         realtime.publish_many_on_commit([_message(e) for e in events])
-
-
-def _notify_relays() -> None:
-    """PostgreSQL: wake the live relays (console/relay.py) when this transaction commits (NOTIFY is
-    delivered at commit, and once per transaction however often it is sent). SQLite: they poll."""
-    connection = connections[router.db_for_write(AuditEvent)]
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
 def target_key(obj: models.Model) -> tuple[str, str]:

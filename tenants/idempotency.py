@@ -46,8 +46,7 @@ def lease_request_once(
     """`create(on_record=...)` at most once per (token, key). Returns (lease, replayed)."""
     while True:
         try:
-            with transaction.atomic():
-                claim = IdempotencyKey.objects.create(token=token, key=key, request_digest=digest)
+            claim = _claim(token=token, key=key, digest=digest)
             break
         except IntegrityError:
             held = IdempotencyKey.objects.filter(token=token, key=key).select_related("lease").first()
@@ -69,6 +68,16 @@ def lease_request_once(
     except BaseException:
         IdempotencyKey.objects.filter(pk=claim.pk, lease__isnull=True).delete()
         raise
+
+
+def _claim(*, token: ApiToken, key: str, digest: str) -> IdempotencyKey:
+    """One INSERT, committed on its own: in autocommit mode it needs no BEGIN and COMMIT of its own
+    (two round trips of every create); inside a caller's transaction, a savepoint keeps that
+    transaction usable when the key is taken."""
+    if transaction.get_connection().in_atomic_block:
+        with transaction.atomic():
+            return IdempotencyKey.objects.create(token=token, key=key, request_digest=digest)
+    return IdempotencyKey.objects.create(token=token, key=key, request_digest=digest)
 
 
 def idempotency_keys_purge(*, now=None) -> int:

@@ -1,24 +1,27 @@
 """The REST API's lease representation, built from rows.
 
 `tenants.api.serializers.LeaseSerializer` declares the shape (the OpenAPI component, checked by
-schemathesis); this module fills it. Rows come from `.values()` (no model instances) and the nested
-parts from one query each for the whole page, because the representation is on every lease request:
-building it through model instances and nested serializers cost a page of 20 leases about three
-times its queries (bench/api.py).
+schemathesis); this module fills it. A page's rows come from `.values()` (no model instances), one
+lease's from a written-out statement, and the nested parts from one query each for all the rows,
+because the representation is on every lease request: building it through model instances and
+nested serializers cost a page of 20 leases about three times its queries (bench/api.py).
 
 A lease's boot phases are written in the transaction that moves it to `booting` (its `booting_at`),
-so a page whose leases never booted reads no phase rows.
+so rows of leases that never booted read no phase rows.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import UTC
 
+from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from fleet.models import AllocationGpu
+from fleet.models import Allocation, AllocationGpu, Gpu, Partition, Server
 from tenants.models import BootPhase, Lease, Tenant
 from tenants.states import LEASE_TERMINAL, FailureReason, LeaseState, failure_code
 
@@ -26,15 +29,24 @@ LEASES_PATH, TENANCIES_PATH = "/api/v1/leases", "/api/v1/tenancies"  # tested ag
 TIMESTAMPS = ("placed_at", "partitioning_at", "booting_at", "running_at", "releasing_at", "scrubbing_at",
               "leveling_at", "released_at", "failed_at")
 CONDITION_KEYS = ("type", "status", "reason", "message", "last_transition_time")
-_SERVER = ("allocation__server_id", "allocation__server__hostname", "allocation__server__rack",
-           "allocation__server__platform")
-_PARTITION = ("allocation__partition__partition_id", "allocation__partition__module_ids",
-              "allocation__partition__size", "allocation__partition__nvlinks")
-ROW_COLUMNS = (
-    "id", "state", "tenant__name", "image", "gpu_count", "command", "args", "env", "max_pending_seconds",
-    "conditions", "failure_reason", "pending_reason", "release_requested", "created_at", "allocation_id",
-    *TIMESTAMPS, *_SERVER, *_PARTITION,
+_JSON, _TIME = "json", "time"
+# A row's columns: the key (as `.values()` names it), the column in the written-out statement, and
+# how to read it there (the ORM converts its own: JSON and, on SQLite, times come back as text/naive).
+_ROW = (
+    ("id", "l.id", None), ("state", "l.state", None), ("tenant__name", "t.name", None), ("image", "l.image", None),
+    ("gpu_count", "l.gpu_count", None), ("command", "l.command", _JSON), ("args", "l.args", _JSON),
+    ("env", "l.env", _JSON), ("max_pending_seconds", "l.max_pending_seconds", None),
+    ("conditions", "l.conditions", _JSON), ("failure_reason", "l.failure_reason", None),
+    ("pending_reason", "l.pending_reason", None), ("release_requested", "l.release_requested", None),
+    ("created_at", "l.created_at", _TIME), ("allocation_id", "l.allocation_id", None),
+    *((name, f"l.{name}", _TIME) for name in TIMESTAMPS),
+    ("allocation__server_id", "a.server_id", None), ("allocation__server__hostname", "s.hostname", None),
+    ("allocation__server__rack", "s.rack", None), ("allocation__server__platform", "s.platform", None),
+    ("allocation__partition__partition_id", "p.partition_id", None),
+    ("allocation__partition__module_ids", "p.module_ids", _JSON),
+    ("allocation__partition__size", "p.size", None), ("allocation__partition__nvlinks", "p.nvlinks", None),
 )
+ROW_COLUMNS = tuple(key for key, _, _ in _ROW)
 
 
 def lease_rows(leases: QuerySet[Lease]) -> QuerySet:
@@ -54,10 +66,15 @@ def leases_visible(*, tenant: Tenant | None = None, tenant_name: str | None = No
 
 def lease_document(lease_id: int, *, tenant: Tenant | None = None) -> dict:
     """One lease as the API shows it; Lease.DoesNotExist when it is not the tenant's."""
-    row = lease_rows(leases_visible(tenant=tenant).filter(pk=lease_id)).first()
-    if row is None:
+    sql, params = _ONE_LEASE, [lease_id]
+    if tenant is not None:
+        sql, params = sql + " AND l.tenant_id = %s", [lease_id, tenant.pk]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        found = cursor.fetchone()
+    if found is None:
         raise Lease.DoesNotExist(f"no lease {lease_id}")
-    return lease_documents([row])[0]
+    return lease_documents([_row(found)])[0]
 
 
 def lease_documents(rows: Iterable[dict]) -> list[dict]:
@@ -77,13 +94,41 @@ def iso(value) -> str | None:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
+# The statements every lease request runs, written out: building them with the ORM cost more than
+# running them (bench/api.py). tests/api/test_lease_documents.py checks they read what `.values()` does.
+_ONE_LEASE = (
+    f"SELECT {', '.join(column for _, column, _ in _ROW)} FROM {Lease._meta.db_table} l"
+    f" JOIN {Tenant._meta.db_table} t ON t.id = l.tenant_id"
+    f" LEFT JOIN {Allocation._meta.db_table} a ON a.id = l.allocation_id"
+    f" LEFT JOIN {Server._meta.db_table} s ON s.id = a.server_id"
+    f" LEFT JOIN {Partition._meta.db_table} p ON p.id = a.partition_id"
+    " WHERE l.id = %s"
+)
+_GPUS = (
+    f"SELECT ag.allocation_id, g.module_id, g.uuid, g.pci_address FROM {AllocationGpu._meta.db_table} ag"
+    f" JOIN {Gpu._meta.db_table} g ON g.id = ag.gpu_id WHERE ag.allocation_id IN (%s) ORDER BY g.module_id"
+)
+
+
+def _row(values: tuple) -> dict:
+    """A row of _ONE_LEASE as `.values()` would give it."""
+    row = {}
+    for (key, _, kind), value in zip(_ROW, values, strict=True):
+        if value is not None and kind == _JSON and isinstance(value, str):
+            value = json.loads(value)
+        elif value is not None and kind == _TIME and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)  # SQLite keeps UTC without a zone (USE_TZ)
+        row[key] = value
+    return row
+
+
 def _gpus_by_allocation(allocation_ids: list[int]) -> dict[int, list[dict]]:
     out: dict[int, list[dict]] = defaultdict(list)
     if allocation_ids:
-        rows = (AllocationGpu.objects.filter(allocation_id__in=allocation_ids).order_by("gpu__module_id")
-                .values_list("allocation_id", "gpu__module_id", "gpu__uuid", "gpu__pci_address"))
-        for allocation_id, module_id, uuid, pci_address in rows:
-            out[allocation_id].append({"module_id": module_id, "uuid": uuid, "pci_address": pci_address})
+        with connection.cursor() as cursor:
+            cursor.execute(_GPUS % ", ".join(["%s"] * len(allocation_ids)), allocation_ids)
+            for allocation_id, module_id, uuid, pci_address in cursor.fetchall():
+                out[allocation_id].append({"module_id": module_id, "uuid": uuid, "pci_address": pci_address})
     return out
 
 

@@ -46,15 +46,6 @@ def tenants_to_onboard() -> QuerySet[Tenant]:
     ).distinct()
 
 
-def lease_exists_for_api(lease_id: int, *, tenant: Tenant | None = None) -> bool:
-    """Whether the caller may act on the lease (the tenant's own, or any for operators): one narrow query,
-    for the writes that reload the lease themselves."""
-    leases = Lease.objects.filter(pk=lease_id)
-    if tenant is not None:
-        leases = leases.filter(tenant=tenant)
-    return leases.exists()
-
-
 def tenancy_for_api(name: str) -> Tenant | None:
     """The tenant by name with `gpus_held` (GPUs its unfinished leases hold or wait for)."""
     return (Tenant.objects.filter(name=name)

@@ -381,19 +381,23 @@ def leases_place_pending(*, actor: Actor, tenant_id: int | None = None) -> int:
     return placed
 
 
-def lease_release(*, lease: Lease, actor: Actor, failure_reason: str = "") -> Lease:
+def lease_release(*, lease: Lease, actor: Actor, failure_reason: str = "", tenant: Tenant | None = None) -> Lease:
     """The tenant deletes its container, or the pod ended. Pending leases end at once; leases that
     hold GPUs go to releasing and are cleaned. `failure_reason`: the lease ends because of a fault
-    (it finishes `failed` after the clean-up). Idempotent."""
+    (it finishes `failed` after the clean-up). Idempotent. `tenant`: only that tenant's lease
+    (Lease.DoesNotExist for another's, nothing written)."""
+    leases = Lease.objects.select_for_update()
+    if tenant is not None:
+        leases = leases.filter(tenant=tenant)
     with transaction.atomic():
-        lease = Lease.objects.select_for_update().get(pk=lease.pk)
+        lease = leases.get(pk=lease.pk)
         if lease.state == L.PENDING:
-            LEASE_MACHINE.transition(lease, L.FAILED if failure_reason else L.RELEASED, actor=actor,
+            LEASE_MACHINE.transition(lease, L.FAILED if failure_reason else L.RELEASED, actor=actor, locked=True,
                                      fields={"failure_reason": failure_reason[:2000]},
                                      message=failure_reason or "cancelled before placement")
             return lease
         if lease.state in LEASE_TENANT_OWNS:
-            LEASE_MACHINE.transition(lease, L.RELEASING, actor=actor, message=failure_reason,
+            LEASE_MACHINE.transition(lease, L.RELEASING, actor=actor, message=failure_reason, locked=True,
                                      fields={"release_requested": True, "failure_reason": failure_reason[:2000]})
             dispatch.on_commit("lease_advance", lease.pk)
     return lease

@@ -202,9 +202,10 @@ class LeaseDetailView(APIView):
                    responses={202: OpenApiResponse(LeaseSerializer, description="Releasing (or already ended)")},
                    tags=["leases"])
     def delete(self, request, pk: int):
-        if not selectors.lease_exists_for_api(pk, tenant=caller_tenant(request)):
-            raise NotFound(f"No lease {pk}.")
-        services.lease_release(lease=Lease(pk=pk), actor=api_actor(request))
+        try:
+            services.lease_release(lease=Lease(pk=pk), tenant=caller_tenant(request), actor=api_actor(request))
+        except Lease.DoesNotExist:
+            raise NotFound(f"No lease {pk}.") from None
         return _lease_response(lease_document(pk), request, status_code=status.HTTP_202_ACCEPTED)
 
 

@@ -96,3 +96,13 @@ def test_times_are_written_as_drf_writes_them(zone):
     with timezone.override(zone):
         assert iso(value) == field.to_representation(value)
     assert iso(None) is None
+
+
+def test_one_lease_s_written_out_statement_reads_what_the_page_s_query_reads(landon, tasks):
+    make_server()
+    placed = landon.post("/api/v1/containers", seed_payload(gpus=4)).json()["id"]
+    booted = _booted(Lease.objects.get(pk=landon.post("/api/v1/containers", seed_payload()).json()["id"])).pk
+    pending = LeaseFactory(tenant=landon.tenant, command=["python", "-c"], env={"A": "1"}).pk
+    for pk in (placed, booted, pending):
+        page = lease_documents(lease_rows(Lease.objects.filter(pk=pk)))
+        assert lease_document(pk) == lease_document(pk, tenant=landon.tenant) == page[0]
