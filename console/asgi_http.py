@@ -3,16 +3,20 @@
 Django's own ASGIHandler runs a synchronous view in a new thread for every request (a
 `ThreadSensitiveContext` each) and hops to it three times: the `request_started` signal, the
 middleware chain with the view, and closing the response. Under 32 clients that cost a trivial
-request more than its view did (bench/api.py: `/healthz` answered about 500 requests a second
-through it on this 2-core machine, about 1,500 with one hop on reused threads).
+request more than its view did (bench/api.py with BENCH_FLOOR=1, 32 clients on this 2-core machine:
+`/healthz` answered about 500 requests a second through it, about 2,300 through this handler).
 
 This handler keeps what Django's does on the event loop (the body is read there, chunked bodies
 included, and the response is sent from there) and runs the synchronous part, from
-`request_started` to `request_finished`, as one call on a bounded pool of threads. Each thread keeps
-its database connection between requests the way a WSGI server's threads do (CONN_MAX_AGE, or the
-connection pool when DATABASE_POOL is on). A request that waits (the API's `?wait=` long-poll) holds
-one of these threads; the pool is sized for many such waits (WEB_THREADS), since a sleeping thread
-costs no CPU.
+`request_started` to `request_finished`, as one call on a bounded pool of threads (WEB_THREADS).
+The threads live as long as the process and take requests in turn; each keeps its database
+connection between requests the way a WSGI server's threads do (CONN_MAX_AGE, or the connection
+pool when DATABASE_POOL is on). A few threads are enough: the GIL runs one at a time, and a request
+queued for its turn finishes sooner than one sharing the interpreter with thirty others (bench/api.py
+measured the tail latency both ways).
+
+A long-poll (a `wait` query parameter over 0, the API's `?wait=N`) spends its time asleep; it runs
+on a pool of its own (WEB_WAIT_THREADS) so that waiting clients never hold the threads that answer.
 
 Streaming responses (static files through WhiteNoise) are sent by Django's own streaming path and
 closed on the pool afterwards.
@@ -21,26 +25,28 @@ closed on the pool afterwards.
 from __future__ import annotations
 
 import asyncio
-import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 
+from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.urls import set_script_prefix
 
-DEFAULT_THREADS = 64
+LONG_POLL = re.compile(rb"(?:^|&)wait=0*[1-9]")
 
 
 class PooledASGIHandler(ASGIHandler):
     """HTTP only (websockets go to Channels): see the module's docstring."""
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, wait_threads: int | None = None):
         BaseHandler.__init__(self)  # not ASGIHandler's: it loads the async middleware chain (a hop each)
         self.load_middleware(is_async=False)
-        threads = threads or int(os.environ.get("WEB_THREADS", DEFAULT_THREADS))
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="http")
+        self.executor = ThreadPoolExecutor(max_workers=threads or settings.WEB_THREADS, thread_name_prefix="http")
+        self.wait_executor = ThreadPoolExecutor(max_workers=wait_threads or settings.WEB_WAIT_THREADS,
+                                                thread_name_prefix="http-wait")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -50,13 +56,14 @@ class PooledASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         loop = asyncio.get_running_loop()
+        executor = self.wait_executor if LONG_POLL.search(scope.get("query_string", b"")) else self.executor
         try:
-            response = await loop.run_in_executor(self.executor, self._respond, scope, body_file)
+            response = await loop.run_in_executor(executor, self._respond, scope, body_file)
             try:
                 await self.send_response(response, send)
             finally:
                 if response.streaming:
-                    await loop.run_in_executor(self.executor, response.close)
+                    await loop.run_in_executor(executor, response.close)
         finally:
             body_file.close()
 

@@ -105,3 +105,43 @@ def test_a_static_file_streams_and_is_closed():
     status, headers, body = _call("GET", f"/static/{name.relative_to(source).as_posix()}")
     assert status == 200 and headers["content-type"].startswith("text/javascript")
     assert body == name.read_bytes()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_long_polls_never_hold_the_threads_that_answer():
+    """One answering thread, two long-polls waiting: a plain request is still answered at once."""
+    import asyncio
+    import time
+
+    from console.asgi_http import PooledASGIHandler
+    from tests.factories import LeaseFactory
+
+    tenant = TenantFactory(name="landon", state=TenantState.READY)
+    _, raw = api_token_create(actor=TEST_ACTOR, tenant=tenant)
+    lease = LeaseFactory(tenant=tenant)
+    handler = PooledASGIHandler(threads=1, wait_threads=2)
+    auth = {"Host": "testserver", "Authorization": f"Bearer {raw}"}
+
+    async def run():
+        polls = []
+        for _ in range(2):
+            scope = {**_scope("GET", f"/api/v1/leases/{lease.pk}", auth), "query_string": b"wait=2"}
+            poll = ApplicationCommunicator(handler, scope)
+            await poll.send_input({"type": "http.request", "body": b""})
+            polls.append(poll)
+        await asyncio.sleep(0.3)  # both are waiting now
+        started = time.monotonic()
+        plain = ApplicationCommunicator(handler, _scope("GET", "/healthz", {"Host": "testserver"}))
+        await plain.send_input({"type": "http.request", "body": b""})
+        answered = (await plain.receive_output(1))["status"], time.monotonic() - started
+        waited = [(await poll.receive_output(5))["status"] for poll in polls]
+        for poll in polls:
+            await poll.receive_output(1)  # the body
+        return answered, waited
+
+    try:
+        (status, seconds), waited = async_to_sync(run)()
+    finally:
+        handler.executor.shutdown()
+        handler.wait_executor.shutdown()
+    assert status == 200 and seconds < 1 and waited == [200, 200]
