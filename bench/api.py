@@ -4,7 +4,8 @@ Run: `.venv/bin/python bench/api.py` (PostgreSQL at DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/test; the bench creates and at the end drops a throwaway database
 `bench_api` next to it). It migrates it, seeds BENCH_SERVERS HGX H100 servers (default 128) and one
 READY tenant with its own API token per client, starts the Procfile's `web` line (uvicorn,
-WEB_WORKERS processes, default 2) on a free loopback port (DEBUG off, tasks to an in-memory broker:
+WEB_WORKERS processes, default 2, each answering on WEB_THREADS threads, default 8: console/asgi_http.py)
+on a free loopback port (DEBUG off, tasks to an in-memory broker:
 the workers' side is not measured), and runs 32 concurrent clients, each a thread with one keep-alive
 HTTP/1.1 connection, for BENCH_SECONDS (default 10, after 2 of warm-up).
 
@@ -12,6 +13,13 @@ Each client loops over a tenant's life: POST /api/v1/containers (seed payload, 1
 Idempotency-Key), GET the lease, GET /api/v1/leases (a page of 20), DELETE the lease.
 In the same run, the same clients then call GET /api/v1/me (the cheapest authenticated answer: token
 lookup, permission, a small JSON body) for the baseline, so the figure compares across machines.
+Then the same mix arrives at a fixed rate (BENCH_OPEN_RATE, default 150 requests a second, Poisson),
+each request taken by a free client, for its latency when the server is not saturated.
+
+Read the saturated latencies with Little's law: 32 clients that each wait for their answer keep 32
+requests in the server, so the mean latency is 32 / throughput (160 ms at 200 requests a second);
+a p99 under 100 ms at saturation needs well over 320 requests a second. The fixed-rate figures say
+what a client sees below saturation.
 
 Prints readable figures, then as the last line one JSON object:
 * `api_req_per_s_c32`: requests answered per second (all four kinds), 32 clients;
@@ -21,7 +29,10 @@ Prints readable figures, then as the last line one JSON object:
   partition (must be 0);
 * `auth_us_per_request`: microseconds to authenticate one token (digest lookup, constant-time
   compare), in-process, averaged over 2,000 calls;
-* `baseline_req_per_s_c32`: GET /api/v1/me per second with the same 32 clients.
+* `baseline_req_per_s_c32`: GET /api/v1/me per second with the same 32 clients;
+* `api_mean_ms`: the mix's mean latency (32 clients: about 32 / `api_req_per_s_c32`);
+* `open_p50_ms`, `open_p99_ms`: the mix's latency when it arrives at `open_rate_req_per_s`, counted
+  from when each request was due (`open_answered_req_per_s`: the rate answered).
 """
 
 from __future__ import annotations
@@ -54,6 +65,7 @@ WARMUP_S = 2.0
 CLIENTS = 32
 IMAGE = "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0-ubi8"
 SIZES = (1, 1, 1, 1, 2, 2, 2, 4, 4, 8)
+OPEN_RATE = float(os.environ.get("BENCH_OPEN_RATE", "150"))
 
 
 def _seed(servers: int, clients: int) -> list[tuple[str, str]]:
@@ -121,6 +133,8 @@ class Client:
         self.latencies: list[float] = []
         self.errors = 0
         self.n = 0
+        self.lease: int | None = None  # the open-rate round's lease in progress
+        self.stage = 0
 
     def call(self, method: str, path: str, body: dict | None = None, expect=(200,), **headers) -> dict | None:
         payload = json.dumps(body) if body is not None else None
@@ -145,6 +159,24 @@ class Client:
         self.call("GET", f"/api/v1/leases/{lease['id']}")
         self.call("GET", "/api/v1/leases?page_size=20")
         self.call("DELETE", f"/api/v1/leases/{lease['id']}", expect=(202,))
+
+    def step(self) -> None:
+        """The next request of the client's life (create, get, list, delete), one at a time."""
+        if self.lease is None:
+            self.n += 1
+            body = {"container-url": IMAGE, "tenancy": self.tenant, "gpus": self.rng.choice(SIZES)}
+            lease = self.call("POST", "/api/v1/containers", body, expect=(202,),
+                              **{"Idempotency-Key": f"{self.tenant}-open-{self.n}"})
+            self.lease, self.stage = (lease["id"] if lease else None), 1
+        elif self.stage == 1:
+            self.call("GET", f"/api/v1/leases/{self.lease}")
+            self.stage = 2
+        elif self.stage == 2:
+            self.call("GET", "/api/v1/leases?page_size=20")
+            self.stage = 3
+        else:
+            self.call("DELETE", f"/api/v1/leases/{self.lease}", expect=(202,))
+            self.lease = None
 
     def me(self) -> None:
         self.call("GET", "/api/v1/me")
@@ -185,6 +217,47 @@ def _round(clients: list[Client], work: str, seconds: float) -> tuple[float, lis
     return sum(counts) / elapsed, latencies, sum(c.errors for c in clients)
 
 
+def _open_round(clients: list[Client], rate: float, seconds: float) -> tuple[list[float], float]:
+    """Requests arriving at `rate` per second (Poisson), whatever the answers' pace, each taken by a
+    free client in turn; a request's latency counts from when it was due, so waiting for a free
+    client counts too (no coordinated omission). Returns the latencies after the warm-up and the
+    rate answered."""
+    import queue
+
+    rng = random.Random(7)
+    due, at = queue.Queue(), 0.0
+    while at < WARMUP_S + seconds:
+        at += rng.expovariate(rate)
+        due.put(at)
+    latencies: list[float] = []
+    answered = [0]
+    lock = threading.Lock()
+    started = time.perf_counter()
+
+    def run(client: Client) -> None:
+        while True:
+            try:
+                at = due.get_nowait()
+            except queue.Empty:
+                return
+            delay = started + at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            client.step()
+            if at >= WARMUP_S:
+                with lock:
+                    latencies.append(time.perf_counter() - started - at)
+                    answered[0] += 1
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started - WARMUP_S
+    return sorted(latencies), answered[0] / elapsed
+
+
 def _auth_us(token: str, n: int = 2000) -> float:
     from tenants.tokens import api_token_authenticate
 
@@ -215,6 +288,7 @@ def main() -> None:
         clients = [Client(port, tenant, token, i) for i, (tenant, token) in enumerate(tokens)]
         rate, latencies, errors = _round(clients, "life", SECONDS)
         baseline, base_latencies, base_errors = _round(clients, "me", SECONDS)
+        open_latencies, open_answered = _open_round(clients, OPEN_RATE, SECONDS)
         floor = _round(clients, "health", SECONDS)[0] if os.environ.get("BENCH_FLOOR") else None
         doubles = double_allocations()
         figures = {
@@ -227,11 +301,20 @@ def main() -> None:
             "baseline_req_per_s_c32": round(baseline, 1),
             "baseline_p50_ms": round(statistics.median(base_latencies) * 1000, 2) if base_latencies else 0.0,
             "api_to_baseline_c32": round(rate / baseline, 3) if baseline else 0.0,
+            "api_mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else 0.0,
+            "open_rate_req_per_s": OPEN_RATE,
+            "open_answered_req_per_s": round(open_answered, 1),
+            "open_p50_ms": round(statistics.median(open_latencies) * 1000, 2) if open_latencies else 0.0,
+            "open_p99_ms": round(_pct(open_latencies, 0.99), 2),
             **({"floor_healthz_req_per_s_c32": round(floor, 1)} if floor is not None else {}),
             "servers": SERVERS, "clients": CLIENTS, "seconds": SECONDS,
         }
         print(f"API mix (create, get, list, delete): {rate:.1f} req/s, p50 {figures['api_p50_ms']} ms, "
               f"p99 {figures['api_p99_ms']} ms, {errors} unexpected answers")
+        print(f"  (32 clients that each wait for their answer: mean latency = 32 / rate = "
+              f"{CLIENTS / rate * 1000 if rate else 0:.0f} ms, measured {figures['api_mean_ms']} ms)")
+        print(f"the same mix arriving at {OPEN_RATE:.0f} req/s: p50 {figures['open_p50_ms']} ms, "
+              f"p99 {figures['open_p99_ms']} ms ({figures['open_answered_req_per_s']} req/s answered)")
         print(f"baseline GET /api/v1/me: {baseline:.1f} req/s; token authentication {auth_us:.1f} µs")
         print(f"double allocations: {doubles}")
         print(json.dumps(figures))

@@ -79,7 +79,8 @@ def _fault_choices(server: Server | None) -> list[tuple[str, list[tuple[str, str
             ("NVLink", [("nvlink", "NVLink CRC/replay errors (10)")])]
 
 
-def _panel(request, *, error: str = "", status: int = 200, form: GeneratorForm | None = None, chosen=None):
+def _panel(request, *, error: str = "", status: int = 200, form: GeneratorForm | None = None, chosen=None,
+           confirm: dict | None = None):
     sim = generator.simulation()
     servers = list(Server.objects.exclude(agent_endpoint="").order_by("hostname"))
     clock, clock_error = None, ""
@@ -99,7 +100,7 @@ def _panel(request, *, error: str = "", status: int = 200, form: GeneratorForm |
         "form": form or GeneratorForm(initial=_generator_initial(sim)),
         "upcoming": [(due, a, generator.tenant_name(a.tenant)) for due, a in generator.upcoming(sim)],
         "live_leases": live, "unreachable": [s for s in servers if s.state == "unreachable"],
-        "speeds": (1, 10, 60, 600),
+        "speeds": (1, 10, 60, 600), "confirm": confirm,
     }, status=status)
 
 
@@ -152,15 +153,31 @@ def fault(request):
     return _done(request, f"{done}. The node watcher records it as the agent reports it.")
 
 
+# Node actions that break something the console relies on: asked again before they are done.
+_CONFIRM_FIRST = {
+    "agent-down": ("Take the node agent of {host} down?",
+                   "It answers nothing until you bring it up: the console marks {host} unreachable, and its "
+                   "leases cannot start or be cleaned meanwhile.", "Take it down"),
+    "fabric-manager-restart": ("Restart the fabric manager of {host}?",
+                               "Its NVLink partitions stay down until the console sends the activated ones again "
+                               "(it has 60 simulated seconds); a lease starting on {host} meanwhile waits.",
+                               "Restart it"),
+}
+
+
 @require_POST
 @require(ADMINISTER)
 @simulated_fleet_only
 def node(request):
-    """Node agent down / up, fabric manager restart, on one server."""
+    """Node agent down / up, fabric manager restart, on one server (the breaking ones confirmed first)."""
     chosen = {"node_server": request.POST.get("server", "")}
     action = request.POST.get("action", "")
     try:
         server = _server(request)
+        if action in _CONFIRM_FIRST and request.POST.get("confirmed") != "1":
+            question, consequence, button = (text.format(host=server.hostname) for text in _CONFIRM_FIRST[action])
+            return _panel(request, chosen=chosen, confirm={"action": action, "server": server, "question": question,
+                                                           "consequence": consequence, "button": button})
         if action in ("agent-down", "agent-up"):
             done = controls.agent_set(server=server, up=action == "agent-up", actor=_actor(request))
         elif action == "fabric-manager-restart":

@@ -95,8 +95,12 @@ def test_each_action_reaches_the_simulated_fleet(client, fleet):
     c.post("/simulator/fault/", {"server": server.pk, "module": 2, "fault": "thermal:slowdown"})
     assert host.gpus[2].temperature_c == 89.0
 
-    # A stopped agent: the console finds out the way it would (its reconciler's call fails).
-    c.post("/simulator/node/", {"server": server.pk, "action": "agent-down"})
+    # A stopped agent: asked first, then the console finds out the way it would (its reconciler's call fails).
+    asked = c.post("/simulator/node/", {"server": server.pk, "action": "agent-down"})
+    assert asked.status_code == 200 and host.agent_up
+    assert f"Take the node agent of {server.hostname} down?" in asked.content.decode()
+    assert not AuditEvent.objects.filter(verb="simcontrol.agent.down").exists()
+    c.post("/simulator/node/", {"server": server.pk, "action": "agent-down", "confirmed": "1"})
     assert not host.agent_up
     _audited("simcontrol.agent.down")
     reconcile_fleet()
@@ -114,6 +118,8 @@ def test_each_action_reaches_the_simulated_fleet(client, fleet):
 
     c.post("/simulator/clock/", {"acceleration": "1"})  # the 60 s window must not pass before the check
     c.post("/simulator/node/", {"server": server.pk, "action": "fabric-manager-restart"})
+    assert host.fabric_manager.state != FmState.AWAITING_ACTIVATED_LIST  # asked first, nothing done
+    c.post("/simulator/node/", {"server": server.pk, "action": "fabric-manager-restart", "confirmed": "1"})
     assert host.fabric_manager.state == FmState.AWAITING_ACTIVATED_LIST
     _audited("simcontrol.fabric_manager.restarted")
 

@@ -56,6 +56,9 @@ def test_an_admin_drives_the_simulated_fleet_from_the_panel(new_page, expect, si
     down = Server.objects.get(hostname=hosts[2])
     page.select_option("#node-server", str(down.pk))
     page.click("text=Take agent down")
+    expect(page.locator(".sim-confirm")).to_contain_text(f"Take the node agent of {hosts[2]} down?")
+    assert sim_fleet.hosts[hosts[2]].agent_up  # nothing yet: the panel asks first
+    page.click(".sim-confirm button")
     expect(page.locator(".sim-flash")).to_contain_text(f"node agent on {hosts[2]} down")
     reconcile_fleet()  # the console's reconciler finds the agent silent
     page.reload()
