@@ -18,8 +18,8 @@ measured the tail latency both ways).
 A long-poll (a `wait` query parameter over 0, the API's `?wait=N`) spends its time asleep; it runs
 on a pool of its own (WEB_WAIT_THREADS) so that waiting clients never hold the threads that answer.
 
-Streaming responses (static files through WhiteNoise) are sent by Django's own streaming path and
-closed on the pool afterwards.
+A synchronous streaming response (a static file through WhiteNoise) is read on the pool thread, as
+Django's handler reads it whole too, and sent from the event loop.
 """
 
 from __future__ import annotations
@@ -62,23 +62,35 @@ class PooledASGIHandler(ASGIHandler):
             try:
                 await self.send_response(response, send)
             finally:
-                if response.streaming:
+                if not response.closed_on_pool:  # an asynchronous stream: closed once sent
                     await loop.run_in_executor(executor, response.close)
         finally:
             body_file.close()
 
     def _respond(self, scope, body_file):
-        """Everything a WSGI server's thread would do for the request; a non-streaming response comes
-        back closed (its content is in memory), so `request_finished` runs on this thread."""
+        """Everything a WSGI server's thread would do for the request. The response comes back closed,
+        so `request_finished` runs on this thread, unless it streams asynchronously."""
         set_script_prefix(get_script_prefix(scope))
         signals.request_started.send(sender=self.__class__, scope=scope)
         request, response = self.create_request(scope, body_file)
         if request is not None:
             response = self.get_response(request)
         response._handler_class = self.__class__
-        if not response.streaming:
+        if response.streaming and not response.is_async:
+            # A synchronous stream (a static file) is read whole, as Django's own ASGI handler reads
+            # it (with a warning each time); here on this thread, then sent from the event loop.
+            response.streaming_content = _replay(list(response.streaming_content))
+            response.closed_on_pool = True
+        else:
+            response.closed_on_pool = not response.streaming
+        if response.closed_on_pool:
             response.close()
         return response
+
+
+async def _replay(parts: list):
+    for part in parts:
+        yield part
 
 
 def get_http_application() -> PooledASGIHandler:
