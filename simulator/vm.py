@@ -6,7 +6,9 @@ or booting VMs costs only memory.
 
 from __future__ import annotations
 
+import random
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -15,6 +17,7 @@ from hardware.types import BootEstimate, BootPhaseEvent, VmInfo, VmState
 from simulator.clock import SimClock
 
 RUNNING_PHASE = "running"
+BOOT_SCATTER = 0.08  # a phase's spread around the model's prediction (σ of its log)
 FAILED_PHASE = "failed"
 
 
@@ -34,10 +37,15 @@ class SimVm:
     phase_bounds: list[tuple[str, float, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # Real boots scatter around the model: each phase takes its predicted time times a factor of
+        # its own (lognormal, σ = BOOT_SCATTER, seeded by the VM's id: the same VM boots the same way),
+        # so the console's prediction is compared with something it did not produce.
+        rng = random.Random(zlib.crc32(self.vm_id.encode()))
         t = self.started
         for name, seconds in self.estimate.phases:
-            self.phase_bounds.append((name, t, t + seconds))
-            t += seconds
+            took = seconds * min(max(rng.lognormvariate(0.0, BOOT_SCATTER), 0.75), 1.5)
+            self.phase_bounds.append((name, t, t + took))
+            t += took
 
     @property
     def boot_end(self) -> float:

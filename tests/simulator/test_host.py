@@ -80,8 +80,12 @@ def test_vm_follows_the_boot_model_on_the_clock():
     expected = estimate_boot(
         8, platform="hgx-h100-8", host_kernel="6.12.9", qemu_version="9.2.0", plug_mode="cold", guest_ram_gib=512
     )
+    # Each phase scatters around the model's prediction (seeded by the VM's id), within bounds.
+    took = [end - start for _, start, end in host.vms["v"].phase_bounds]
+    ratios = [t / s for t, (_, s) in zip(took, expected.phases, strict=True) if s]
+    assert all(0.75 <= r <= 1.5 for r in ratios) and len({round(r, 6) for r in ratios}) > 1
     assert vm.state is VmState.BOOTING
-    clock.advance(expected.total_seconds - 1)
+    clock.advance(sum(took) - 1)
     assert host.get_vm("v").state is VmState.BOOTING
     clock.advance(2)
     info = host.get_vm("v")

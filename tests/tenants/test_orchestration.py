@@ -68,7 +68,7 @@ def test_lease_runs_then_releases_through_scrub_and_level(sim, tasks):
     assert all(lease.booting_at <= p.started_at <= p.ended_at <= lease.running_at for p in phases)
     took = sum(p.duration_s for p in phases)
     predicted = sum(p.predicted_seconds for p in phases if p.predicted_seconds)
-    assert took == pytest.approx(predicted, rel=0.05) and took > 60  # an old-kernel 2-GPU hot-plug boot
+    assert took == pytest.approx(predicted, rel=0.2) and took > 60  # an old-kernel 2-GPU hot-plug boot, scattered
     reported = {p.partition_id: p.active for p in agent_for(lease.server).list_partitions()}
     assert reported[lease.partition.partition_id] is True
 
