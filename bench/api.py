@@ -2,7 +2,7 @@
 
 Run: `.venv/bin/python bench/api.py` (PostgreSQL at DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/test; the bench creates and at the end drops a throwaway database
-`bench_api` next to it). It migrates it, seeds BENCH_SERVERS HGX H100 servers (default 128) and one
+`bench_api_<pid>` next to it). It migrates it, seeds BENCH_SERVERS HGX H100 servers (default 128) and one
 READY tenant with its own API token per client, starts the Procfile's `web` line (uvicorn,
 WEB_WORKERS processes, default 2, each answering on WEB_THREADS threads, default 8: console/asgi_http.py)
 on a free loopback port (DEBUG off, tasks to an in-memory broker:
@@ -55,7 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lease_throughput
 from lease_throughput import _create_db, _drop_db, _setup_django, double_allocations
 
-lease_throughput.BENCH_DB = os.environ.get("BENCH_DB", "bench_api")  # its helpers create and drop this one
+# Its helpers create and drop this one; a name per run, so two runs at once never drop each other's.
+lease_throughput.BENCH_DB = os.environ.get("BENCH_DB", f"bench_api_{os.getpid()}")
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/test"
