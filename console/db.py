@@ -47,3 +47,17 @@ def insert_many(objs: Sequence[models.Model]) -> None:
             setattr(obj, pk.attname, value)
             obj._state.adding = False
             obj._state.db = connection.alias
+
+
+def from_db(fields: Sequence[models.Field], values: Sequence, *, using: str = "default") -> list:
+    """Raw column values (from a statement written out) converted as the ORM converts them when it
+    reads those fields: JSON decoded, and on SQLite times made aware and booleans made bool."""
+    connection = connections[using]
+    out = []
+    for field, value in zip(fields, values, strict=True):
+        if value is not None:
+            col = field.get_col(field.model._meta.db_table)
+            for convert in (*connection.ops.get_db_converters(col), *col.get_db_converters(connection)):
+                value = convert(value, col, connection)
+        out.append(value)
+    return out

@@ -12,15 +12,14 @@ so rows of leases that never booted read no phase rows.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC
 
 from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from console.db import from_db
 from fleet.models import Allocation, AllocationGpu, Gpu, Partition, Server
 from tenants.models import BootPhase, Lease, Tenant
 from tenants.states import LEASE_TERMINAL, FailureReason, LeaseState, failure_code
@@ -29,24 +28,22 @@ LEASES_PATH, TENANCIES_PATH = "/api/v1/leases", "/api/v1/tenancies"  # tested ag
 TIMESTAMPS = ("placed_at", "partitioning_at", "booting_at", "running_at", "releasing_at", "scrubbing_at",
               "leveling_at", "released_at", "failed_at")
 CONDITION_KEYS = ("type", "status", "reason", "message", "last_transition_time")
-_JSON, _TIME = "json", "time"
 # A row's columns: the key (as `.values()` names it), the column in the written-out statement, and
-# how to read it there (the ORM converts its own: JSON and, on SQLite, times come back as text/naive).
+# its model field (how the ORM converts it: JSON, and times on SQLite).
 _ROW = (
-    ("id", "l.id", None), ("state", "l.state", None), ("tenant__name", "t.name", None), ("image", "l.image", None),
-    ("gpu_count", "l.gpu_count", None), ("command", "l.command", _JSON), ("args", "l.args", _JSON),
-    ("env", "l.env", _JSON), ("max_pending_seconds", "l.max_pending_seconds", None),
-    ("conditions", "l.conditions", _JSON), ("failure_reason", "l.failure_reason", None),
-    ("pending_reason", "l.pending_reason", None), ("release_requested", "l.release_requested", None),
-    ("created_at", "l.created_at", _TIME), ("allocation_id", "l.allocation_id", None),
-    *((name, f"l.{name}", _TIME) for name in TIMESTAMPS),
-    ("allocation__server_id", "a.server_id", None), ("allocation__server__hostname", "s.hostname", None),
-    ("allocation__server__rack", "s.rack", None), ("allocation__server__platform", "s.platform", None),
-    ("allocation__partition__partition_id", "p.partition_id", None),
-    ("allocation__partition__module_ids", "p.module_ids", _JSON),
-    ("allocation__partition__size", "p.size", None), ("allocation__partition__nvlinks", "p.nvlinks", None),
+    *((name, f"l.{name}", Lease._meta.get_field(name)) for name in (
+        "id", "state", "image", "gpu_count", "command", "args", "env", "max_pending_seconds", "conditions",
+        "failure_reason", "pending_reason", "release_requested", "created_at", *TIMESTAMPS)),
+    ("allocation_id", "l.allocation_id", Lease._meta.get_field("allocation")),
+    ("tenant__name", "t.name", Tenant._meta.get_field("name")),
+    ("allocation__server_id", "a.server_id", Allocation._meta.get_field("server")),
+    *((f"allocation__server__{name}", f"s.{name}", Server._meta.get_field(name))
+      for name in ("hostname", "rack", "platform")),
+    *((f"allocation__partition__{name}", f"p.{name}", Partition._meta.get_field(name))
+      for name in ("partition_id", "module_ids", "size", "nvlinks")),
 )
 ROW_COLUMNS = tuple(key for key, _, _ in _ROW)
+_ROW_FIELDS = tuple(field for _, _, field in _ROW)
 
 
 def lease_rows(leases: QuerySet[Lease]) -> QuerySet:
@@ -112,14 +109,7 @@ _GPUS = (
 
 def _row(values: tuple) -> dict:
     """A row of _ONE_LEASE as `.values()` would give it."""
-    row = {}
-    for (key, _, kind), value in zip(_ROW, values, strict=True):
-        if value is not None and kind == _JSON and isinstance(value, str):
-            value = json.loads(value)
-        elif value is not None and kind == _TIME and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)  # SQLite keeps UTC without a zone (USE_TZ)
-        row[key] = value
-    return row
+    return dict(zip(ROW_COLUMNS, from_db(_ROW_FIELDS, values), strict=True))
 
 
 def _gpus_by_allocation(allocation_ids: list[int]) -> dict[int, list[dict]]:

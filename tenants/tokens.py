@@ -19,6 +19,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from console.audit import Actor, audit_record
+from console.db import from_db
 from tenants.constants import CONSOLE_ROLES
 from tenants.models import ApiToken, Tenant
 
@@ -110,10 +111,4 @@ def _token_by_prefix(prefix: str) -> ApiToken | None:
 
 def _instance(model, fields, values):
     """A model instance from raw column values, converted as the ORM would (datetimes on SQLite)."""
-    converted = {}
-    for field, value in zip(fields, values, strict=True):
-        col = field.get_col(model._meta.db_table)
-        for convert in (*connection.ops.get_db_converters(col), *col.get_db_converters(connection)):
-            value = convert(value, col, connection)
-        converted[field.attname] = value
-    return model(**converted)
+    return model(**{field.attname: value for field, value in zip(fields, from_db(fields, values), strict=True)})
