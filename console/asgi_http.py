@@ -28,6 +28,7 @@ import asyncio
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+import django
 from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
@@ -94,8 +95,6 @@ async def _replay(parts: list):
 
 
 def get_http_application() -> PooledASGIHandler:
-    """The HTTP side of console.asgi (call after django.setup())."""
-    import django
-
+    """The HTTP side of console.asgi, Django set up first (as `get_asgi_application` does)."""
     django.setup(set_prefix=False)
     return PooledASGIHandler()
