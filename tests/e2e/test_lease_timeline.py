@@ -64,4 +64,14 @@ def test_a_booting_lease_grows_to_running_without_reload(new_page, expect, setti
         assert page.evaluate("window.__sameDocument") is True, "grew without a reload"
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "lease-timeline.png"), full_page=True)
+        # Whichever phase is the slowest, its name and flag fit the names' column (none is cut off).
+        clipped = page.evaluate("""() => {
+            const flag = document.querySelector('.tl-row.slowest .tl-flag');
+            return [...document.querySelectorAll('.tl-row .tl-name')].filter(name => {
+                if (!name.querySelector('.tl-flag')) name.append(' ', flag.cloneNode(true));
+                name.style.fontWeight = '700';
+                return name.scrollWidth > name.clientWidth;
+            }).map(name => name.textContent);
+        }""")
+        assert clipped == []
         assert page.problems == []
