@@ -31,12 +31,16 @@ def _shape(field):
     return None
 
 
-def _keys(value, shape):
+def _mismatches(value, shape, path: str = "") -> list[str]:
+    """Where `value` differs from the declared shape: keys missing or not declared, at any depth."""
     if isinstance(shape, list):
-        return [_keys(v, shape[0]) for v in value][:1] or [shape[0]]
+        return [m for i, item in enumerate(value) for m in _mismatches(item, shape[0], f"{path}[{i}]")]
     if isinstance(shape, dict) and value is not None:
-        return {k: _keys(value[k], shape[k]) if k in shape else "unexpected" for k in value}
-    return None
+        return ([f"{path}.{k} missing" for k in sorted(shape.keys() - value.keys())]
+                + [f"{path}.{k} not declared" for k in sorted(value.keys() - shape.keys())]
+                + [m for k in sorted(shape.keys() & value.keys())
+                   for m in _mismatches(value[k], shape[k], f"{path}.{k}")])
+    return []
 
 
 def _booted(lease: Lease) -> Lease:
@@ -58,8 +62,9 @@ def test_documents_fill_exactly_the_documented_shape_at_every_stage(landon, task
     services.lease_fail(lease=failed, actor=ACTOR, reason="ImagePullFailed: no such image")
     shape = _shape(LeaseSerializer())
     docs = {d["id"]: d for d in lease_documents(lease_rows(leases_visible(tenant=landon.tenant)))}
-    for doc in docs.values():
-        assert _keys(doc, shape) == {k: _keys(doc[k], shape[k]) for k in shape}, doc
+    assert {pk: _mismatches(doc, shape) for pk, doc in docs.items()} == {pk: [] for pk in docs}
+    assert _mismatches({**docs[placed["id"]], "server": {"id": 1}}, shape) == [
+        ".server.hostname missing", ".server.platform missing", ".server.rack missing"]  # the check itself
     assert docs[placed["id"]]["gpu_devices"] and docs[placed["id"]]["server"]["hostname"]
     assert [g["module_id"] for g in docs[placed["id"]]["gpu_devices"]] == docs[placed["id"]]["partition"]["module_ids"]
     phases = docs[booted.pk]["boot_phases"]
