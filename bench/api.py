@@ -4,7 +4,8 @@ Run: `.venv/bin/python bench/api.py` (PostgreSQL at DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/test; the bench creates and at the end drops a throwaway database
 `bench_api_<pid>` next to it). It migrates it, seeds BENCH_SERVERS HGX H100 servers (default 128) and one
 READY tenant with its own API token per client, starts the Procfile's `web` line (uvicorn,
-WEB_WORKERS processes, default 2, each answering on WEB_THREADS threads, default 8: console/asgi_http.py)
+WEB_WORKERS processes, default 2, each with its own listening socket: console/webserver.py; each answering
+on WEB_THREADS threads, default 8: console/asgi_http.py)
 on a free loopback port (DEBUG off, tasks to an in-memory broker:
 the workers' side is not measured), and runs 32 concurrent clients, each a thread with one keep-alive
 HTTP/1.1 connection, for BENCH_SECONDS (default 10, after 2 of warm-up).
@@ -31,6 +32,9 @@ Prints readable figures, then as the last line one JSON object:
   compare), in-process, averaged over 2,000 calls;
 * `baseline_req_per_s_c32`: GET /api/v1/me per second with the same 32 clients;
 * `api_mean_ms`: the mix's mean latency (32 clients: about 32 / `api_req_per_s_c32`);
+* `<kind>_p50_ms`, `<kind>_p99_ms`: each kind's latency in the mix (create, get, list, delete): what the
+  tail is made of;
+* `clients_per_worker`: the clients' connections each web worker held (Linux);
 * `open_p50_ms`, `open_p99_ms`: the mix's latency when it arrives at `open_rate_req_per_s`, counted
   from when each request was due (`open_answered_req_per_s`: the rate answered).
 """
@@ -132,19 +136,23 @@ class Client:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         self.tenant, self.headers, self.rng = tenant, {"Authorization": f"Bearer {token}"}, random.Random(index)
         self.latencies: list[float] = []
+        self.by_kind: dict[str, list[float]] = {}
         self.errors = 0
         self.n = 0
         self.lease: int | None = None  # the open-rate round's lease in progress
         self.stage = 0
 
-    def call(self, method: str, path: str, body: dict | None = None, expect=(200,), **headers) -> dict | None:
+    def call(self, kind: str, method: str, path: str, body: dict | None = None, expect=(200,),
+             **headers) -> dict | None:
         payload = json.dumps(body) if body is not None else None
         hdrs = {**self.headers, **headers, **({"Content-Type": "application/json"} if payload else {})}
         started = time.perf_counter()
         self.conn.request(method, path, payload, hdrs)
         response = self.conn.getresponse()
         data = response.read()
-        self.latencies.append(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self.latencies.append(took)
+        self.by_kind.setdefault(kind, []).append(took)
         if response.status not in expect:
             self.errors += 1
             return None
@@ -153,37 +161,37 @@ class Client:
     def life(self) -> None:
         self.n += 1
         body = {"container-url": IMAGE, "tenancy": self.tenant, "gpus": self.rng.choice(SIZES)}
-        lease = self.call("POST", "/api/v1/containers", body, expect=(202,),
+        lease = self.call("create", "POST", "/api/v1/containers", body, expect=(202,),
                           **{"Idempotency-Key": f"{self.tenant}-{self.n}"})
         if lease is None:
             return
-        self.call("GET", f"/api/v1/leases/{lease['id']}")
-        self.call("GET", "/api/v1/leases?page_size=20")
-        self.call("DELETE", f"/api/v1/leases/{lease['id']}", expect=(202,))
+        self.call("get", "GET", f"/api/v1/leases/{lease['id']}")
+        self.call("list", "GET", "/api/v1/leases?page_size=20")
+        self.call("delete", "DELETE", f"/api/v1/leases/{lease['id']}", expect=(202,))
 
     def step(self) -> None:
         """The next request of the client's life (create, get, list, delete), one at a time."""
         if self.lease is None:
             self.n += 1
             body = {"container-url": IMAGE, "tenancy": self.tenant, "gpus": self.rng.choice(SIZES)}
-            lease = self.call("POST", "/api/v1/containers", body, expect=(202,),
+            lease = self.call("create", "POST", "/api/v1/containers", body, expect=(202,),
                               **{"Idempotency-Key": f"{self.tenant}-open-{self.n}"})
             self.lease, self.stage = (lease["id"] if lease else None), 1
         elif self.stage == 1:
-            self.call("GET", f"/api/v1/leases/{self.lease}")
+            self.call("get", "GET", f"/api/v1/leases/{self.lease}")
             self.stage = 2
         elif self.stage == 2:
-            self.call("GET", "/api/v1/leases?page_size=20")
+            self.call("list", "GET", "/api/v1/leases?page_size=20")
             self.stage = 3
         else:
-            self.call("DELETE", f"/api/v1/leases/{self.lease}", expect=(202,))
+            self.call("delete", "DELETE", f"/api/v1/leases/{self.lease}", expect=(202,))
             self.lease = None
 
     def me(self) -> None:
-        self.call("GET", "/api/v1/me")
+        self.call("me", "GET", "/api/v1/me")
 
     def health(self) -> None:
-        self.call("GET", "/healthz")
+        self.call("health", "GET", "/healthz")
 
 
 def _round(clients: list[Client], work: str, seconds: float) -> tuple[float, list[float], int]:
@@ -200,6 +208,7 @@ def _round(clients: list[Client], work: str, seconds: float) -> tuple[float, lis
 
     for c in clients:
         c.latencies.clear()
+        c.by_kind.clear()
         c.errors = 0
     threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(clients)]
     for t in threads:
@@ -207,6 +216,7 @@ def _round(clients: list[Client], work: str, seconds: float) -> tuple[float, lis
     time.sleep(WARMUP_S)
     for c in clients:
         c.latencies.clear()
+        c.by_kind.clear()
     measuring.set()
     started = time.perf_counter()
     time.sleep(seconds)
@@ -269,6 +279,29 @@ def _auth_us(token: str, n: int = 2000) -> float:
     return (time.perf_counter() - started) / n * 1e6
 
 
+MIX = ("create", "get", "list", "delete")
+
+
+def _clients_per_worker(server_pid: int, port: int) -> list[int]:
+    """The clients' connections each web worker holds (Linux): the workers share them, or one works
+    while the others idle (uvicorn's shared socket gave all 32 to one worker)."""
+    if not sys.platform.startswith("linux"):
+        return []
+    from console.webserver import sockets_by_process, worker_pids
+
+    return sorted(sockets_by_process(worker_pids(server_pid), port, "01").values(), reverse=True)
+
+
+def _by_kind(clients: list[Client]) -> dict[str, float]:
+    """Each kind of request's p50 and p99 in the mix round: which kind the tail is made of."""
+    out = {}
+    for kind in MIX:
+        values = sorted(x for c in clients for x in c.by_kind.get(kind, ()))
+        out[f"{kind}_p50_ms"] = round(_pct(values, 0.5), 1)
+        out[f"{kind}_p99_ms"] = round(_pct(values, 0.99), 1)
+    return out
+
+
 def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else 0.0
 
@@ -288,6 +321,8 @@ def main() -> None:
         proc = _start_server(url, port)
         clients = [Client(port, tenant, token, i) for i, (tenant, token) in enumerate(tokens)]
         rate, latencies, errors = _round(clients, "life", SECONDS)
+        kinds = _by_kind(clients)
+        spread = _clients_per_worker(proc.pid, port)
         baseline, base_latencies, base_errors = _round(clients, "me", SECONDS)
         open_latencies, open_answered = _open_round(clients, OPEN_RATE, SECONDS)
         floor = _round(clients, "health", SECONDS)[0] if os.environ.get("BENCH_FLOOR") else None
@@ -307,6 +342,8 @@ def main() -> None:
             "open_answered_req_per_s": round(open_answered, 1),
             "open_p50_ms": round(statistics.median(open_latencies) * 1000, 2) if open_latencies else 0.0,
             "open_p99_ms": round(_pct(open_latencies, 0.99), 2),
+            **kinds,
+            "clients_per_worker": spread,
             **({"floor_healthz_req_per_s_c32": round(floor, 1)} if floor is not None else {}),
             "servers": SERVERS, "clients": CLIENTS, "seconds": SECONDS,
         }
@@ -314,8 +351,11 @@ def main() -> None:
               f"p99 {figures['api_p99_ms']} ms, {errors} unexpected answers")
         print(f"  (32 clients that each wait for their answer: mean latency = 32 / rate = "
               f"{CLIENTS / rate * 1000 if rate else 0:.0f} ms, measured {figures['api_mean_ms']} ms)")
+        print("  by kind (p50 / p99 ms): " + ", ".join(
+            f"{kind} {kinds[f'{kind}_p50_ms']} / {kinds[f'{kind}_p99_ms']}" for kind in MIX))
         print(f"the same mix arriving at {OPEN_RATE:.0f} req/s: p50 {figures['open_p50_ms']} ms, "
               f"p99 {figures['open_p99_ms']} ms ({figures['open_answered_req_per_s']} req/s answered)")
+        print(f"clients per web worker: {spread}")
         print(f"baseline GET /api/v1/me: {baseline:.1f} req/s; token authentication {auth_us:.1f} µs")
         print(f"double allocations: {doubles}")
         print(json.dumps(figures))
