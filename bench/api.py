@@ -5,7 +5,7 @@ postgres://postgres@127.0.0.1:5432/test; the bench creates and at the end drops 
 `bench_api_<pid>` next to it). It migrates it, seeds BENCH_SERVERS HGX H100 servers (default 128) and one
 READY tenant with its own API token per client, starts the Procfile's `web` line (uvicorn,
 WEB_WORKERS processes, default 2, each with its own listening socket: console/webserver.py; each answering
-on WEB_THREADS threads, default 8: console/asgi_http.py)
+on WEB_THREADS threads, default 4: console/asgi_http.py)
 on a free loopback port (DEBUG off, tasks to an in-memory broker:
 the workers' side is not measured), and runs 32 concurrent clients, each a thread with one keep-alive
 HTTP/1.1 connection, for BENCH_SECONDS (default 10, after 2 of warm-up).

@@ -183,8 +183,9 @@ SIM_WORKLOAD_S = env.float("SIM_WORKLOAD_S", default=0.0)
 # credential a 401. Throttle state lives in the cache: Redis in production, per process otherwise.
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 # Threads per web process (console.asgi_http): a few answer requests (the GIL runs one at a time, and
-# fewer turns keep latency even: bench/api.py), many more hold long-polls (`?wait=`), which only sleep.
-WEB_THREADS = env.int("WEB_THREADS", default=8)
+# fewer turns keep latency even: with both workers taking clients, bench/api.py's p99 was about a
+# quarter lower at 4 than at 8), many more hold long-polls (`?wait=`), which only sleep.
+WEB_THREADS = env.int("WEB_THREADS", default=4)
 WEB_WAIT_THREADS = env.int("WEB_WAIT_THREADS", default=64)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

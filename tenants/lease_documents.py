@@ -12,6 +12,7 @@ so rows of leases that never booted read no phase rows.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -46,19 +47,23 @@ ROW_COLUMNS = tuple(key for key, _, _ in _ROW)
 _ROW_FIELDS = tuple(field for _, _, field in _ROW)
 
 
-def lease_rows(leases: QuerySet[Lease]) -> QuerySet:
-    """The rows `lease_documents` reads, as dicts (one query, joins to tenant, server and partition)."""
-    return leases.values(*ROW_COLUMNS)
-
-
-def leases_visible(*, tenant: Tenant | None = None, tenant_name: str | None = None) -> QuerySet[Lease]:
-    """The leases a caller may see: a tenant's own, one tenancy's (operators), or all (operators)."""
-    leases = Lease.objects.all()
+def lease_rows(*, tenant: Tenant | None = None, tenant_name: str | None = None) -> QuerySet:
+    """The rows `lease_documents` reads, as dicts (one query, joins to tenant, server and partition),
+    of the leases a caller may see: a tenant's own, one tenancy's (operators), or all (operators).
+    Filter and order it as any queryset."""
+    rows = _rows().all()  # a copy: the template itself is never evaluated
     if tenant is not None:
-        return leases.filter(tenant=tenant)
+        return rows.filter(tenant=tenant)
     if tenant_name is not None:
-        return leases.filter(tenant__name=tenant_name)
-    return leases
+        return rows.filter(tenant__name=tenant_name)
+    return rows
+
+
+@functools.cache
+def _rows() -> QuerySet:
+    # Resolving 31 columns over four joins took about half of building and compiling a page's query;
+    # a copy of the resolved query costs half as much (measured in-process, PostgreSQL).
+    return Lease.objects.values(*ROW_COLUMNS)
 
 
 def lease_document(lease_id: int, *, tenant: Tenant | None = None) -> dict:
@@ -79,15 +84,16 @@ def lease_documents(rows: Iterable[dict]) -> list[dict]:
     the GPUs of the placed ones and the phases of the booted ones."""
     rows = list(rows)
     gpus = _gpus_by_allocation([r["allocation_id"] for r in rows if r["allocation_id"]])
-    phases = _phases_by_lease([r["id"] for r in rows if r["booting_at"] is not None])
-    return [_document(r, gpus.get(r["allocation_id"], []), phases.get(r["id"], [])) for r in rows]
+    zone = timezone.get_current_timezone()  # once: each lookup reads a context-local
+    phases = _phases_by_lease([r["id"] for r in rows if r["booting_at"] is not None], zone)
+    return [_document(r, gpus.get(r["allocation_id"], []), phases.get(r["id"], []), zone) for r in rows]
 
 
-def iso(value) -> str | None:
-    """A time as DRF writes it (ISO 8601 in the current time zone, `Z` for UTC)."""
+def iso(value, zone=None) -> str | None:
+    """A time as DRF writes it (ISO 8601 in the current time zone, or `zone`; `Z` for UTC)."""
     if value is None:
         return None
-    text = timezone.localtime(value).isoformat()
+    text = value.astimezone(zone or timezone.get_current_timezone()).isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
@@ -122,14 +128,14 @@ def _gpus_by_allocation(allocation_ids: list[int]) -> dict[int, list[dict]]:
     return out
 
 
-def _phases_by_lease(lease_ids: list[int]) -> dict[int, list[dict]]:
+def _phases_by_lease(lease_ids: list[int], zone) -> dict[int, list[dict]]:
     out: dict[int, list[dict]] = defaultdict(list)
     if lease_ids:
         rows = (BootPhase.objects.filter(lease_id__in=lease_ids).order_by("lease_id", "seq")
                 .values_list("lease_id", "phase", "started_at", "ended_at", "duration_s", "predicted_seconds",
                              "detail"))
         for lease_id, phase, started_at, ended_at, seconds, predicted, detail in rows:
-            out[lease_id].append({"phase": phase, "started_at": iso(started_at), "ended_at": iso(ended_at),
+            out[lease_id].append({"phase": phase, "started_at": iso(started_at, zone), "ended_at": iso(ended_at, zone),
                                   "seconds": seconds, "predicted_seconds": predicted, "detail": detail})
     return out
 
@@ -146,7 +152,7 @@ def _failure_reason(row: dict) -> str | None:
     return None
 
 
-def _document(row: dict, gpus: list[dict], phases: list[dict]) -> dict:
+def _document(row: dict, gpus: list[dict], phases: list[dict], zone) -> dict:
     placed = row["allocation_id"] is not None
     doc = {
         "id": row["id"],
@@ -173,9 +179,9 @@ def _document(row: dict, gpus: list[dict], phases: list[dict]) -> dict:
         "gpu_devices": gpus,
         "boot_phases": phases,
         "release_requested": row["release_requested"],
-        "created_at": iso(row["created_at"]),
+        "created_at": iso(row["created_at"], zone),
         "links": {"self": f"{LEASES_PATH}/{row['id']}", "tenancy": f"{TENANCIES_PATH}/{row['tenant__name']}"},
     }
     for name in TIMESTAMPS:
-        doc[name] = iso(row[name])
+        doc[name] = iso(row[name], zone)
     return doc

@@ -12,7 +12,7 @@ from rest_framework import serializers
 from console.audit import Actor
 from tenants import services
 from tenants.api.serializers import LeaseSerializer
-from tenants.lease_documents import iso, lease_document, lease_documents, lease_rows, leases_visible
+from tenants.lease_documents import iso, lease_document, lease_documents, lease_rows
 from tenants.models import BootPhase, Lease
 from tenants.states import LeaseState
 from tests.api.conftest import seed_payload
@@ -61,7 +61,7 @@ def test_documents_fill_exactly_the_documented_shape_at_every_stage(landon, task
     failed = LeaseFactory(tenant=landon.tenant)
     services.lease_fail(lease=failed, actor=ACTOR, reason="ImagePullFailed: no such image")
     shape = _shape(LeaseSerializer())
-    docs = {d["id"]: d for d in lease_documents(lease_rows(leases_visible(tenant=landon.tenant)))}
+    docs = {d["id"]: d for d in lease_documents(lease_rows(tenant=landon.tenant))}
     assert {pk: _mismatches(doc, shape) for pk, doc in docs.items()} == {pk: [] for pk in docs}
     assert _mismatches({**docs[placed["id"]], "server": {"id": 1}}, shape) == [
         ".server.hostname missing", ".server.platform missing", ".server.rack missing"]  # the check itself
@@ -81,11 +81,21 @@ def test_a_page_reads_three_queries_whatever_its_leases(landon, tasks):
     _booted(LeaseFactory(tenant=landon.tenant))
     pending = LeaseFactory(tenant=landon.tenant)
     with CaptureQueriesContext(connection) as queries:
-        docs = lease_documents(lease_rows(leases_visible(tenant=landon.tenant)))
+        docs = lease_documents(lease_rows(tenant=landon.tenant))
     assert len(docs) == 5 and len(queries) == 3  # rows, GPUs of the placed, phases of the booted
     with CaptureQueriesContext(connection) as queries:
         lease_document(pending.pk)
     assert len(queries) == 1  # never placed, never booted: the row only
+
+
+def test_a_caller_s_rows_never_carry_another_caller_s_filter(landon, callers, tasks):
+    """The rows' query is resolved once per process and copied: a filter on one copy stays there."""
+    mine = LeaseFactory(tenant=landon.tenant).pk
+    theirs = LeaseFactory(tenant=callers["tenant_b"].tenant).pk
+    assert [r["id"] for r in lease_rows(tenant=landon.tenant).filter(state="pending")] == [mine]
+    assert [r["id"] for r in lease_rows(tenant=callers["tenant_b"].tenant)] == [theirs]
+    assert [r["id"] for r in lease_rows(tenant_name=landon.tenant.name)] == [mine]
+    assert sorted(r["id"] for r in lease_rows()) == sorted([mine, theirs])
 
 
 def test_a_lease_of_another_tenant_is_not_found(landon, callers, tasks):
@@ -109,5 +119,5 @@ def test_one_lease_s_written_out_statement_reads_what_the_page_s_query_reads(lan
     booted = _booted(Lease.objects.get(pk=landon.post("/api/v1/containers", seed_payload()).json()["id"])).pk
     pending = LeaseFactory(tenant=landon.tenant, command=["python", "-c"], env={"A": "1"}).pk
     for pk in (placed, booted, pending):
-        page = lease_documents(lease_rows(Lease.objects.filter(pk=pk)))
+        page = lease_documents(lease_rows().filter(pk=pk))
         assert lease_document(pk) == lease_document(pk, tenant=landon.tenant) == page[0]
