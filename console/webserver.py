@@ -34,8 +34,7 @@ logger = logging.getLogger("uvicorn.error")
 
 def reuse_port_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
     """A listening socket in the SO_REUSEPORT group of host:port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -51,8 +50,7 @@ def port_is_free(host: str, port: int) -> bool:
     """Whether nothing listens on host:port. A plain bind (no SO_REUSEPORT) fails on a port that
     another server holds, even one in a SO_REUSEPORT group; without this check a second server of the
     same user would join the first one's group and take half its connections."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the workers: TIME_WAIT is no holder
         try:
             probe.bind((host, port))
@@ -61,6 +59,10 @@ def port_is_free(host: str, port: int) -> bool:
                 return False
             raise
     return True
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 class ReusePortServer(uvicorn.Server):
