@@ -2,7 +2,8 @@
 
 from dataclasses import dataclass
 
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models import BigIntegerField, Count, F, Prefetch, Q, QuerySet, Sum, Value
+from django.db.models.functions import Cast
 
 from fleet.models import Allocation, AllocationGpu, Gpu, NvSwitch, Partition, Server
 from fleet.snapshot import GpuSnapshot, ServerSnapshot
@@ -79,6 +80,35 @@ def placement_fleet(server_ids: list[int] | None = None) -> PlacementFleet:
         for pk, (hostname, platform, rack, state) in servers.items()
     ]
     return PlacementFleet(snapshots, gpu_ids)
+
+
+# What decides which of a server's partitions fit: its state, the mask of its free usable GPUs (bit
+# `module_id`) and the mask of its occupying partitions (bit `partition_id`; ids stay under 63 on every
+# platform's table, and a wider id would only blur the mask: the index then notices later, never wrongly).
+Fingerprint = tuple[str, int, int]
+
+
+def placement_fingerprints() -> dict[int, Fingerprint]:
+    """Every server's fingerprint, in three aggregate reads: far less than `placement_fleet` (every GPU
+    row), so the live index can look for changes often and read again only the servers that changed."""
+    one = Cast(Value(1), BigIntegerField())
+
+    def masks(queryset, bit: str) -> dict[int, int]:
+        rows = queryset.order_by().values_list("server_id").annotate(
+            mask=Cast(Sum(one.bitleftshift(F(bit))), BigIntegerField()))
+        return dict(rows)
+
+    gpus = masks(Gpu.objects.filter(state=GpuState.FREE, isolated=True), "module_id")
+    partitions = masks(Partition.objects.filter(state__in=PARTITION_OCCUPYING), "partition_id")
+    return {pk: (state, gpus.get(pk, 0), partitions.get(pk, 0))
+            for pk, state in Server.objects.order_by().values_list("pk", "state")}
+
+
+def snapshot_fingerprint(server: ServerSnapshot) -> Fingerprint:
+    """The fingerprint of a server as `placement_fleet` read it (the same as `placement_fingerprints`
+    computes in the database: a free GPU is usable when it is isolated, i.e. healthy)."""
+    free = sum(1 << m for m, gpu in server.gpus.items() if gpu.state == GpuState.FREE and gpu.healthy)
+    return server.state, free, sum(1 << p for p in server.active_partition_ids)
 
 
 def partition_pks(server_id: int) -> dict[int, int]:
