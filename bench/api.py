@@ -2,7 +2,7 @@
 
 Run: `.venv/bin/python bench/api.py` (PostgreSQL at DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/test; the bench creates and at the end drops a throwaway database
-`bench_api_<pid>` next to it). It migrates it, seeds BENCH_SERVERS HGX H100 servers (default 128) and one
+`bench_api_<pid>` next to it). It migrates it, seeds BENCH_SERVERS HGX H100 servers (default 768) and one
 READY tenant with its own API token per client, starts the Procfile's `web` line (uvicorn,
 WEB_WORKERS processes, default 2, each with its own listening socket: console/webserver.py; each answering
 on WEB_THREADS threads, default 4: console/asgi_http.py)
@@ -14,6 +14,11 @@ Each client loops over a tenant's life: POST /api/v1/containers (seed payload, 1
 Idempotency-Key), GET the lease, GET /api/v1/leases (a page of 20), DELETE the lease.
 In the same run, the same clients then call GET /api/v1/me (the cheapest authenticated answer: token
 lookup, permission, a small JSON body) for the baseline, so the figure compares across machines.
+No worker runs, so a deleted lease's GPUs stay with it (`releasing`) and every placed create takes
+GPUs for good: the fleet is sized so that a run does not fill it (768 servers, 6,144 GPUs; a run
+at 260 requests a second takes some 3,600). A full fleet would turn the later creates into cheaper `pending` ones (no
+claim) and flatter the figure: the bench prints how many creates were placed (`leases_never_placed`
+must be 0 for a figure of the placed path).
 Then the same mix arrives at a fixed rate (BENCH_OPEN_RATE, default 150 requests a second, Poisson),
 each request taken by a free client, for its latency when the server is not saturated.
 
@@ -28,6 +33,8 @@ Prints readable figures, then as the last line one JSON object:
 * `api_errors`: answers that were not the expected 2xx (any 5xx included);
 * `double_allocations`: GPUs held by two open allocations, or leases whose GPUs are not their
   partition (must be 0);
+* `leases_placed`, `leases_never_placed`: the run's creates that were placed, and those that found
+  the fleet full (0 unless BENCH_SERVERS is too small for the run);
 * `auth_us_per_request`: microseconds to authenticate one token (digest lookup, constant-time
   compare), in-process, averaged over 2,000 calls;
 * `baseline_req_per_s_c32`: GET /api/v1/me per second with the same 32 clients;
@@ -64,7 +71,7 @@ lease_throughput.BENCH_DB = os.environ.get("BENCH_DB", f"bench_api_{os.getpid()}
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/test"
-SERVERS = int(os.environ.get("BENCH_SERVERS", "128"))
+SERVERS = int(os.environ.get("BENCH_SERVERS", "768"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 WARMUP_S = 2.0
 CLIENTS = 32
@@ -302,6 +309,14 @@ def _by_kind(clients: list[Client]) -> dict[str, float]:
     return out
 
 
+def _placed() -> tuple[int, int]:
+    """The run's leases that were placed, and those that never were (the fleet was full)."""
+    from tenants.models import Lease
+
+    placed = Lease.objects.filter(placed_at__isnull=False).count()
+    return placed, Lease.objects.count() - placed
+
+
 def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else 0.0
 
@@ -327,12 +342,15 @@ def main() -> None:
         open_latencies, open_answered = _open_round(clients, OPEN_RATE, SECONDS)
         floor = _round(clients, "health", SECONDS)[0] if os.environ.get("BENCH_FLOOR") else None
         doubles = double_allocations()
+        placed, never_placed = _placed()
         figures = {
             "api_req_per_s_c32": round(rate, 1),
             "api_p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else 0.0,
             "api_p99_ms": round(_pct(latencies, 0.99), 2),
             "api_errors": errors + base_errors,
             "double_allocations": doubles,
+            "leases_placed": placed,
+            "leases_never_placed": never_placed,
             "auth_us_per_request": round(auth_us, 1),
             "baseline_req_per_s_c32": round(baseline, 1),
             "baseline_p50_ms": round(statistics.median(base_latencies) * 1000, 2) if base_latencies else 0.0,
@@ -357,7 +375,7 @@ def main() -> None:
               f"p99 {figures['open_p99_ms']} ms ({figures['open_answered_req_per_s']} req/s answered)")
         print(f"clients per web worker: {spread}")
         print(f"baseline GET /api/v1/me: {baseline:.1f} req/s; token authentication {auth_us:.1f} µs")
-        print(f"double allocations: {doubles}")
+        print(f"double allocations: {doubles}; creates placed: {placed}, never placed (fleet full): {never_placed}")
         print(json.dumps(figures))
     finally:
         if proc is not None:

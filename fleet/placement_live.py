@@ -9,22 +9,25 @@ to the truth:
 * its own reservations are applied at once, and decisions still in flight survive a reload, so the
   threads of one process do not race each other for the same partition;
 * a claim that fails marks that partition taken here (someone else holds it, or it is no longer
-  free) and reads the fleet again (only that server if the fleet was read a moment ago: within
-  `REFUSED_RELOAD_AFTER_S`, or ten times as long as reading it takes, for large fleets). Servers
-  that lost free GPUs to someone else since the last read, and the one refused, are avoided for a
-  moment (`CONTENDED_S`) when anything else fits: another process is filling them, and best fit
-  would otherwise send this one after the same blocks;
-* changes committed by this process that give capacity back (a GPU becomes free, a server or
-  partition changes state) mark it dirty, and the next decision reads the fleet again;
-* other processes' changes are looked for every `PLACEMENT_INDEX_MAX_AGE_S`, and at once when a
-  decision finds nothing (a refusal is never made on a view older than `NOFIT_RELOAD_AFTER_S`). Looking
-  is cheap: each server's fingerprint (its state, its free usable GPUs, its occupying partitions:
-  `placement_fingerprints`) is read in three aggregate statements and only the servers whose
-  fingerprint changed are read again. A full fleet answered every request with a read of the whole
-  fleet (twenty a second per process on a fleet of 128 servers, 25 ms each), and a large fleet with
-  one every two seconds; what the fingerprint does not show (temperatures, firmware, who holds what,
-  a GPU taken and another freed on one server between two looks) is read in full every
-  `FULL_READ_EVERY_S`, or found by a refused claim;
+  free) and looks for what else changed (only that server is read if the fleet was looked at a
+  moment ago: within `REFUSED_RELOAD_AFTER_S`, or ten times as long as looking takes). Servers that
+  lost free GPUs to someone else since the last look, and the one refused, are avoided for a moment
+  (`CONTENDED_S`) when anything else fits: another process is filling them, and best fit would
+  otherwise send this one after the same blocks;
+* looking is cheap: each server's fingerprint (its state, its free usable GPUs, its occupying
+  partitions: `placement_fingerprints`) is read in three aggregate statements, and only the servers
+  whose fingerprint changed are read again. The index looks after changes committed by this
+  process that give capacity back (a GPU becomes free, a server or partition changes state), every
+  `PLACEMENT_INDEX_MAX_AGE_S` for other processes' changes, and when a decision finds nothing (a
+  refusal is never made on a view older than `NOFIT_RELOAD_AFTER_S`). Each of these used to read
+  the whole fleet: on a full fleet, once per request (twenty times a second per process, 25 ms
+  each at 128 servers), and on a large one, a fifth of a second every two seconds with every
+  decision of the process waiting for it;
+* what a fingerprint does not show (temperatures, firmware, who holds what, a GPU taken and another
+  freed on one server between two looks) is caught by a refused claim, or by the rolling full read:
+  each periodic look reads another `1 / FULL_READ_SLICES` of the servers in full. A read of the
+  whole fleet at once (a fifth of a second at 768 servers, the GIL held most of it) stalled the
+  process's requests, which the API's tail latency showed;
 * servers the policy ranks equal are taken in a per-process order (a salted rank), so processes
   starting on an empty fleet do not all claim the lowest id.
 
@@ -64,8 +67,9 @@ REFUSED_RELOAD_AFTER_S = 0.05
 _SID_MASK = (1 << 32) - 1
 # A decision whose transaction never reported its commit (it rolled back) stops being applied after this.
 INFLIGHT_EXPIRY_S = 10.0
-# The whole fleet is read at least this often; in between, only the servers whose fingerprint changed.
-FULL_READ_EVERY_S = 30.0
+# Each periodic look (every PLACEMENT_INDEX_MAX_AGE_S while the process decides) also reads this
+# fraction of the servers in full, whatever their fingerprints: every server within so many looks.
+FULL_READ_SLICES = 16
 
 
 @dataclass(frozen=True)
@@ -87,10 +91,10 @@ class LivePlacementIndex:
         self._gpu_ids: dict[tuple[int, int], int] = {}
         self._partition_pks: dict[int, dict[int, int]] = {}  # server id -> partition id -> pk (static)
         self._loaded_at = 0.0  # when the view was last brought up to date (a full read or a sync)
-        self._full_at = 0.0  # when the whole fleet was last read
         self._load_s = 0.0  # how long the last read of the fleet took
         # Each server's fingerprint as the database last showed it (server id -> selectors.Fingerprint).
         self._fingerprints: dict[int, tuple] = {}
+        self._rolled_to = 0  # the rolling full read's last server id (`_sync`)
         self._dirty = True
         # Decisions whose transaction has not ended: (placement, tenant, started). A read of the
         # database does not show them yet, so they are applied again after every read.
@@ -114,7 +118,7 @@ class LivePlacementIndex:
         self.refusals = 0  # claims the database refused (another process won the partition)
 
     def invalidate(self) -> None:
-        """Read the fleet again before the next decision."""
+        """Look for changes in the fleet before the next decision."""
         self._dirty = True
 
     def refresh(self) -> None:
@@ -158,10 +162,11 @@ class LivePlacementIndex:
         if request.exclude_servers:
             request = replace(request, exclude_servers=frozenset(map(self._vid, request.exclude_servers)))
         with self._lock:
-            now = time.monotonic()
-            if self._dirty or self._index is None or now - self._full_at > FULL_READ_EVERY_S:
+            if self._index is None:
                 self._load()
-            elif now - self._loaded_at > settings.PLACEMENT_INDEX_MAX_AGE_S:
+            elif time.monotonic() - self._loaded_at > settings.PLACEMENT_INDEX_MAX_AGE_S:
+                self._sync(rolling=True)
+            elif self._dirty:
                 self._sync()
             choice = self._place_avoiding_contended(request)
             if isinstance(choice, NoFit) and time.monotonic() - self._loaded_at > NOFIT_RELOAD_AFTER_S:
@@ -275,8 +280,8 @@ class LivePlacementIndex:
         return list(self._inflight.values())
 
     def _load(self) -> None:
-        started = time.monotonic()
-        seq = next(self._seq)
+        """Read the whole fleet (under the lock)."""
+        seq, started = next(self._seq), time.monotonic()
         fleet = placement_fleet()
         index = FreeBlockIndex(replace(s, server_id=self._vid(s.server_id)) for s in fleet.servers)
         self._fingerprints = {s.server_id: snapshot_fingerprint(s) for s in fleet.servers}
@@ -288,16 +293,20 @@ class LivePlacementIndex:
         if self._index is not None:
             self._avoid_filled_elsewhere(self._index, index)
         self._index, self._gpu_ids = index, fleet.gpu_ids
-        self._loaded_at = self._full_at = time.monotonic()
+        self._loaded_at = time.monotonic()
         self._load_s = self._loaded_at - started
         self._dirty = False
         self.loads += 1
 
-    def _sync(self) -> None:
+    def _sync(self, *, rolling: bool = False) -> None:
         """Bring the view up to date by fingerprint (under the lock): read again only the servers whose
-        fingerprint changed since they were last read, or the whole fleet when most of them did."""
+        fingerprint changed since they were last read, or the whole fleet when most of them did.
+        `rolling` (the periodic look): read the next `1 / FULL_READ_SLICES` of the servers too, in id
+        order, so that what no fingerprint shows is read within FULL_READ_SLICES periodic looks,
+        a slice at a time instead of the whole fleet at once."""
         started = time.monotonic()
         seq = next(self._seq)
+        self._dirty = False  # a change committed from here on asks for another look
         now = placement_fingerprints()
         changed = [sid for sid in now.keys() | self._fingerprints.keys()
                    if now.get(sid) != self._fingerprints.get(sid)]
@@ -305,6 +314,12 @@ class LivePlacementIndex:
         if 2 * len(changed) > len(now):
             self._load()
             return
+        if rolling and now:
+            ids = sorted(now)
+            after = [sid for sid in ids if sid > self._rolled_to] or ids
+            chunk = after[:-(-len(ids) // FULL_READ_SLICES)]
+            self._rolled_to = chunk[-1]
+            changed = sorted({*changed, *chunk})
         if changed:
             fresh = placement_fleet(changed)
             read = {s.server_id: s for s in fresh.servers}

@@ -334,22 +334,23 @@ def test_capacity_freed_by_another_process_is_found_by_reading_only_its_server(t
 
 
 @pytest.mark.django_db
-def test_an_old_view_is_brought_up_to_date_by_fingerprint_and_read_whole_now_and_then(
+def test_an_old_view_is_brought_up_to_date_by_fingerprint_and_read_in_full_a_slice_at_a_time(
     tasks, ready_tenant, settings, monkeypatch
 ):
     settings.PLACEMENT_INDEX_MAX_AGE_S = 2.0
-    a, b = make_server(), make_server()
+    monkeypatch.setattr(placement_live, "FULL_READ_SLICES", 2)
+    a, b, c, d = (make_server() for _ in range(4))
     live_index.refresh()
-    _request(ready_tenant, 1)  # this process's own claim: its commit is in the fingerprint too
-    Gpu.objects.filter(server=b, module_id=5).update(state=GpuState.RESERVED)  # another process's
-    loads, syncs = live_index.loads, live_index.syncs
+    _request(ready_tenant, 1)  # this process's own claim (on a): its commit is in the fingerprint too
+    Gpu.objects.filter(server=d, module_id=5).update(state=GpuState.RESERVED)  # another process's
+    Gpu.objects.filter(server=c).update(temperature_c=91)  # no fingerprint shows it
     reads = []
     read = placement_live.placement_fleet
     monkeypatch.setattr(placement_live, "placement_fleet", lambda ids=None: reads.append(ids) or read(ids))
-    live_index._loaded_at -= 3  # older than PLACEMENT_INDEX_MAX_AGE_S
-    _request(ready_tenant, 1)
-    assert (live_index.loads - loads, live_index.syncs - syncs, reads) == (0, 1, [[b.pk]])
-    live_index._loaded_at -= 3
-    live_index._full_at -= placement_live.FULL_READ_EVERY_S  # and the last full read is that old
-    _request(ready_tenant, 1)
-    assert (live_index.loads - loads, reads[-1]) == (1, None)
+    loads = live_index.loads
+    for _ in range(2):
+        live_index._loaded_at -= 3  # older than PLACEMENT_INDEX_MAX_AGE_S: a periodic look
+        assert isinstance(live_index.choose(Request(gpu_count=8)), placement_live.Decision)
+    # The first look reads d (changed) and the first half in full, the second the other half.
+    assert (live_index.loads, reads) == (loads, [[a.pk, b.pk, d.pk], [c.pk, d.pk]])
+    assert live_index._index.server(live_index._vid(c.pk)).gpus[1].temperature_c == 91
