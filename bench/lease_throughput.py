@@ -307,6 +307,7 @@ def run_round(clients: int, requests: int, tenants: list[str], rnd: random.Rando
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0,
         "refusals": sum(o["refusals"] for o in outcomes),
         "loads": sum(o["loads"] for o in outcomes),
+        "syncs": sum(o["syncs"] for o in outcomes),
     }
 
 
@@ -370,7 +371,8 @@ def _client_process(tenants: list[str], work: list[int], next_index, barrier, re
         t.join()
     elapsed = time.perf_counter() - start
     results.put({"placed": dict(placed), "latencies": latencies, "elapsed": elapsed,
-                 "error": errors[0] if errors else "", "refusals": live_index.refusals, "loads": live_index.loads})
+                 "error": errors[0] if errors else "", "refusals": live_index.refusals, "loads": live_index.loads,
+                 "syncs": live_index.syncs})
 
 
 def main() -> int:
@@ -411,7 +413,7 @@ def _bench(url: str) -> int:
         print(f"c={clients:>2}: {r['granted']}/{r['requests']} granted in {r['seconds']:.2f}s = "
               f"{r['leases_per_s']:.0f} leases/s (p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms) over "
               f"{r['processes']} processes, {r['refusals']} claims lost to another process, "
-              f"{r['loads']} fleet reads, "
+              f"{r['loads']} fleet reads, {r['syncs']} looks by fingerprint, "
               f"double allocations {bad}")
         result[f"leases_per_s_c{clients}"] = round(r["leases_per_s"], 1)
         result[f"not_granted_c{clients}"] = r["not_granted"]

@@ -249,8 +249,9 @@ RECONCILE_EVERY_S = env.float("RECONCILE_EVERY_S", default=15.0)
 MAX_PREDICTED_BOOT_S = env.float("MAX_PREDICTED_BOOT_S", default=45 * 60)
 # How long a lease, allocation or GPU may sit in a step before a reconciler resumes it (a lost task).
 RECONCILE_STUCK_AFTER_S = env.float("RECONCILE_STUCK_AFTER_S", default=30.0)
-# How stale a process's in-memory placement index may grow before it reads the fleet again (other
-# processes' releases; its own are seen at once, and a refusal always reads again first).
+# How stale a process's in-memory placement index may grow before it looks for other processes'
+# changes (by fingerprint, reading again only the servers that changed, and a rolling slice in full:
+# fleet/placement_live.py); its own changes are looked for at once, and a refusal always looks first.
 PLACEMENT_INDEX_MAX_AGE_S = env.float("PLACEMENT_INDEX_MAX_AGE_S", default=2.0)
 # The workload generator (simcontrol): how often it issues due requests and releases due leases.
 WORKLOAD_TICK_S = env.float("WORKLOAD_TICK_S", default=5.0)
