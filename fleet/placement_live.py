@@ -140,6 +140,7 @@ class LivePlacementIndex:
         self._partition_pks.clear()
         self._server_seq.clear()
         self._fingerprints.clear()
+        self._rolled_to = 0
         self._dirty = True
 
     def _vid(self, sid: int) -> int:
