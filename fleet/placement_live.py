@@ -21,12 +21,12 @@ to the truth:
   `PLACEMENT_INDEX_MAX_AGE_S` for other processes' changes, and when a decision finds nothing (a
   refusal is never made on a view older than `NOFIT_RELOAD_AFTER_S`). Each of these used to read
   the whole fleet: on a full fleet, once per request (twenty times a second per process, 25 ms
-  each at 128 servers), and on a large one, a fifth of a second every two seconds with every
+  each at 128 servers), and on a large one (1,024 servers), a fifth of a second every two seconds with every
   decision of the process waiting for it;
 * what a fingerprint does not show (temperatures, firmware, who holds what, a GPU taken and another
   freed on one server between two looks) is caught by a refused claim, or by the rolling full read:
   each periodic look reads another `1 / FULL_READ_SLICES` of the servers in full. A read of the
-  whole fleet at once (a fifth of a second at 768 servers, the GIL held most of it) stalled the
+  whole fleet at once (a fifth of a second at 1,024 servers, the GIL held most of it) stalled the
   process's requests, which the API's tail latency showed;
 * servers the policy ranks equal are taken in a per-process order (a salted rank), so processes
   starting on an empty fleet do not all claim the lowest id.
