@@ -260,17 +260,32 @@ class LivePlacementIndex:
             known = max(self._server_seq.get(vid, 0), self._fleet_seq)
             if self._index is None or vid not in self._index or known > seq:
                 return  # gone, or something newer is known here: keep the refused partition taken
-            self._server_seq[vid] = seq
-            if not fresh.servers:
+            self._apply_read([sid], fresh, seq, also_taken=[(refused, None)])
+
+    def _apply_read(self, sids: list[int], fresh, seq: int, also_taken=()) -> dict[int, int]:
+        """Put read number `seq` of the servers `sids` in the index (under the lock): each replaced by
+        what was read, or removed when it is gone; then the decisions in flight on them, and
+        `also_taken` (placement, tenant) pairs, taken again. Returns the replaced servers' free GPUs
+        before the read (index id -> free)."""
+        read = {s.server_id: s for s in fresh.servers}
+        before = {}
+        for sid in sids:
+            vid = self._vid(sid)
+            if vid in self._index:
+                before[vid] = self._index.free(vid)
                 self._index.remove(vid)
-                self._fingerprints.pop(sid, None)
-                return
-            self._index.update(replace(fresh.servers[0], server_id=vid))
-            self._fingerprints[sid] = snapshot_fingerprint(fresh.servers[0])
-            keep = [(refused, None)] + [(p, t) for p, t, _ in self._live_inflight() if p.server_id == vid]
-            for placement, tenant in keep:
+            self._fingerprints.pop(sid, None)
+            if sid in read:
+                self._index.update(replace(read[sid], server_id=vid))
+                self._fingerprints[sid] = snapshot_fingerprint(read[sid])
+            self._server_seq[vid] = seq
+        self._gpu_ids.update(fresh.gpu_ids)
+        inflight = [(p, t) for p, t, _ in self._live_inflight() if p.server_id in before]
+        for placement, tenant in [*also_taken, *inflight]:
+            if placement.server_id in self._index:
                 with contextlib.suppress(ValueError):  # already shown taken
                     self._index.reserve(placement, tenant)
+        return before
 
     def _live_inflight(self) -> list[tuple[Placement, str | None, float]]:
         """In-flight decisions, dropping those whose transaction rolled back long ago."""
@@ -322,24 +337,7 @@ class LivePlacementIndex:
             self._rolled_to = chunk[-1]
             changed = sorted({*changed, *chunk})
         if changed:
-            fresh = placement_fleet(changed)
-            read = {s.server_id: s for s in fresh.servers}
-            old_free = {}
-            for sid in changed:
-                vid = self._vid(sid)
-                if vid in self._index:
-                    old_free[vid] = self._index.free(vid)
-                    self._index.remove(vid)
-                self._fingerprints.pop(sid, None)
-                if sid in read:
-                    self._index.update(replace(read[sid], server_id=vid))
-                    self._fingerprints[sid] = snapshot_fingerprint(read[sid])
-                self._server_seq[vid] = seq
-            self._gpu_ids.update(fresh.gpu_ids)
-            for placement, tenant, _ in self._live_inflight():  # still being reserved by our threads
-                if placement.server_id in old_free and placement.server_id in self._index:
-                    with contextlib.suppress(ValueError):  # already taken in the database
-                        self._index.reserve(placement, tenant)
+            old_free = self._apply_read(changed, placement_fleet(changed), seq)
             until = time.monotonic() + CONTENDED_S
             for vid, free in old_free.items():  # another process is filling it: see _avoid_filled_elsewhere
                 if vid in self._index and self._index.free(vid) < free:
