@@ -20,7 +20,7 @@ to the truth:
   process that give capacity back (a GPU becomes free, a server or partition changes state), every
   `PLACEMENT_INDEX_MAX_AGE_S` for other processes' changes, and when a decision finds nothing (a
   refusal is never made on a view older than `NOFIT_RELOAD_AFTER_S`). Each of these used to read
-  the whole fleet: on a full fleet, once per request (twenty times a second per process, 25 ms
+  the whole fleet: on a full fleet, once per request (up to twenty times a second per process, 19-30 ms
   each at 128 servers), and on a large one (1,024 servers), a fifth of a second every two seconds with every
   decision of the process waiting for it;
 * what a fingerprint does not show (temperatures, firmware, who holds what, a GPU taken and another
