@@ -130,12 +130,24 @@ def _start_server(url: str, port: int) -> subprocess.Popen:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
+            if conn.getresponse().status == 200 and _all_workers_listen(proc.pid, port, int(env["WEB_WORKERS"])):
                 return proc
         except OSError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     proc.kill()
     raise SystemExit("the web server did not start")
+
+
+def _all_workers_listen(server_pid: int, port: int, workers: int) -> bool:
+    """Whether every web worker has its socket in the group (Linux). The first to listen answers
+    /healthz while a slower one may still be importing Django; clients that connect then all land on
+    the first and stay there (a slow day gave [32, 0] and half the server)."""
+    if workers <= 1 or not sys.platform.startswith("linux"):
+        return True
+    from console.webserver import sockets_by_process, worker_pids
+
+    return sorted(sockets_by_process(worker_pids(server_pid), port, "0A").values()) == [1] * workers
 
 
 class Client:

@@ -9,6 +9,7 @@ DELETE the lease, and GET /api/v1/me as the baseline measured in the same run.
 
 Where bench/api.py says how fast the server is, this says where a request's time goes: the median
 milliseconds and the statements of each kind (Django's captured queries, BEGIN and COMMIT included).
+BENCH_SHOW_SQL=1 first prints each kind's statements in the last life.
 Prints one line per kind, then one JSON object: `<kind>_ms`, `<kind>_queries`, and
 `<kind>_to_me` (the median over /api/v1/me's, comparable across machines).
 """
@@ -53,6 +54,7 @@ def main() -> None:
         client, rng = Client(HTTP_AUTHORIZATION=f"Bearer {token}"), random.Random(1)
         times: dict[str, list[float]] = {k: [] for k in KINDS}
         queries: dict[str, int] = {}
+        sql: dict[str, list[str]] = {}
 
         def timed(kind: str, call):
             with CaptureQueriesContext(connection) as captured:
@@ -60,6 +62,7 @@ def main() -> None:
                 response = call()
                 times[kind].append(time.perf_counter() - started)
             queries[kind] = len(captured.captured_queries)
+            sql[kind] = [q["sql"] for q in captured.captured_queries]
             assert response.status_code in (200, 202), (kind, response.status_code, response.content[:300])
             return response
 
@@ -75,6 +78,9 @@ def main() -> None:
             timed("delete", lambda lease=lease: client.delete(f"/api/v1/leases/{lease['id']}"))
             timed("me", lambda: client.get("/api/v1/me"))
         medians = {k: statistics.median(v) * 1000 for k, v in times.items()}
+        if os.environ.get("BENCH_SHOW_SQL"):  # each kind's statements in the last life
+            for kind in KINDS:
+                print(f"-- {kind}\n" + "\n".join(f"  {q[:400]}" for q in sql[kind]))
         figures = {}
         for kind in KINDS:
             print(f"{kind:7s} {medians[kind]:6.2f} ms  {queries[kind]:2d} statements  "
