@@ -60,9 +60,11 @@ looks at the few non-empty buckets in order and the top of one heap; updates rec
 version check. Which partitions of a server are offerable, their damage and the server's occupants
 depend only on (platform, free-GPU mask, active partitions), so that part is cached across servers.
 The rack-spread tie-break depends on the requesting tenant, so it is applied only among the entries
-tied on everything before it, popped from the top of the winning bucket. `place_bruteforce` is the
-reference the index is tested against (tests/fleet/test_placement.py, with hypothesis over random
-fleets and update sequences).
+tied on everything before it, popped from the top of the winning bucket until one lies in a rack
+where the tenant holds as few GPUs as it does in any rack (on identical servers the tie is the whole
+bucket). `place_bruteforce` is the reference the index is tested against
+(tests/fleet/test_placement.py and test_placement_rack_ties.py, with hypothesis over random fleets
+and update sequences).
 
 Platforms are looked up with `hardware.platforms.get_platform(server.platform_key)`.
 """
@@ -369,6 +371,7 @@ class FreeBlockIndex:
         self._size_servers: dict[int, int] = {}
         self._unschedulable: dict[str, int] = {}
         self._rack_load: dict[str, dict[str, int]] = {}  # tenant -> rack -> GPUs held
+        self._racks: dict[str, int] = {}  # rack -> servers in it (the rack-spread early exit)
         self._live = 0
         self._pushed = 0
         for s in servers:
@@ -453,6 +456,7 @@ class FreeBlockIndex:
                 _bump(hist, view.free, sign)
         if not snap.schedulable:
             _bump(self._unschedulable, snap.state, sign)
+        _bump(self._racks, snap.rack, sign)
         for tenant, n in view.tenant_gpus.items():
             racks = self._rack_load.get(tenant)
             if racks is None:
@@ -527,10 +531,18 @@ class FreeBlockIndex:
         """Slow path: skip excluded servers, and break (firmware, temperature) ties by rack load.
 
         Entries are popped in heap order and pushed back afterwards, so the bucket is unchanged.
+        Tied entries pop in (server id, partition id) order, so the first one at the lowest rack load
+        among them wins, and one at the lowest load any rack of the fleet has for this tenant (0 while
+        some rack holds none of its GPUs) wins outright: the popping stops there. On a fleet of
+        identical servers the tie is the whole bucket (hundreds of entries), popped in full before.
         """
         version = self._version
+        views = self._views
+        floor = min(loads.values()) if loads and len(loads) == len(self._racks) else 0
         skipped: list = []
         tied: list = []
+        best = None
+        best_load = 0
         while heap:
             e = heap[0]
             if version.get(e[2]) != e[4]:
@@ -541,17 +553,16 @@ class FreeBlockIndex:
                 break
             else:
                 tied.append(heapq.heappop(heap))
-                if not loads:
+                load = loads.get(views[e[2]].snapshot.rack, 0) if loads else 0
+                if best is None or load < best_load:
+                    best, best_load = e, load
+                if load == floor:
                     break
         for e in skipped:
             heapq.heappush(heap, e)
         for e in tied:
             heapq.heappush(heap, e)
-        if not tied:
-            return None
-        views = self._views
-        best = min(tied, key=lambda e: (loads.get(views[e[2]].snapshot.rack, 0) if loads else 0, e[2], e[3]))
-        return best[2], best[5]
+        return None if best is None else (best[2], best[5])
 
     def _first_fit(self, k: int, excluded: frozenset[int]) -> tuple[int, _Candidate] | None:
         heap = self._first.get(k)
