@@ -37,7 +37,7 @@ from tenants.api.serializers import (
 from tenants.api.throttles import CreateRateThrottle, TokenRateThrottle
 from tenants.constants import IDEMPOTENCY_KEY_MAX, LEASE_WAIT_POLL_S, ROLE_VIEWER
 from tenants.idempotency import lease_request_once, request_digest
-from tenants.lease_documents import LEASES_PATH, lease_document, lease_documents, lease_rows
+from tenants.lease_documents import LEASES_PATH, lease_document, lease_documents, lease_page_rows
 from tenants.models import Lease
 
 TENANT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,54}[a-z0-9])?")  # what validate_tenant_name accepts
@@ -140,11 +140,11 @@ class LeaseListView(APIView):
         f = filters.validated_data
         tenant = caller_tenant(request)
         if tenant is None and f.get("tenancy"):
-            queryset = lease_rows(tenant_name=f["tenancy"])
+            queryset = lease_page_rows(tenant_name=f["tenancy"])
         elif tenant is not None and f.get("tenancy") not in (None, tenant.name):
             raise PermissionDenied("A tenant's token sees only its own tenancy.")
         else:
-            queryset = lease_rows(tenant=tenant)
+            queryset = lease_page_rows(tenant=tenant)
         if f.get("state"):
             queryset = queryset.filter(state__in=f["state"])
         if f.get("created_after"):

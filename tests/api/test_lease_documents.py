@@ -1,7 +1,7 @@
 """The lease representation built from rows (tenants.lease_documents) fills exactly the documented shape
 (LeaseSerializer, the OpenAPI component), for leases in every stage, in a fixed number of queries."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
@@ -12,7 +12,14 @@ from rest_framework import serializers
 from console.audit import Actor
 from tenants import services
 from tenants.api.serializers import LeaseSerializer
-from tenants.lease_documents import iso, lease_document, lease_documents, lease_rows
+from tenants.lease_documents import (
+    LeaseRowsStatement,
+    iso,
+    lease_document,
+    lease_documents,
+    lease_page_rows,
+    lease_rows,
+)
 from tenants.models import BootPhase, Lease
 from tenants.states import LeaseState
 from tests.api.conftest import seed_payload
@@ -121,3 +128,46 @@ def test_one_lease_s_written_out_statement_reads_what_the_page_s_query_reads(lan
     for pk in (placed, booted, pending):
         page = lease_documents(lease_rows().filter(pk=pk))
         assert lease_document(pk) == lease_document(pk, tenant=landon.tenant) == page[0]
+
+
+def test_the_list_s_written_out_statement_reads_what_the_orm_reads(landon, callers, tasks):
+    """Every filter, order and slice the list and its cursor pagination use, against `lease_rows`."""
+    make_server()
+    for n in (1, 2, 4):
+        landon.post("/api/v1/containers", seed_payload(gpus=n))
+    _booted(LeaseFactory(tenant=landon.tenant))
+    LeaseFactory(tenant=landon.tenant, command=["python", "-c"], env={"A": "1"})
+    LeaseFactory(tenant=callers["tenant_b"].tenant)
+    ids = sorted(Lease.objects.values_list("id", flat=True))
+    middle = Lease.objects.get(pk=ids[3]).created_at
+    Lease.objects.filter(pk__in=ids[:2]).update(created_at=middle - timedelta(hours=1))
+    cases = [
+        ({}, {}),
+        ({"tenant": landon.tenant}, {}),
+        ({"tenant_name": "other"}, {}),
+        ({"tenant": landon.tenant}, {"state__in": ["pending", "booting"]}),
+        ({"tenant": landon.tenant}, {"state__in": ["placed"]}),
+        ({}, {"created_at__gte": middle}),
+        ({}, {"created_at__lt": middle}),
+        ({"tenant": landon.tenant}, {"id__lt": ids[4]}),
+        ({"tenant": landon.tenant}, {"id__gt": ids[1]}),
+    ]
+    for scope, lookups in cases:
+        for order in ("-id", "id"):
+            for window in (slice(0, 3), slice(1, 4), slice(0, 100), slice(6, 9)):
+                expected = list(lease_rows(**scope).filter(**lookups).order_by(order)[window])
+                written = lease_page_rows(**scope).filter(**lookups).order_by(order)[window]
+                assert written == expected, (scope, lookups, order, window)
+    assert lease_documents(lease_page_rows(tenant=landon.tenant).order_by("-id")[0:20]) == lease_documents(
+        lease_rows(tenant=landon.tenant).order_by("-id")[0:20])
+    with CaptureQueriesContext(connection) as queries:
+        lease_page_rows(tenant=landon.tenant).filter(id__lt=ids[-1]).order_by("-id")[0:21]
+    assert len(queries) == 1
+
+
+def test_the_written_out_statement_refuses_what_it_cannot_read():
+    rows = LeaseRowsStatement()
+    for bad in (lambda: rows.filter(image="x"), lambda: rows.order_by("created_at"), lambda: rows[0],
+                lambda: rows[2:]):
+        with pytest.raises(TypeError):
+            bad()
