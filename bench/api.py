@@ -12,8 +12,13 @@ HTTP/1.1 connection, for BENCH_SECONDS (default 10, after 2 of warm-up).
 
 Each client loops over a tenant's life: POST /api/v1/containers (seed payload, 1/2/4/8 GPUs, an
 Idempotency-Key), GET the lease, GET /api/v1/leases (a page of 20), DELETE the lease.
-In the same run, the same clients then call GET /api/v1/me (the cheapest authenticated answer: token
+In the same run, the same clients call GET /api/v1/me (the cheapest authenticated answer: token
 lookup, permission, a small JSON body) for the baseline, so the figure compares across machines.
+The two take turns: BENCH_SLICES (default 4) turns each of BENCH_SECONDS / BENCH_SLICES, mix then
+baseline, 1 s to settle before each later turn. This machine's speed drifts within minutes (a run's
+baseline went from 739 to 535 requests a second between two runs ten minutes apart), and measured one
+after the other the two figures saw different machines. A request counts when it finishes inside a
+turn's measured window, not when it was in flight as the window closed.
 No worker runs, so a deleted lease's GPUs stay with it (`releasing`) and every placed create takes
 GPUs for good: the fleet is sized so that a run does not fill it (768 servers, 6,144 GPUs; a run
 at 260 requests a second takes some 3,600). A full fleet would turn the later creates into cheaper `pending` ones (no
@@ -74,6 +79,8 @@ DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/test"
 SERVERS = int(os.environ.get("BENCH_SERVERS", "768"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 WARMUP_S = 2.0
+SETTLE_S = 1.0  # before each later turn of a round: the server's queue refills with the new work
+SLICES = int(os.environ.get("BENCH_SLICES", "4"))
 CLIENTS = 32
 IMAGE = "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0-ubi8"
 SIZES = (1, 1, 1, 1, 2, 2, 2, 4, 4, 8)
@@ -154,9 +161,8 @@ class Client:
     def __init__(self, port: int, tenant: str, token: str, index: int):
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         self.tenant, self.headers, self.rng = tenant, {"Authorization": f"Bearer {token}"}, random.Random(index)
-        self.latencies: list[float] = []
-        self.by_kind: dict[str, list[float]] = {}
-        self.errors = 0
+        self.samples: list[tuple[str, float, float, bool]] = []  # (kind, finished at, seconds, as expected)
+        self.unexpected = 0  # answers not as expected, in every round (warm-ups too)
         self.n = 0
         self.lease: int | None = None  # the open-rate round's lease in progress
         self.stage = 0
@@ -169,11 +175,10 @@ class Client:
         self.conn.request(method, path, payload, hdrs)
         response = self.conn.getresponse()
         data = response.read()
-        took = time.perf_counter() - started
-        self.latencies.append(took)
-        self.by_kind.setdefault(kind, []).append(took)
+        finished = time.perf_counter()
+        self.samples.append((kind, finished, finished - started, response.status in expect))
         if response.status not in expect:
-            self.errors += 1
+            self.unexpected += 1
             return None
         return json.loads(data) if data else None
 
@@ -213,38 +218,63 @@ class Client:
         self.call("health", "GET", "/healthz")
 
 
-def _round(clients: list[Client], work: str, seconds: float) -> tuple[float, list[float], int]:
+def _round(clients: list[Client], work: str, seconds: float, warmup: float) -> tuple[float, float]:
+    """The clients run `work` in a loop; returns the measured window (start, end) after `warmup`.
+    Only requests that finish inside it count (not those in flight when it closes)."""
     stop = threading.Event()
-    measuring = threading.Event()
-    counts = [0] * len(clients)
 
-    def run(i: int, client: Client) -> None:
+    def run(client: Client) -> None:
         while not stop.is_set():
-            before = len(client.latencies)
             getattr(client, work)()
-            if measuring.is_set():
-                counts[i] += len(client.latencies) - before
 
-    for c in clients:
-        c.latencies.clear()
-        c.by_kind.clear()
-        c.errors = 0
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(clients)]
+    threads = [threading.Thread(target=run, args=(c,)) for c in clients]
     for t in threads:
         t.start()
-    time.sleep(WARMUP_S)
-    for c in clients:
-        c.latencies.clear()
-        c.by_kind.clear()
-    measuring.set()
+    time.sleep(warmup)
     started = time.perf_counter()
     time.sleep(seconds)
-    elapsed = time.perf_counter() - started
+    ended = time.perf_counter()
     stop.set()
     for t in threads:
         t.join()
-    latencies = sorted(x for c in clients for x in c.latencies)
-    return sum(counts) / elapsed, latencies, sum(c.errors for c in clients)
+    return started, ended
+
+
+class Measured:
+    """One kind of closed-loop work's requests inside its measured windows."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.samples: list[tuple[str, float, float, bool]] = []
+
+    def add(self, clients: list[Client], window: tuple[float, float]) -> None:
+        started, ended = window
+        self.seconds += ended - started
+        self.samples += [x for c in clients for x in c.samples if started <= x[1] <= ended]
+        for c in clients:
+            c.samples.clear()
+
+    @property
+    def rate(self) -> float:
+        return len(self.samples) / self.seconds if self.seconds else 0.0
+
+    @property
+    def latencies(self) -> list[float]:
+        return sorted(x[2] for x in self.samples)
+
+    def of_kind(self, kind: str) -> list[float]:
+        return sorted(x[2] for x in self.samples if x[0] == kind)
+
+
+def _interleaved(clients: list[Client], works: tuple[str, ...], seconds: float, slices: int) -> list[Measured]:
+    """Each work for `seconds` in all, measured in `slices` turns taken in rotation (the mix, then
+    the baseline, then the mix again...): a machine whose speed drifts during the run (this one's
+    does, by a third within minutes) slows both figures alike, and their ratio stays comparable."""
+    measured = [Measured() for _ in works]
+    for turn in range(slices):
+        for work, into in zip(works, measured, strict=True):
+            into.add(clients, _round(clients, work, seconds / slices, WARMUP_S if turn == 0 else SETTLE_S))
+    return measured
 
 
 def _open_round(clients: list[Client], rate: float, seconds: float) -> tuple[list[float], float]:
@@ -311,11 +341,11 @@ def _clients_per_worker(server_pid: int, port: int) -> list[int]:
     return sorted(sockets_by_process(worker_pids(server_pid), port, "01").values(), reverse=True)
 
 
-def _by_kind(clients: list[Client]) -> dict[str, float]:
+def _by_kind(mix: Measured) -> dict[str, float]:
     """Each kind of request's p50 and p99 in the mix round: which kind the tail is made of."""
     out = {}
     for kind in MIX:
-        values = sorted(x for c in clients for x in c.by_kind.get(kind, ()))
+        values = mix.of_kind(kind)
         out[f"{kind}_p50_ms"] = round(_pct(values, 0.5), 1)
         out[f"{kind}_p99_ms"] = round(_pct(values, 0.99), 1)
     return out
@@ -347,19 +377,22 @@ def main() -> None:
         port = _free_port()
         proc = _start_server(url, port)
         clients = [Client(port, tenant, token, i) for i, (tenant, token) in enumerate(tokens)]
-        rate, latencies, errors = _round(clients, "life", SECONDS)
-        kinds = _by_kind(clients)
+        works = ("life", "me", *(("health",) if os.environ.get("BENCH_FLOOR") else ()))
+        mix, base, *floors = _interleaved(clients, works, SECONDS, SLICES)
+        rate, latencies = mix.rate, mix.latencies
+        baseline, base_latencies = base.rate, base.latencies
+        kinds = _by_kind(mix)
         spread = _clients_per_worker(proc.pid, port)
-        baseline, base_latencies, base_errors = _round(clients, "me", SECONDS)
         open_latencies, open_answered = _open_round(clients, OPEN_RATE, SECONDS)
-        floor = _round(clients, "health", SECONDS)[0] if os.environ.get("BENCH_FLOOR") else None
+        floor = floors[0].rate if floors else None
+        errors = sum(c.unexpected for c in clients)
         doubles = double_allocations()
         placed, never_placed = _placed()
         figures = {
             "api_req_per_s_c32": round(rate, 1),
             "api_p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else 0.0,
             "api_p99_ms": round(_pct(latencies, 0.99), 2),
-            "api_errors": errors + base_errors,
+            "api_errors": errors,
             "double_allocations": doubles,
             "leases_placed": placed,
             "leases_never_placed": never_placed,
