@@ -93,6 +93,10 @@ def test_a_page_reads_three_queries_whatever_its_leases(landon, tasks):
     with CaptureQueriesContext(connection) as queries:
         lease_document(pending.pk)
     assert len(queries) == 1  # never placed, never booted: the row only
+    placed = Lease.objects.filter(gpu_count=4).get()
+    with CaptureQueriesContext(connection) as queries:
+        document = lease_document(placed.pk)
+    assert len(queries) == 1 and len(document["gpu_devices"]) == 4  # the lease with its GPUs, one row each
 
 
 def test_a_caller_s_rows_never_carry_another_caller_s_filter(landon, callers, tasks):
