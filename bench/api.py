@@ -16,7 +16,7 @@ In the same run, the same clients call GET /api/v1/me (the cheapest authenticate
 lookup, permission, a small JSON body) for the baseline, so the figure compares across machines.
 The two take turns: BENCH_SLICES (default 4) turns each of BENCH_SECONDS / BENCH_SLICES, mix then
 baseline, 1 s to settle before each later turn. This machine's speed drifts within minutes (a run's
-baseline went from 739 to 535 requests a second between two runs ten minutes apart), and measured one
+baseline went from 739 to 535 requests a second within five minutes), and measured one
 after the other the two figures saw different machines. A request counts when it finishes inside a
 turn's measured window, not when it was in flight as the window closed.
 No worker runs, so a deleted lease's GPUs stay with it (`releasing`) and every placed create takes
