@@ -25,7 +25,8 @@ at 260 requests a second takes some 3,600). A full fleet would turn the later cr
 claim) and flatter the figure: the bench prints how many creates were placed (`leases_never_placed`
 must be 0 for a figure of the placed path).
 Then the same mix arrives at a fixed rate (BENCH_OPEN_RATE, default 150 requests a second, Poisson),
-each request taken by a free client, for its latency when the server is not saturated.
+each request taken by a free client, for its latency when the server is not saturated
+(BENCH_OPEN_RATE=0 skips it).
 
 Read the saturated latencies with Little's law: 32 clients that each wait for their answer keep 32
 requests in the server, so the mean latency is 32 / throughput (160 ms at 200 requests a second);
@@ -364,8 +365,8 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    base = os.environ.get("DATABASE_URL", DEFAULT_URL)
-    url = _create_db(base)
+    server_url = os.environ.get("DATABASE_URL", DEFAULT_URL)
+    url = _create_db(server_url)
     proc = None
     try:
         _setup_django(url)
@@ -383,7 +384,7 @@ def main() -> None:
         baseline, base_latencies = base.rate, base.latencies
         kinds = _by_kind(mix)
         spread = _clients_per_worker(proc.pid, port)
-        open_latencies, open_answered = _open_round(clients, OPEN_RATE, SECONDS)
+        open_latencies, open_answered = _open_round(clients, OPEN_RATE, SECONDS) if OPEN_RATE > 0 else ([], 0.0)
         floor = floors[0].rate if floors else None
         errors = sum(c.unexpected for c in clients)
         doubles = double_allocations()
@@ -416,8 +417,9 @@ def main() -> None:
               f"{CLIENTS / rate * 1000 if rate else 0:.0f} ms, measured {figures['api_mean_ms']} ms)")
         print("  by kind (p50 / p99 ms): " + ", ".join(
             f"{kind} {kinds[f'{kind}_p50_ms']} / {kinds[f'{kind}_p99_ms']}" for kind in MIX))
-        print(f"the same mix arriving at {OPEN_RATE:.0f} req/s: p50 {figures['open_p50_ms']} ms, "
-              f"p99 {figures['open_p99_ms']} ms ({figures['open_answered_req_per_s']} req/s answered)")
+        if OPEN_RATE > 0:
+            print(f"the same mix arriving at {OPEN_RATE:.0f} req/s: p50 {figures['open_p50_ms']} ms, "
+                  f"p99 {figures['open_p99_ms']} ms ({figures['open_answered_req_per_s']} req/s answered)")
         print(f"clients per web worker: {spread}")
         print(f"baseline GET /api/v1/me: {baseline:.1f} req/s; token authentication {auth_us:.1f} µs")
         print(f"double allocations: {doubles}; creates placed: {placed}, never placed (fleet full): {never_placed}")
@@ -429,7 +431,7 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-        _drop_db(base)
+        _drop_db(server_url)
 
 
 if __name__ == "__main__":
