@@ -127,6 +127,15 @@ _GPUS = (
     f"SELECT ag.allocation_id, g.module_id, g.uuid, g.pci_address FROM {AllocationGpu._meta.db_table} ag"
     f" JOIN {Gpu._meta.db_table} g ON g.id = ag.gpu_id WHERE ag.allocation_id IN (%s) ORDER BY g.module_id"
 )
+# PostgreSQL's planner priced a page's few dozen GPU lookups above hashing the whole GPU table and
+# chose the hash: 1.7 ms a page on 6,144 GPUs, growing with the fleet. The lateral subquery reads
+# each GPU by its key (OFFSET 0 keeps the planner from flattening it back into that join); one
+# statement text for any page, so it stays prepared.
+_GPUS_POSTGRESQL = (
+    f"SELECT ag.allocation_id, g.module_id, g.uuid, g.pci_address FROM {AllocationGpu._meta.db_table} ag"
+    f" CROSS JOIN LATERAL (SELECT module_id, uuid, pci_address FROM {Gpu._meta.db_table}"
+    " WHERE id = ag.gpu_id OFFSET 0) g WHERE ag.allocation_id = ANY(%s) ORDER BY g.module_id"
+)
 
 
 def _row(values: tuple) -> dict:
@@ -182,14 +191,17 @@ class LeaseRowsStatement:
             raise TypeError(f"LeaseRowsStatement orders by id only, not {fields}")
         return LeaseRowsStatement(self._where, self._params, fields[0])
 
+    def sql(self, start: int, stop: int) -> tuple[str, list]:
+        """The statement reading rows [start, stop), and its parameters."""
+        sql = _SELECT_ROWS + (f" WHERE {' AND '.join(self._where)}" if self._where else "")
+        sql += f" ORDER BY l.id {'DESC' if self._order == '-id' else 'ASC'} LIMIT %s OFFSET %s"
+        return sql, [*self._params, max(0, stop - start), start]
+
     def __getitem__(self, window: slice) -> list[dict]:
         if not isinstance(window, slice) or window.step is not None or window.stop is None:
             raise TypeError("LeaseRowsStatement reads one slice with an end")
-        start = window.start or 0
-        sql = _SELECT_ROWS + (f" WHERE {' AND '.join(self._where)}" if self._where else "")
-        sql += f" ORDER BY l.id {'DESC' if self._order == '-id' else 'ASC'} LIMIT %s OFFSET %s"
         with connection.cursor() as cursor:
-            cursor.execute(sql, [*self._params, max(0, window.stop - start), start])
+            cursor.execute(*self.sql(window.start or 0, window.stop))
             found = cursor.fetchall()
         return [dict(zip(ROW_COLUMNS, values, strict=True)) for values in from_db_rows(_ROW_FIELDS, found)]
 
@@ -198,7 +210,10 @@ def _gpus_by_allocation(allocation_ids: list[int]) -> dict[int, list[dict]]:
     out: dict[int, list[dict]] = defaultdict(list)
     if allocation_ids:
         with connection.cursor() as cursor:
-            cursor.execute(_GPUS % ", ".join(["%s"] * len(allocation_ids)), allocation_ids)
+            if connection.vendor == "postgresql":
+                cursor.execute(_GPUS_POSTGRESQL, [allocation_ids])
+            else:
+                cursor.execute(_GPUS % ", ".join(["%s"] * len(allocation_ids)), allocation_ids)
             for allocation_id, module_id, uuid, pci_address in cursor.fetchall():
                 out[allocation_id].append({"module_id": module_id, "uuid": uuid, "pci_address": pci_address})
     return out

@@ -271,8 +271,16 @@ def _tenant_for_request(name: str) -> Tenant | None:
     return next(iter(Tenant.objects.raw(sql, [*LEASE_UNFINISHED, L.PENDING, name])), None)
 
 
+def _columns(model, alias: str = "") -> str:
+    """The model's columns by name, not `*`: a statement stays prepared in the web workers (settings'
+    DATABASE_PREPARED), and PostgreSQL refuses to run a prepared `SELECT *` once a migration has
+    added a column ("cached plan must not change result type")."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f"{prefix}{field.column}" for field in model._meta.concrete_fields)
+
+
 _TENANT_FOR_REQUEST = f"""
-    SELECT t.*,
+    SELECT {_columns(Tenant, "t")},
            COALESCE((SELECT SUM(l.gpu_count) FROM {Lease._meta.db_table} l
                      WHERE l.tenant_id = t.id AND l.state IN ({", ".join(["%s"] * len(LEASE_UNFINISHED))})), 0) AS held,
            EXISTS (SELECT 1 FROM {Lease._meta.db_table} l WHERE l.tenant_id = t.id AND l.state = %s) AS waiting
@@ -414,7 +422,7 @@ def _lease_locked(pk: int, tenant: Tenant | None) -> Lease:
     return found
 
 
-_LEASE_LOCKED = f"SELECT * FROM {Lease._meta.db_table} WHERE id = %s"
+_LEASE_LOCKED = f"SELECT {_columns(Lease)} FROM {Lease._meta.db_table} WHERE id = %s"
 
 
 def lease_cancel_overdue(*, actor: Actor, now=None) -> int:
