@@ -4,7 +4,7 @@ Run: `.venv/bin/python bench/api.py` (PostgreSQL at DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/test; the bench creates and at the end drops a throwaway database
 `bench_api_<pid>` next to it). It migrates it, seeds BENCH_SERVERS HGX H100 servers (default 768) and one
 READY tenant with its own API token per client, starts the Procfile's `web` line (uvicorn,
-WEB_WORKERS processes, default 2, each with its own listening socket: console/webserver.py; each answering
+WEB_WORKERS processes, default 2, sharing one socket, least loaded accepts: console/webserver.py; each answering
 on WEB_THREADS threads, default 4: console/asgi_http.py)
 on a free loopback port (DEBUG off, tasks to an in-memory broker:
 the workers' side is not measured), and runs 32 concurrent clients, each a thread with one keep-alive
@@ -58,10 +58,12 @@ import http.client
 import json
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -137,15 +139,17 @@ def _start_server(url: str, port: int) -> subprocess.Popen:
            "DATABASE_POOL": os.environ.get("DATABASE_POOL", "1"), "DATABASE_POOL_MAX": "40"}
     # The README's server as `make run` starts it: the Procfile's `web` line, on a free port.
     env["WEB_PORT"] = str(port)
+    env["WEB_CONNECTION_BOARD"] = tempfile.mkdtemp(prefix="bench-web-connections-")
     env.setdefault("WEB_WORKERS", os.environ.get("WEB_WORKERS", "2"))
     cmd = ["bash", "-c", "exec " + procfile_command("web").replace(".venv/bin/", f"{Path(sys.executable).parent}/")]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    proc.args_board = env["WEB_CONNECTION_BOARD"]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200 and _all_workers_listen(proc.pid, port, int(env["WEB_WORKERS"])):
+            if conn.getresponse().status == 200 and _all_workers_accept(env, int(env["WEB_WORKERS"])):
                 return proc
         except OSError:
             pass
@@ -154,15 +158,15 @@ def _start_server(url: str, port: int) -> subprocess.Popen:
     raise SystemExit("the web server did not start")
 
 
-def _all_workers_listen(server_pid: int, port: int, workers: int) -> bool:
-    """Whether every web worker has its socket in the group (Linux). The first to listen answers
-    /healthz while a slower one may still be importing Django; clients that connect then all land on
-    the first and stay there (a slow day gave [32, 0] and half the server)."""
-    if workers <= 1 or not sys.platform.startswith("linux"):
+def _all_workers_accept(env: dict, workers: int) -> bool:
+    """Whether every web worker accepts (is on the server's connection board). The first to start
+    answers /healthz while a slower one may still be importing Django; clients that connect then all
+    land on the first and stay there (a slow day gave [32, 0] and half the server)."""
+    if workers <= 1:
         return True
-    from console.webserver import sockets_by_process, worker_pids
+    from console.webserver import workers_on_board
 
-    return sorted(sockets_by_process(worker_pids(server_pid), port, "0A").values()) == [1] * workers
+    return workers_on_board(env["WEB_CONNECTION_BOARD"]) == workers
 
 
 class Client:
@@ -435,6 +439,7 @@ def main() -> None:
         if proc is not None:
             proc.terminate()
             proc.wait(10)
+            shutil.rmtree(proc.args_board, ignore_errors=True)
         from django.db import connections
 
         connections.close_all()

@@ -1,108 +1,220 @@
-"""The web server (the Procfile's `web`): uvicorn, WEB_WORKERS processes, each listening on a socket of
-its own in one SO_REUSEPORT group.
+"""The web server (the Procfile's `web`): uvicorn, WEB_WORKERS processes that share one listening
+socket, each accepting a connection only while it holds no more connections than any other worker.
 
-Uvicorn's `--workers` binds one socket in the parent and every worker accepts from it. The worker that
-wakes first accepts everything queued, so clients that connect together land on one process and stay
-there over keep-alive: under bench/api.py all 32 clients were on one of the two workers, and the
-other sat idle (`ss -tnp`), so the second worker added nothing. With a socket per worker in one
-SO_REUSEPORT group, Linux spreads new connections across the workers by a hash of their addresses.
+Keep-alive clients stay on the worker that accepted them, so how connections are first handed out
+decides how the load is shared for as long as they live. Uvicorn's own workers each accept
+everything queued when they wake: clients that connect together all land on one process (under
+bench/api.py all 32 on one of two, the other idle). A socket per worker in a SO_REUSEPORT group
+spreads them by a hash of their addresses, not by load: 32 connections came out between [16, 16]
+and [25, 7], and the clients of the fuller worker waited up to three times as long (bench/api.py's
+`clients_per_worker`, `api_p99_ms`). A proxy in front that keeps a few upstream connections open
+meets the same lottery.
 
-Run: `python -m console.webserver --host 127.0.0.1 --port 8000 --workers 2`. Where SO_REUSEPORT does not
-exist, or with one worker, it is uvicorn's usual single socket. macOS accepts the group but hands its
-connections to one socket, no worse than a shared one. The spread is by hash, not by load: 32
-connections came out between [16, 16] and [25, 7] (bench/api.py's `clients_per_worker`).
+Here each worker accepts one connection at a time, and before each it compares the connections it
+holds with those of the other workers on a board (a small file per worker in a directory the
+server makes, WEB_CONNECTION_BOARD); a worker holding more waits a moment (DEFER_S) and lets a less
+loaded one take it. A connection is never left waiting on a worker that does not come: after
+PATIENCE_S any worker takes it.
+
+Run: `python -m console.webserver --host 127.0.0.1 --port 8000 --workers 2` (one worker: uvicorn's
+usual server).
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
+import asyncio
 import logging
 import os
+import shutil
 import socket
 import subprocess
-import sys
+import tempfile
+import time
 from pathlib import Path
 
 import uvicorn
-from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import multiprocess
 
 APP = "console.asgi:application"
+BOARD_ENV = "WEB_CONNECTION_BOARD"
+DEFER_S = 0.002  # a worker with more connections looks again after this
+PATIENCE_S = 0.05  # and takes the connection anyway after this (the less loaded one may be stuck)
+PUBLISH_S = 0.1  # each worker writes its count at least this often (closed connections)
 logger = logging.getLogger("uvicorn.error")
 
 
-def reuse_port_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """A listening socket in the SO_REUSEPORT group of host:port."""
-    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+class ConnectionBoard:
+    """Each worker's open connections: a file per worker, named by its process id, in `directory`."""
+
+    def __init__(self, directory: str | Path, name: str | None = None):
+        self.directory = Path(directory)
+        self.name = name or str(os.getpid())
+        self._fd = os.open(self.directory / self.name, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def publish(self, held: int) -> None:
+        os.pwrite(self._fd, b"%12d" % held, 0)
+
+    def others(self) -> dict[str, int]:
+        """The other live workers' counts (a file whose process is gone is removed)."""
+        out = {}
+        for entry in os.scandir(self.directory):
+            if entry.name == self.name:
+                continue
+            if not _alive(entry.name):
+                Path(entry.path).unlink(missing_ok=True)
+                continue
+            try:
+                out[entry.name] = int(Path(entry.path).read_bytes() or b"0")
+            except (OSError, ValueError):
+                continue  # being written or just removed: not counted this time
+        return out
+
+    def least_loaded(self, held: int) -> bool:
+        """Whether no other worker holds fewer connections than `held` (ties: both may take it)."""
+        self.publish(held)
+        return all(held <= theirs for theirs in self.others().values())
+
+    def close(self) -> None:
+        os.close(self._fd)
+        (self.directory / self.name).unlink(missing_ok=True)
+
+
+def _alive(name: str) -> bool:
+    if not name.isdigit():
+        return True  # not a process id (tests name their boards)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """Whether nothing listens on host:port. A plain bind (no SO_REUSEPORT) fails on a port that
-    another server holds, even one in a SO_REUSEPORT group; without this check a second server of the
-    same user would join the first one's group and take half its connections."""
-    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the workers: TIME_WAIT is no holder
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return False
-            raise
+        os.kill(int(name), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
     return True
 
 
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
+class Acceptor:
+    """A worker's accept loop on the shared socket: one connection per turn, least loaded first.
+    Stands in uvicorn's `Server.servers` (close, wait_closed)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol_factory, held, board):
+        self.loop, self.sock, self.protocol_factory, self.board = loop, sock, protocol_factory, board
+        self._held = held  # connections uvicorn holds in this worker
+        self.setting_up = 0  # accepted, not yet handed to a protocol
+        self.closed = False
+        self._waiting_since = self._last_deferral = 0.0
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._ready)
+        self._publish()
+
+    def held(self) -> int:
+        return self._held() + self.setting_up
+
+    def _ready(self) -> None:
+        now = time.monotonic()
+        if now - self._last_deferral > 4 * DEFER_S:  # a new connection, not the one deferred just now
+            self._waiting_since = now
+        if now - self._waiting_since < PATIENCE_S and not self.board.least_loaded(self.held()):
+            self._last_deferral = now
+            self.loop.remove_reader(self.sock.fileno())
+            self.loop.call_later(DEFER_S, self._resume)
+            return
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # another worker took it
+        except OSError as exc:  # out of file descriptors, say: the connection stays queued
+            logger.error("accept failed: %s", exc)
+            return
+        conn.setblocking(False)
+        self.setting_up += 1
+        self.board.publish(self.held())
+        self.loop.create_task(self._serve(conn))
+
+    async def _serve(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self.protocol_factory, conn)
+        except Exception:
+            logger.exception("a connection could not be set up")
+            conn.close()
+        finally:
+            self.setting_up -= 1
+
+    def _resume(self) -> None:
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._ready)
+
+    def _publish(self) -> None:
+        if not self.closed:
+            self.board.publish(self.held())
+            self.loop.call_later(PUBLISH_S, self._publish)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+            self.board.close()
+
+    async def wait_closed(self) -> None:
+        return None
 
 
-class ReusePortServer(uvicorn.Server):
-    """A worker's server: it binds its own socket in the group instead of taking the parent's."""
+class LeastConnectionsServer(uvicorn.Server):
+    """A worker's server: uvicorn's, with an Acceptor on the shared socket instead of its listener."""
 
     async def startup(self, sockets=None) -> None:
-        try:
-            own = reuse_port_socket(self.config.host, self.config.port, self.config.backlog)
-        except OSError as exc:
-            logger.error("cannot listen on %s:%s: %s", self.config.host, self.config.port, exc)
-            sys.exit(STARTUP_FAILURE)
-        await super().startup(sockets=[own])
+        await super().startup(sockets=[])  # the application and its state; no listener of its own
+        if not self.started:
+            return
+        loop, config = asyncio.get_running_loop(), self.config
+
+        def create_protocol(_loop=None):
+            return config.http_protocol_class(config=config, server_state=self.server_state,
+                                              app_state=self.lifespan.state, _loop=_loop)
+
+        board = ConnectionBoard(os.environ[BOARD_ENV])
+        for sock in sockets or []:
+            sock.listen(config.backlog)
+            self.servers.append(Acceptor(loop, sock, create_protocol,
+                                         lambda: len(self.server_state.connections), board))
 
 
-class ReusePortWorker(multiprocess.Process):
+class LeastConnectionsWorker(multiprocess.Process):
     @property
     def server(self) -> uvicorn.Server:
         if self._server is None:
-            self._server = ReusePortServer(config=self.config)
+            self._server = LeastConnectionsServer(config=self.config)
         return self._server
 
 
 def serve(*, host: str, port: int, workers: int) -> None:
     config = uvicorn.Config(APP, host=host, port=port, workers=workers, lifespan="off", access_log=False)
-    if workers <= 1 or not hasattr(socket, "SO_REUSEPORT"):
+    if workers <= 1:
         uvicorn.Server(config).run()
         return
-    if not port_is_free(host, port):
-        logger.error("cannot listen on %s:%s: the address is in use", host, port)
-        sys.exit(STARTUP_FAILURE)
-    # uvicorn's supervisor (health checks, restarts, signals) with workers that each bind their own
-    # socket: the parent passes none, and makes its workers through the module's `Process`.
-    multiprocess.Process = ReusePortWorker
-    multiprocess.Multiprocess(config, sockets=[]).run()
+    board = os.environ.get(BOARD_ENV) or tempfile.mkdtemp(prefix="web-connections-")
+    os.environ[BOARD_ENV] = board  # the workers are spawned with this environment
+    sock = config.bind_socket()  # one socket, bound here and shared by the workers
+    sock.listen(config.backlog)  # connections queue while the workers start
+    # uvicorn's supervisor (health checks, restarts, signals), with workers made through the module's
+    # `Process`.
+    multiprocess.Process = LeastConnectionsWorker
+    try:
+        multiprocess.Multiprocess(config, sockets=[sock]).run()
+    finally:
+        sock.close()
+        if board.startswith(tempfile.gettempdir()) and Path(board).name.startswith("web-connections-"):
+            shutil.rmtree(board, ignore_errors=True)
 
 
 def worker_pids(server_pid: int) -> list[int]:
     """The server's worker processes (not multiprocessing's resource tracker)."""
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(server_pid)], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split() if b"spawn_main" in _read(f"/proc/{p}/cmdline")]
+
+
+def workers_on_board(board: str | Path) -> int:
+    """How many workers have started accepting (their file is on the board)."""
+    return sum(1 for entry in os.scandir(board) if _alive(entry.name))
 
 
 def sockets_by_process(pids: list[int], port: int, state: str) -> dict[int, int]:
