@@ -10,8 +10,10 @@ DELETE the lease, and GET /api/v1/me as the baseline measured in the same run.
 Where bench/api.py says how fast the server is, this says where a request's time goes: the median
 milliseconds and the statements of each kind (Django's captured queries, BEGIN and COMMIT included).
 BENCH_SHOW_SQL=1 first prints each kind's statements in the last life.
-Prints one line per kind, then one JSON object: `<kind>_ms`, `<kind>_queries`, and
-`<kind>_to_me` (the median over /api/v1/me's, comparable across machines).
+Prints one line per kind, then one JSON object: `<kind>_ms`, `<kind>_queries`,
+`<kind>_to_me` (the median over /api/v1/me's, comparable across machines), and where PostgreSQL runs on
+this host (Linux), `<kind>_pg_cpu_ms`: the CPU its backend spent per request of that kind (user and
+system time from /proc, in clock ticks: a mean over the lives, not a per-request figure).
 """
 
 from __future__ import annotations
@@ -56,11 +58,16 @@ def main() -> None:
         queries: dict[str, int] = {}
         sql: dict[str, list[str]] = {}
 
+        backend_cpu: dict[str, float] = dict.fromkeys(KINDS, 0.0)
+
         def timed(kind: str, call):
+            cpu_before = _backend_cpu_s(connection)
             with CaptureQueriesContext(connection) as captured:
                 started = time.perf_counter()
                 response = call()
                 times[kind].append(time.perf_counter() - started)
+            if cpu_before is not None:
+                backend_cpu[kind] += _backend_cpu_s(connection) - cpu_before
             queries[kind] = len(captured.captured_queries)
             sql[kind] = [q["sql"] for q in captured.captured_queries]
             assert response.status_code in (200, 202), (kind, response.status_code, response.content[:300])
@@ -70,6 +77,7 @@ def main() -> None:
             if life == WARMUP:
                 for kind in KINDS:
                     times[kind].clear()
+                    backend_cpu[kind] = 0.0
             body = json.dumps({"container-url": IMAGE, "tenancy": tenant, "gpus": rng.choice(SIZES)})
             lease = timed("create", lambda body=body, life=life: client.post(
                 "/api/v1/containers", body, content_type="application/json", HTTP_IDEMPOTENCY_KEY=f"k{life}")).json()
@@ -82,17 +90,34 @@ def main() -> None:
             for kind in KINDS:
                 print(f"-- {kind}\n" + "\n".join(f"  {q[:400]}" for q in sql[kind]))
         figures = {}
+        measured_cpu = _backend_cpu_s(connection) is not None
         for kind in KINDS:
+            pg_ms = backend_cpu[kind] / LIVES * 1000
             print(f"{kind:7s} {medians[kind]:6.2f} ms  {queries[kind]:2d} statements  "
-                  f"{medians[kind] / medians['me']:5.1f}× /api/v1/me")
+                  f"{medians[kind] / medians['me']:5.1f}× /api/v1/me"
+                  + (f"  PostgreSQL CPU {pg_ms:.2f} ms" if measured_cpu else ""))
             figures.update({f"{kind}_ms": round(medians[kind], 2), f"{kind}_queries": queries[kind],
                             f"{kind}_to_me": round(medians[kind] / medians["me"], 2)})
+            if measured_cpu:
+                figures[f"{kind}_pg_cpu_ms"] = round(pg_ms, 2)
         print(json.dumps({**figures, "servers": SERVERS, "lives": LIVES}))
     finally:
         from django.db import connections
 
         connections.close_all()
         _drop_db(base)
+
+
+def _backend_cpu_s(connection) -> float | None:
+    """CPU seconds the PostgreSQL backend serving `connection` has used (user + system, from /proc):
+    where the server runs on this host, what each kind costs the database too. None elsewhere."""
+    connection.ensure_connection()
+    try:
+        with open(f"/proc/{connection.connection.info.backend_pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, AttributeError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
