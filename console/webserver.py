@@ -50,7 +50,7 @@ class ConnectionBoard:
     def __init__(self, directory: str | Path, name: str | None = None):
         self.directory = Path(directory)
         self.name = name or str(os.getpid())
-        self._fd = os.open(self.directory / self.name, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = os.open(self.directory / self.name, os.O_RDWR | os.O_CREAT, 0o600)  # named by a process id
 
     def publish(self, held: int) -> None:
         os.pwrite(self._fd, b"%12d" % held, 0)
@@ -81,8 +81,9 @@ class ConnectionBoard:
 
 
 def _alive(name: str) -> bool:
+    """Whether `name` is the id of a live process (any other file on the board is no worker)."""
     if not name.isdigit():
-        return True  # not a process id (tests name their boards)
+        return False
     try:
         os.kill(int(name), 0)
     except ProcessLookupError:
@@ -191,6 +192,7 @@ def serve(*, host: str, port: int, workers: int) -> None:
     if workers <= 1:
         uvicorn.Server(config).run()
         return
+    made_board = not os.environ.get(BOARD_ENV)
     board = os.environ.get(BOARD_ENV) or tempfile.mkdtemp(prefix="web-connections-")
     os.environ[BOARD_ENV] = board  # the workers are spawned with this environment
     sock = config.bind_socket()  # one socket, bound here and shared by the workers
@@ -202,7 +204,7 @@ def serve(*, host: str, port: int, workers: int) -> None:
         multiprocess.Multiprocess(config, sockets=[sock]).run()
     finally:
         sock.close()
-        if board.startswith(tempfile.gettempdir()) and Path(board).name.startswith("web-connections-"):
+        if made_board:
             shutil.rmtree(board, ignore_errors=True)
 
 

@@ -110,7 +110,8 @@ def test_a_worker_that_never_accepts_does_not_hold_connections_back(tmp_path):
     PATIENCE_S the others take each connection anyway."""
     port = _free_port()
     env = _env(tmp_path)
-    stuck = ConnectionBoard(env["WEB_CONNECTION_BOARD"], name="stuck")  # not a process id: always alive
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    stuck = ConnectionBoard(env["WEB_CONNECTION_BOARD"], name=str(sleeper.pid))  # live, never accepts
     stuck.publish(0)
     proc = _start(tmp_path, port)
     clients = []
@@ -126,20 +127,30 @@ def test_a_worker_that_never_accepts_does_not_hold_connections_back(tmp_path):
         proc.terminate()
         proc.wait(30)
         stuck.close()
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_the_board_counts_live_workers_and_forgets_dead_ones(tmp_path):
-    one, two = ConnectionBoard(tmp_path, name="one"), ConnectionBoard(tmp_path, name="two")
-    one.publish(3)
-    assert two.least_loaded(3) and not two.least_loaded(4) and two.least_loaded(0)
-    assert two.others() == {"one": 3}
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (tmp_path / str(dead.pid)).write_bytes(b"           0")  # a worker that exited without closing
-    assert two.others() == {"one": 3} and not (tmp_path / str(dead.pid)).exists()
-    assert workers_on_board(tmp_path) == 2
-    one.close()
-    assert two.others() == {} and workers_on_board(tmp_path) == 1
+    other_worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        one = ConnectionBoard(tmp_path, name=str(other_worker.pid))
+        two = ConnectionBoard(tmp_path)  # this process
+        one.publish(3)
+        assert two.least_loaded(3) and not two.least_loaded(4) and two.least_loaded(0)
+        assert two.others() == {str(other_worker.pid): 3}
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        (tmp_path / str(dead.pid)).write_bytes(b"           0")  # a worker that exited without closing
+        (tmp_path / "notes.txt").write_bytes(b"           0")  # not named by a process: no worker
+        assert two.others() == {str(other_worker.pid): 3} and not (tmp_path / str(dead.pid)).exists()
+        assert workers_on_board(tmp_path) == 2
+        one.close()
+        assert two.others() == {} and workers_on_board(tmp_path) == 1
+        two.close()
+    finally:
+        other_worker.kill()
+        other_worker.wait()
 
 
 def test_a_second_server_on_a_taken_port_fails_instead_of_sharing_it(tmp_path):
