@@ -132,18 +132,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(url: str, port: int) -> subprocess.Popen:
+def _start_server(url: str, port: int, board: str) -> subprocess.Popen:
     env = {**os.environ, "DATABASE_URL": url, "DEBUG": "", "SECRET_KEY": "bench-only-secret",
            "ALLOWED_HOSTS": "127.0.0.1,localhost", "CELERY_BROKER_URL": "memory://", "LOG_LEVEL": "WARNING",
            "API_RATE": "1000000/min", "API_CREATE_RATE": "1000000/min",
            "DATABASE_POOL": os.environ.get("DATABASE_POOL", "1"), "DATABASE_POOL_MAX": "40"}
     # The README's server as `make run` starts it: the Procfile's `web` line, on a free port.
     env["WEB_PORT"] = str(port)
-    env["WEB_CONNECTION_BOARD"] = tempfile.mkdtemp(prefix="bench-web-connections-")
+    env["WEB_CONNECTION_BOARD"] = board  # where the workers post their connection counts
     env.setdefault("WEB_WORKERS", os.environ.get("WEB_WORKERS", "2"))
     cmd = ["bash", "-c", "exec " + procfile_command("web").replace(".venv/bin/", f"{Path(sys.executable).parent}/")]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    proc.args_board = env["WEB_CONNECTION_BOARD"]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -378,6 +377,7 @@ def _pct(values: list[float], q: float) -> float:
 def main() -> None:
     server_url = os.environ.get("DATABASE_URL", DEFAULT_URL)
     url = _create_db(server_url)
+    board = tempfile.mkdtemp(prefix="bench-web-connections-")
     proc = None
     try:
         _setup_django(url)
@@ -387,7 +387,7 @@ def main() -> None:
 
         connections.close_all()
         port = _free_port()
-        proc = _start_server(url, port)
+        proc = _start_server(url, port, board)
         clients = [Client(port, tenant, token, i) for i, (tenant, token) in enumerate(tokens)]
         works = ("life", "me", *(("health",) if os.environ.get("BENCH_FLOOR") else ()))
         mix, base, *floors = _interleaved(clients, works, SECONDS, SLICES)
@@ -439,11 +439,11 @@ def main() -> None:
         if proc is not None:
             proc.terminate()
             proc.wait(10)
-            shutil.rmtree(proc.args_board, ignore_errors=True)
         from django.db import connections
 
         connections.close_all()
         _drop_db(server_url)
+        shutil.rmtree(board, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ class Acceptor:
         self._held = held  # connections uvicorn holds in this worker
         self.setting_up = 0  # accepted, not yet handed to a protocol
         self.closed = False
+        self._setups: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
         self._waiting_since = self._last_deferral = 0.0
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._ready)
@@ -129,7 +130,9 @@ class Acceptor:
         conn.setblocking(False)
         self.setting_up += 1
         self.board.publish(self.held())
-        self.loop.create_task(self._serve(conn))
+        task = self.loop.create_task(self._serve(conn))
+        self._setups.add(task)
+        task.add_done_callback(self._setups.discard)
 
     async def _serve(self, conn: socket.socket) -> None:
         try:
