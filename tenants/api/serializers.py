@@ -37,19 +37,35 @@ class StrictCharField(serializers.CharField):
 
 
 class NoUnknownFieldsMixin:
+    """Unknown fields are errors, reported together with the known fields' errors (one answer names
+    every field to fix)."""
+
     def to_internal_value(self, data):
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError(
-                    {name: [serializers.ErrorDetail("Unknown field.", code="unknown_field")] for name in unknown})
-        return super().to_internal_value(data)
+        unknown = sorted(set(data) - set(self.fields)) if isinstance(data, dict) else []
+        errors = {name: [serializers.ErrorDetail("Unknown field.", code="unknown_field")] for name in unknown}
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if not isinstance(exc.detail, dict):
+                raise
+            raise serializers.ValidationError({**exc.detail, **errors}) from exc
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
+
+
+def validate_image_reference(value: str) -> None:
+    try:
+        parse_image_reference(value)
+    except InvalidArgument as exc:
+        raise serializers.ValidationError(str(exc), code="invalid_image") from exc
 
 
 class ContainerCreateSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     """A container to run: the seed's payload (`container-url`, `tenancy`) and optional settings."""
 
-    container_url = StrictCharField(max_length=IMAGE_MAX, help_text="OCI image reference")
+    container_url = StrictCharField(max_length=IMAGE_MAX, validators=[validate_image_reference],
+                                    help_text="OCI image reference")
     tenancy = StrictCharField(max_length=MAX_TENANT_NAME_LENGTH, help_text="Your tenancy (the token's tenant)")
     gpus = StrictIntegerField(default=1, min_value=1, max_value=64,
                               help_text="GPUs: a partition size of the fleet's platforms (1, 2, 4 or 8)")
@@ -92,15 +108,6 @@ class ContainerCreateSerializer(NoUnknownFieldsMixin, serializers.Serializer):
         if bad:
             raise serializers.ValidationError(f"Invalid variable names: {', '.join(bad[:5])}", code="invalid_name")
         return value
-
-    def validate(self, attrs):
-        image = attrs.get("container-url")
-        if image is not None:
-            try:
-                parse_image_reference(image)
-            except InvalidArgument as exc:
-                raise serializers.ValidationError({"container-url": [str(exc)]}, code="invalid_image") from exc
-        return attrs
 
 
 class ConditionSerializer(serializers.Serializer):

@@ -109,6 +109,17 @@ def test_bad_input_is_a_400_naming_the_field_and_writes_nothing(landon, tasks, c
     assert not Lease.objects.exists() and tasks.queued == [] and AuditEvent.objects.count() == before
 
 
+def test_one_answer_names_every_bad_field(landon, tasks):
+    """A client fixes its request once, not once per field: unknown fields, a bad image and a bad
+    GPU count are reported together."""
+    response = landon.post("/api/v1/containers", seed_payload(
+        **{"container-url": "nvcr.io/x/bad image:1", "gpus": 3, "colour": "blue"}))
+    problem = assert_problem(response, 400)
+    codes = {error["field"]: error["code"] for error in problem["errors"]}
+    assert codes == {"container-url": "invalid_image", "gpus": "invalid_gpu_count", "colour": "unknown_field"}
+    assert not Lease.objects.exists()
+
+
 def test_huge_body_is_a_413_before_anything(landon, tasks, settings):
     response = landon.post("/api/v1/containers", seed_payload(env={"X": "y" * 70_000}))
     assert_problem(response, 413)
