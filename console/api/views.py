@@ -9,12 +9,12 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView, RetrieveAPIView
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from console.api import serializers as s
 from console.models import AuditEvent, Operation
+from console.pagination import CursorPagination
 from fleet.models import Allocation, AllocationGpu, Gpu, Partition, Server
 from fleet.operator_actions import action_run, actions_for, preview_action
 from fleet.states import AllocationState, GpuState, PartitionState, ServerState

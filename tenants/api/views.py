@@ -17,12 +17,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from console.audit import Actor
 from console.models import Source
+from console.pagination import CursorPagination
 from tenants import selectors, services
 from tenants.api.permissions import IsTenant, IsTenantOrOperator, caller_role, caller_tenant, has_role
 from tenants.api.serializers import (

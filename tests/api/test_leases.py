@@ -129,7 +129,8 @@ def test_list_filters_by_state_and_time(landon, tasks):
     assert_problem(landon.get("/api/v1/leases", {"state": "bogus"}), 400, field="state")
     assert_problem(landon.get("/api/v1/leases", {"created_after": "yesterday"}), 400, field="created_after")
     assert_problem(landon.get("/api/v1/leases", {"page_size": 101}), 400, field="page_size")
-    assert_problem(landon.get("/api/v1/leases", {"cursor": "garbage"}), 404)
+    problem = assert_problem(landon.get("/api/v1/leases", {"cursor": "garbage"}), 400, field="cursor")
+    assert problem["errors"][0]["code"] == "invalid_cursor"
 
 
 def test_list_query_count_does_not_grow_with_rows(landon, tasks):
