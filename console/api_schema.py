@@ -45,7 +45,8 @@ COMMON = {
     "500": "Server error: the request id finds its log.",
 }
 WRITES = {
-    "409": "Conflicts with the current state (or an Idempotency-Key still in flight).",
+    "409": "Conflicts with the current state (code `quota_exceeded`: the tenancy's GPU quota; "
+           "`idempotency_key_in_flight`: the first request with this key is still running).",
     "422": "Idempotency-Key reused with a different body.",
 }
 

@@ -49,7 +49,10 @@ DEFAULT_GPU_QUOTA = 8
 
 
 class QuotaExceeded(Conflict):
-    """The tenant would hold more GPUs than its quota."""
+    """The tenant would hold more GPUs than its quota. Its own code: a client retries it only after
+    releasing leases, unlike a conflict that clears by itself."""
+
+    code = "quota_exceeded"
 
 
 class TenantNotFound(NotFound):

@@ -64,7 +64,8 @@ def test_keys_are_per_token(callers, tasks):
 def test_a_refused_request_frees_its_key(landon, tasks):
     landon.tenant.gpu_quota = 1
     landon.tenant.save()
-    assert_problem(landon.post("/api/v1/containers", seed_payload(gpus=2), HTTP_IDEMPOTENCY_KEY="q"), 409)
+    problem = assert_problem(landon.post("/api/v1/containers", seed_payload(gpus=2), HTTP_IDEMPOTENCY_KEY="q"), 409)
+    assert problem["code"] == "quota_exceeded" and "quota of 1" in problem["detail"]
     assert not IdempotencyKey.objects.exists()
 
 
