@@ -205,6 +205,15 @@ def new_page(playwright_thread, live_url):
         thread.call(context.close)
 
 
+CONTRAST_JS = (Path(__file__).parent / "contrast.js").read_text()
+
+
+def low_contrast_text(page) -> list[str]:
+    """Visible text on the page under WCAG AA contrast against what it is painted on (4.5:1, 3:1 for
+    large text; text over a pattern or gradient is not judged): one line per element."""
+    return page.evaluate(CONTRAST_JS)
+
+
 def login(page, username, password="right-password"):
     page.goto("/login/?next=/")
     page.fill("#id_username", username)

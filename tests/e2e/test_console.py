@@ -10,7 +10,7 @@ from console.audit import Actor
 from fleet.models import Gpu, Server
 from fleet.overview import STATE_CODE
 from fleet.services import gpu_drain, gpu_quarantine
-from tests.e2e.conftest import login
+from tests.e2e.conftest import login, low_contrast_text
 from tests.factories import make_server, make_user
 from tests.support.demo import hold, lived_in
 
@@ -169,6 +169,7 @@ def test_screenshots_for_the_readme(new_page, expect):
     page.hover(f"#server-{notes['draining'].pk} i >> nth=2")
     expect(page.locator("#gpu-card")).to_be_visible()
     page.screenshot(path=str(SCREENSHOTS / "fleet-map.png"))
+    assert low_contrast_text(page) == []
     page.click("#map-selection button[data-action='server.drain']")
     expect(page.locator("#action-dialog")).to_contain_text(f"Drain {servers[6].hostname}:")
     expect(page.locator("#action-dialog input[name=typed]")).to_be_focused()
@@ -177,6 +178,9 @@ def test_screenshots_for_the_readme(new_page, expect):
     page.goto(f"/servers/{notes['draining'].pk}/")
     expect(page.locator("#live-badge")).to_have_text("Live")
     page.screenshot(path=str(SCREENSHOTS / "server-page.png"), full_page=True)
+    # White on the active partitions' blue: their lease links too (the browser's link blue was 1.8:1).
+    assert page.locator(".tree .on > .pl a").count() > 0
+    assert low_contrast_text(page) == []
     page.click(f"#server-{notes['draining'].pk}-header button[data-action='server.drain_cancel']")
     expect(page.locator("#action-dialog")).to_contain_text("it stays cordoned")
     page.screenshot(path=str(SCREENSHOTS / "action-preview.png"))

@@ -9,7 +9,7 @@ from django.conf import settings
 from console.audit import Actor
 from fleet.models import Server
 from fleet.services import server_cordon, server_uncordon
-from tests.e2e.conftest import login
+from tests.e2e.conftest import login, low_contrast_text
 from tests.factories import make_server, make_user
 from tests.support.demo import lived_in
 
@@ -46,6 +46,7 @@ def test_new_events_appear_at_the_top_of_a_filtered_page(new_page, expect):
     page.goto("/events/")
     expect(page.locator("#live-badge")).to_have_text("Live")
     page.screenshot(path=str(SCREENSHOTS / "events-page.png"))
+    assert low_contrast_text(page) == []
     page.goto("/events/?target_id=x")
     assert page.locator(".field-error").count() >= 1
     assert [p for p in page.problems if "400" not in p] == []

@@ -11,7 +11,7 @@ from console.audit import Actor
 from tenants import services
 from tenants.models import BootPhase
 from tenants.states import LeaseState
-from tests.e2e.conftest import login
+from tests.e2e.conftest import login, low_contrast_text
 from tests.factories import make_user
 from tests.support.boots import running_node_watch
 from tests.support.simfleet import register, sim_fleet_with_cluster
@@ -64,6 +64,7 @@ def test_a_booting_lease_grows_to_running_without_reload(new_page, expect, setti
         assert page.evaluate("window.__sameDocument") is True, "grew without a reload"
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "lease-timeline.png"), full_page=True)
+        assert low_contrast_text(page) == []
         # Whichever phase is the slowest, its name and flag fit the names' column (none is cut off).
         clipped = page.evaluate("""() => {
             const flag = document.querySelector('.tl-row.slowest .tl-flag');

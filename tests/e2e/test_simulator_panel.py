@@ -12,7 +12,7 @@ from fleet.models import Server
 from fleet.reconciler import reconcile_fleet
 from simcontrol.models import Simulation
 from simulator.fleet import SimFleet
-from tests.e2e.conftest import login
+from tests.e2e.conftest import login, low_contrast_text
 from tests.factories import make_user
 from tests.support.simfleet import register
 
@@ -66,4 +66,5 @@ def test_an_admin_drives_the_simulated_fleet_from_the_panel(new_page, expect, si
     assert Simulation.objects.get(pk=1).generator_running
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "simulator-panel.png"), full_page=True)
+    assert low_contrast_text(page) == []
     assert page.problems == []

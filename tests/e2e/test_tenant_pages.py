@@ -15,7 +15,7 @@ from tenants.services import tenant_create
 from tenants.states import TENANT_MACHINE, TenantState
 from tenants.states import LeaseState as L
 from tenants.tokens import api_token_create
-from tests.e2e.conftest import login
+from tests.e2e.conftest import login, low_contrast_text
 from tests.factories import LeaseFactory, TenantFactory, make_server, make_user
 from tests.factories.fleet import TEST_ACTOR
 from tests.support.demo import hold
@@ -72,6 +72,7 @@ def test_list_and_tenant_page_for_an_admin(new_page, expect):
     expect(page.locator("#tenant-leases tbody tr")).to_have_count(5)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "tenant-page.png"), full_page=True)
+    assert low_contrast_text(page) == []
 
     page.fill("#id_gpu_quota", "-3")
     page.click("#quota-form button")
