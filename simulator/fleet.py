@@ -28,6 +28,7 @@ from simulator.events import EventHub
 from simulator.faults import FaultProcess
 from simulator.host import SimHost
 from simulator.host_features import fleet_mix
+from simulator.telemetry import DEFAULT_INTERVAL_S, TelemetryProcess
 
 DEFAULT_PER_PORT_LIMIT = 16
 # The agent's gRPC server is synchronous: every open stream (WatchHealth, WatchBoot, ScrubGpu)
@@ -65,13 +66,16 @@ class SimFleet:
         listen_host: str = "127.0.0.1",
         port_base: int = 0,
         fault_rate_per_gpu_hour: float = 0.0,
+        telemetry_interval_s: float = 0.0,
         stream_slots_per_host: int = STREAM_SLOTS_PER_HOST,
         feature_mix: bool = False,
         **host_options,
     ) -> None:
         """`feature_mix`: give the servers a realistic mix of host kernels and boot features
         (`simulator.host_features.fleet_mix`, deterministic from `seed`) instead of the same
-        features (`host_options`) for all."""
+        features (`host_options`) for all. `telemetry_interval_s` > 0: report GPU temperatures that
+        moved on the health streams that often (`simulator.telemetry`; off by default, so a test's
+        streams carry only what it caused)."""
         if servers < 1:
             raise ValueError("a fleet needs at least one server")
         if tls is None and not insecure:
@@ -95,6 +99,11 @@ class SimFleet:
         self.faults = (
             FaultProcess(list(self.hosts.values()), seed=seed, rate_per_gpu_hour=fault_rate_per_gpu_hour)
             if fault_rate_per_gpu_hour > 0
+            else None
+        )
+        self.telemetry = (
+            TelemetryProcess(list(self.hosts.values()), seed=seed, interval_s=telemetry_interval_s)
+            if telemetry_interval_s > 0
             else None
         )
 
@@ -132,9 +141,13 @@ class SimFleet:
             raise
         if self.faults:
             self.faults.start()
+        if self.telemetry:
+            self.telemetry.start()
         return self
 
     def stop(self) -> None:
+        if self.telemetry:
+            self.telemetry.stop()
         if self.faults:
             self.faults.stop()
         for server in self.servers:
@@ -158,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port-base", type=int, default=0)
     p.add_argument("--per-port-limit", type=int, default=DEFAULT_PER_PORT_LIMIT)
     p.add_argument("--fault-rate", type=float, default=0.0, help="random faults per GPU per simulated hour")
+    p.add_argument("--telemetry-interval", type=float, default=DEFAULT_INTERVAL_S,
+                   help="real seconds between GPU temperature samples on the health streams (0: none)")
     p.add_argument("--feature-mix", action="store_true", help="a realistic mix of host kernels and boot features")
     p.add_argument(
         "--stream-slots-per-host",
@@ -181,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         per_port_limit=args.per_port_limit,
         port_base=args.port_base,
         fault_rate_per_gpu_hour=args.fault_rate,
+        telemetry_interval_s=max(args.telemetry_interval, 0.0),
         stream_slots_per_host=args.stream_slots_per_host,
         feature_mix=args.feature_mix,
     ).start()

@@ -8,9 +8,11 @@ import time
 import pytest
 
 from console.audit import Actor
+from console.models import AuditEvent
 from fleet.agents import agent_for, forget_agents
 from fleet.models import Gpu, Server
 from fleet.states import GpuState, ServerState
+from simulator.telemetry import TelemetryProcess
 from tenants import services
 from tenants.models import BootPhase, Lease
 from tenants.states import LeaseState
@@ -49,6 +51,26 @@ def test_health_of_every_server_including_new_ones(own_fleet, tasks):
         assert wait_for(lambda: _gpu(later, 2).state == GpuState.OFFLINE)
         assert wait_for(lambda: Server.objects.get(pk=later.pk).state == ServerState.DRAINED)
     assert watch.health.keys == []  # stopped: every stream closed
+
+
+def test_temperature_telemetry_is_recorded_without_an_audit_row(own_fleet, tasks):
+    [server] = register(own_fleet, actor=ACTOR, names={next(iter(own_fleet.endpoints))})
+    audited = AuditEvent.objects.count()
+    with running_node_watch(rescan_s=0.1) as watch:
+        assert wait_for(lambda: watch.health and watch.health.connected == 1)
+        host = own_fleet.hosts[server.hostname]
+        telemetry = TelemetryProcess([host], seed=5, interval_s=0.05).start()
+        try:
+            assert wait_for(lambda: not Gpu.objects.filter(server=server, temperature_c=None).exists())
+        finally:
+            telemetry.stop()
+
+        def last_reported_recorded() -> bool:
+            recorded = dict(Gpu.objects.filter(server=server).values_list("module_id", "temperature_c"))
+            return all(abs(recorded[m] - g.reported_c) < 0.01 for m, g in host.gpus.items())
+
+        assert wait_for(last_reported_recorded)
+    assert AuditEvent.objects.count() == audited  # telemetry is an observation, not an audited change
 
 
 def test_a_lease_boots_to_running_through_the_watcher_not_a_task(own_fleet, tasks):

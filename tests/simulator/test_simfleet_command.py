@@ -134,3 +134,5 @@ def test_containers_run_until_released_unless_given_workload_seconds(transaction
 
     with pytest.raises(CommandError, match="workload-seconds"):
         call_command("simfleet", servers=1, once=True, insecure=True, workload_seconds=-1)
+    with pytest.raises(CommandError, match="telemetry-interval"):
+        call_command("simfleet", servers=1, once=True, insecure=True, telemetry_interval=-1)

@@ -36,6 +36,7 @@ from hardware.platforms import PLATFORMS, PlatformError, get_platform
 from hardware.tls import CA_CERT, TlsIdentity, issue_cert, make_dev_ca
 from simulator.fleet import DEFAULT_PER_PORT_LIMIT, SimFleet
 from simulator.kube_server import KubeApiServer
+from simulator.telemetry import DEFAULT_INTERVAL_S
 
 KUBECONFIG_NAME = "sim-kubeconfig.yaml"
 CONSOLE_IDENTITY = "console"
@@ -89,6 +90,12 @@ class Command(BaseCommand):
         parser.add_argument("--plug-mode", default="hot", choices=["hot", "cold"], help="with one --host-kernel")
         parser.add_argument("--fault-rate", type=float, default=0.0, help="random faults per GPU per sim hour")
         parser.add_argument(
+            "--telemetry-interval",
+            type=float,
+            default=DEFAULT_INTERVAL_S,
+            help="real seconds between GPU temperature samples on the health streams (0: none)",
+        )
+        parser.add_argument(
             "--workload-seconds",
             type=float,
             default=None,
@@ -109,8 +116,8 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         if opts["servers"] < 1 or opts["racks"] < 1:
             raise CommandError("--servers and --racks must be ≥ 1")
-        if (opts["workload_seconds"] or 0) < 0 or opts["fault_rate"] < 0:
-            raise CommandError("--workload-seconds and --fault-rate must be ≥ 0")
+        if (opts["workload_seconds"] or 0) < 0 or opts["fault_rate"] < 0 or opts["telemetry_interval"] < 0:
+            raise CommandError("--workload-seconds, --fault-rate and --telemetry-interval must be ≥ 0")
         try:
             platform = get_platform(opts["platform"])
             variant = platform.variant(opts["variant"] or platform.variants[0].key)
@@ -130,6 +137,7 @@ class Command(BaseCommand):
             per_port_limit=opts["per_port_limit"],
             port_base=opts["port_base"],
             fault_rate_per_gpu_hour=opts["fault_rate"],
+            telemetry_interval_s=opts["telemetry_interval"],
             isolate_gpus=True,
             **_features(opts),
         ).start()
