@@ -43,7 +43,8 @@ from simulator.vm import BootWatch, SimVm
 AGENT_VERSION = "sim-0.1.0"
 IDLE_TEMPERATURE_C = 30.0
 LOADED_TEMPERATURE_C = 64.0  # an H100 SXM under a steady training load, well under its slowdown
-TEMPERATURE_STEP_C = 1.0  # telemetry reports a GPU's temperature when it moved at least this much
+TEMPERATURE_STEP_C = 1.0  # telemetry reports a GPU's temperature when it moved at least this much,
+TEMPERATURE_REFRESH_SAMPLES = 6  # or this many samples passed (a watcher that connected later hears it)
 _BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 # Simulated durations (seconds) of slow operations; the clock's acceleration shortens them.
@@ -65,6 +66,7 @@ class SimGpu:
     lost: bool = False
     temperature_c: float = IDLE_TEMPERATURE_C
     reported_c: float | None = None  # the temperature last sent as telemetry
+    samples_unreported: int = 0
     ecc_corrected: int = 0
     ecc_uncorrected: int = 0
     row_remaps: int = 0
@@ -577,7 +579,8 @@ class SimHost:
         """One telemetry sample (what DCGM's field watches give a real agent): each GPU's temperature
         moves halfway towards idle or, in a booting or running VM, loaded (each GPU a few degrees
         apart, as a board's airflow makes them), with a little noise. Reported on the health stream
-        when it moved by TEMPERATURE_STEP_C or more since last reported, or was never reported."""
+        when it moved by TEMPERATURE_STEP_C or more since last reported, was never reported, or was
+        last reported TEMPERATURE_REFRESH_SAMPLES samples ago."""
         busy = self.busy_modules()
         moved: list[tuple[int, float]] = []
         with self._lock:
@@ -586,8 +589,10 @@ class SimHost:
                     continue
                 target = (LOADED_TEMPERATURE_C if module_id in busy else IDLE_TEMPERATURE_C) + module_id % 4
                 gpu.temperature_c = round(gpu.temperature_c + (target - gpu.temperature_c) / 2 + rng.gauss(0, 0.4), 1)
-                if gpu.reported_c is None or abs(gpu.temperature_c - gpu.reported_c) >= TEMPERATURE_STEP_C:
-                    gpu.reported_c = gpu.temperature_c
+                gpu.samples_unreported += 1
+                if (gpu.reported_c is None or abs(gpu.temperature_c - gpu.reported_c) >= TEMPERATURE_STEP_C
+                        or gpu.samples_unreported >= TEMPERATURE_REFRESH_SAMPLES):
+                    gpu.reported_c, gpu.samples_unreported = gpu.temperature_c, 0
                     moved.append((module_id, gpu.temperature_c))
         return [self._emit(m, HealthKind.TEMPERATURE, temperature_c=t, message="temperature") for m, t in moved]
 
