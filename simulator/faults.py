@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import random
-import threading
 from collections.abc import Sequence
 
 from hardware.exceptions import HardwareError
+from simulator.background import FleetThread
 from simulator.host import SimHost
 
 # (weight, kind, xid): Xid 79 is rare; app-level and ECC faults dominate.
@@ -42,7 +42,9 @@ def _poisson(rng: random.Random, mean: float) -> int:
         k += 1
 
 
-class FaultProcess:
+class FaultProcess(FleetThread):
+    thread_name = "sim-faults"
+
     def __init__(
         self,
         hosts: Sequence[SimHost],
@@ -54,6 +56,7 @@ class FaultProcess:
     ) -> None:
         if not hosts:
             raise ValueError("no hosts")
+        super().__init__()
         self.hosts = list(hosts)
         self.clock = self.hosts[0].clock
         self.rng = random.Random(seed)
@@ -61,8 +64,6 @@ class FaultProcess:
         self.step_s = step_s
         self.mix = mix
         self.injected = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def step(self, step_s: float | None = None) -> int:
         """Draw and inject the faults of one simulated step; returns how many fired."""
@@ -97,12 +98,3 @@ class FaultProcess:
                 return
             self.step(step)
 
-    def start(self) -> FaultProcess:
-        self._thread = threading.Thread(target=self._run, name="sim-faults", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=2)

@@ -6,24 +6,25 @@ as a real agent reports its DCGM samples. Seeded, so a run's temperatures repeat
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Sequence
 
+from simulator.background import FleetThread
 from simulator.host import SimHost
 
 DEFAULT_INTERVAL_S = 10.0
 
 
-class TelemetryProcess:
+class TelemetryProcess(FleetThread):
+    thread_name = "sim-telemetry"
+
     def __init__(self, hosts: Sequence[SimHost], *, seed: int = 0, interval_s: float = DEFAULT_INTERVAL_S) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
+        super().__init__()
         self.hosts = list(hosts)
         self.rng = random.Random(seed)
         self.interval_s = interval_s
         self.reported = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def sample(self) -> int:
         """Sample every host once; returns how many temperatures were reported."""
@@ -36,12 +37,3 @@ class TelemetryProcess:
             self.sample()
             self._stop.wait(self.interval_s)
 
-    def start(self) -> TelemetryProcess:
-        self._thread = threading.Thread(target=self._run, name="sim-telemetry", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=2)
