@@ -1,7 +1,7 @@
 """Periodic GPU telemetry over a set of simulated hosts: one thread samples every host's GPU
 temperatures every `interval_s` real seconds (a temperature is physics, not simulated time: the
 clock's acceleration does not speed it up) and the hosts report what moved on their health streams,
-as a real agent reports its DCGM samples. Seeded, so a run's temperatures repeat."""
+as a real agent reports its DCGM samples. The noise is seeded."""
 
 from __future__ import annotations
 

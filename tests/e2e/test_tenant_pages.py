@@ -64,6 +64,7 @@ def test_list_and_tenant_page_for_an_admin(new_page, expect):
     page.click("header nav >> text=Tenants")
     expect(page.locator("h1")).to_have_text("Tenants")
     expect(page.locator("#tenant-list tbody tr")).to_have_count(4)
+    assert low_contrast_text(page) == []  # a failed tenancy's badge among them
     page.click("#tenant-list >> text=GPUs held")
     expect(page.locator("#tenant-list tbody tr").first).to_contain_text("acme")
     page.click("#tenant-list a[href='/tenants/acme/']")
@@ -86,3 +87,6 @@ def test_list_and_tenant_page_for_an_admin(new_page, expect):
     # Only the refused form's 400 (its response, and Chromium's console line about it).
     others = [p for p in page.problems if not (p.endswith("/tenants/acme/quota/") or "status of 400" in p)]
     assert len(page.problems) == 2 and others == [], page.problems
+    page.goto(f"/leases/{Lease.objects.get(state=L.FAILED).pk}/")
+    expect(page.locator("h1")).to_contain_text("Failed")
+    assert low_contrast_text(page) == []
