@@ -55,6 +55,8 @@ class NoUnknownFieldsMixin:
 
 
 def validate_image_reference(value: str) -> None:
+    if len(value) > IMAGE_MAX:  # the field's max_length says so; the parser's message would echo it whole
+        return
     try:
         parse_image_reference(value)
     except InvalidArgument as exc:

@@ -120,6 +120,13 @@ def test_one_answer_names_every_bad_field(landon, tasks):
     assert not Lease.objects.exists()
 
 
+def test_a_too_long_image_is_one_short_error(landon, tasks):
+    body = seed_payload(**{"container-url": "nvcr.io/" + "A" * 4000})
+    problem = assert_problem(landon.post("/api/v1/containers", body), 400)
+    [error] = problem["errors"]  # not also the parser's verdict, echoing the 4,000 characters
+    assert (error["field"], error["code"]) == ("container-url", "max_length") and len(error["message"]) < 100
+
+
 def test_huge_body_is_a_413_before_anything(landon, tasks, settings):
     response = landon.post("/api/v1/containers", seed_payload(env={"X": "y" * 70_000}))
     assert_problem(response, 413)
