@@ -3,6 +3,7 @@ never a double allocation; capacity freed here is seen at once; a request is one
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -357,15 +358,11 @@ def test_an_old_view_is_brought_up_to_date_by_fingerprint_and_read_in_full_a_sli
     assert live_index._index.server(live_index._vid(c.pk)).gpus[1].temperature_c == 91
 
 
-@pytest.mark.django_db
-def test_a_look_for_changes_does_not_hold_up_the_other_threads_decisions(tasks, ready_tenant, settings, monkeypatch):
-    """A periodic look reads the database without the lock: a thread deciding meanwhile uses the view
-    it has (the claim checks it) instead of waiting for the read (80 ms at 768 servers, bench/api.py)."""
-    settings.PLACEMENT_INDEX_MAX_AGE_S = 2.0
-    make_server()
-    live_index.refresh()
-    assert isinstance(live_index.choose(Request(gpu_count=1)), placement_live.Decision)
-    # The looking thread reads what the database shows now, once let go; it touches no connection.
+@contextlib.contextmanager
+def _a_look_held_in_its_read(monkeypatch):
+    """A periodic look started on another thread, held inside its read of the database until the
+    block ends; it then reads what the database showed when the block began (it touches no
+    connection of its own)."""
     fingerprints, fleet = placement_live.placement_fingerprints(), placement_live.placement_fleet()
     reading, let_go = threading.Event(), threading.Event()
 
@@ -376,18 +373,30 @@ def test_a_look_for_changes_does_not_hold_up_the_other_threads_decisions(tasks, 
 
     monkeypatch.setattr(placement_live, "placement_fingerprints", slow_fingerprints)
     monkeypatch.setattr(placement_live, "placement_fleet", lambda ids=None: fleet)
-    syncs = live_index.syncs
     live_index._loaded_at -= 3  # older than PLACEMENT_INDEX_MAX_AGE_S
     looker = threading.Thread(target=live_index._look_if_due)
     looker.start()
     try:
         assert reading.wait(5)
-        started = time.monotonic()
-        decision = live_index.choose(Request(gpu_count=1))  # no second look while one is under way
-        took = time.monotonic() - started
+        yield
     finally:
         let_go.set()
         looker.join(10)
+
+
+@pytest.mark.django_db
+def test_a_look_for_changes_does_not_hold_up_the_other_threads_decisions(tasks, ready_tenant, settings, monkeypatch):
+    """A periodic look reads the database without the lock: a thread deciding meanwhile uses the view
+    it has (the claim checks it) instead of waiting for the read (80 ms at 768 servers, bench/api.py)."""
+    settings.PLACEMENT_INDEX_MAX_AGE_S = 2.0
+    make_server()
+    live_index.refresh()
+    assert isinstance(live_index.choose(Request(gpu_count=1)), placement_live.Decision)
+    syncs = live_index.syncs
+    with _a_look_held_in_its_read(monkeypatch):
+        started = time.monotonic()
+        decision = live_index.choose(Request(gpu_count=1))  # no second look while one is under way
+        took = time.monotonic() - started
     assert isinstance(decision, placement_live.Decision) and took < 1
     assert live_index.syncs == syncs + 1
     assert time.monotonic() - live_index._loaded_at < 1  # the look brought the view up to date
@@ -400,25 +409,8 @@ def test_a_look_that_read_before_a_commit_of_ours_leaves_that_server_as_committe
     settings.PLACEMENT_INDEX_MAX_AGE_S = 2.0
     server = make_server()
     live_index.refresh()
-    fingerprints, fleet = placement_live.placement_fingerprints(), placement_live.placement_fleet()  # 8 free
-    reading, let_go = threading.Event(), threading.Event()
-
-    def slow_fingerprints():
-        reading.set()
-        let_go.wait(10)
-        return fingerprints
-
-    monkeypatch.setattr(placement_live, "placement_fingerprints", slow_fingerprints)
-    monkeypatch.setattr(placement_live, "placement_fleet", lambda ids=None: fleet)
-    live_index._loaded_at -= 3
-    looker = threading.Thread(target=live_index._look_if_due)
-    looker.start()
-    try:
-        assert reading.wait(5)
+    with _a_look_held_in_its_read(monkeypatch):  # it reads the server with 8 free GPUs
         decision = live_index.choose(Request(gpu_count=1))
         live_index._finish(decision.token)  # its transaction committed while the look was reading
-    finally:
-        let_go.set()
-        looker.join(10)
-    # The look's read (8 free) is older than the commit: the server keeps what this process took.
+    # The look's read is older than the commit: the server keeps what this process took.
     assert live_index._index.free(live_index._vid(server.pk)) == 7
