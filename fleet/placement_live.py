@@ -208,6 +208,10 @@ class LivePlacementIndex:
             else:
                 return
             self._looking = True
+        self._look(rolling=rolling)
+
+    def _look(self, *, rolling: bool = False) -> None:
+        """`_sync` without the lock, by the thread that set `_looking` (under the lock)."""
         try:
             self._sync(rolling=rolling)
         finally:
@@ -277,10 +281,7 @@ class LivePlacementIndex:
             if look:
                 self._looking = True
         if look:
-            try:
-                self._sync()  # without the lock, as `_look_if_due`
-            finally:
-                self._looking = False
+            self._look()
             with self._lock:
                 if self._index is not None and vid in self._index:
                     with contextlib.suppress(ValueError):  # already shown taken
