@@ -19,8 +19,8 @@ to the truth:
   whose fingerprint changed are read again. The index looks after changes committed by this
   process that give capacity back (a GPU becomes free, a server or partition changes state), every
   `PLACEMENT_INDEX_MAX_AGE_S` for other processes' changes, and when a decision finds nothing (a
-  refusal is never made on a view older than `NOFIT_RELOAD_AFTER_S`). Every look but the last
-  (before a refusal) reads without the lock, one thread at a time: the others decide meanwhile
+  refusal is never made on a view older than `NOFIT_RELOAD_AFTER_S`). Every look but the one
+  before a refusal reads without the lock, one thread at a time: the others decide meanwhile
   on the view they have, the claim checking it, instead of waiting (80 ms a look at 768 servers
   under bench/api.py's load, every other create of the process behind it). Each of these used to read
   the whole fleet: on a full fleet, once per request (up to twenty times a second per process, 19-30 ms
@@ -196,8 +196,8 @@ class LivePlacementIndex:
         """Look for changes (`_sync`) if the view is older than PLACEMENT_INDEX_MAX_AGE_S or a change
         committed here asks for it, and no other thread is looking. The reads run without the lock:
         a look takes tens of milliseconds on a large fleet (80 ms at 768 servers on two busy cores,
-        bench/api.py), and every other decision of the process waited for it, which the creates' tail
-        latency showed. Meanwhile they decide on the view they have, a hint the claim checks."""
+        bench/api.py), and every other decision of the process waited for it. Meanwhile they decide
+        on the view they have, a hint the claim checks."""
         with self._lock:
             if self._index is None or self._looking:
                 return
