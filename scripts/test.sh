@@ -6,6 +6,9 @@ export SECRET_KEY=${SECRET_KEY:-test-only-secret} ALLOWED_HOSTS=${ALLOWED_HOSTS:
 PG_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 REDIS=${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
 B=.venv/bin
+# Two pytest-xdist workers: the suite waits on sockets, browsers and subprocesses as much as it computes,
+# so two processes on a 2-core machine finish in about two thirds of the time. TEST_WORKERS=0: one process.
+N=(-n "${TEST_WORKERS:-2}")
 
 echo "== ruff"; $B/ruff check .
 echo "== import contracts"; $B/lint-imports --no-cache
@@ -13,7 +16,7 @@ echo "== OpenAPI schema (no warning allowed)"
 env -u DATABASE_URL -u REDIS_URL $B/python manage.py spectacular --validate --fail-on-warn --file /dev/null
 
 echo "== tests on SQLite (embedded default)"
-env -u DATABASE_URL -u REDIS_URL $B/pytest "$@"
+env -u DATABASE_URL -u REDIS_URL $B/pytest "${N[@]}" "$@"
 
 pg_up=0; redis_up=0
 $B/python - "$PG_URL" <<'PY' && pg_up=1 || true
@@ -30,4 +33,4 @@ if [ "$pg_up" = 0 ] || [ "$redis_up" = 0 ]; then
   echo "SKIP the PostgreSQL/Redis pass: $msg"; exit 0
 fi
 echo "== tests on PostgreSQL + Redis (database-backed tests and services)"
-DATABASE_URL=$PG_URL REDIS_URL=$REDIS $B/pytest --db-only "$@"
+DATABASE_URL=$PG_URL REDIS_URL=$REDIS $B/pytest "${N[@]}" --db-only "$@"

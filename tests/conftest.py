@@ -46,6 +46,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs Redis: the PostgreSQL + Redis pass runs it"))
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's, and at its end no session left on a PostgreSQL test database: a thread or
+    subprocess of some test that still holds a connection there made dropping it fail ("is being
+    accessed by other users"), and the database stayed behind, run after run."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    connection.close()
+
+
 def _no_read_locks(sender, connection, **kwargs):
     """SQLite's test database is in memory with a shared cache, where a reader's table lock makes a
     writer on another thread fail at once (SQLITE_LOCKED: no busy wait, unlike a file). Threads that
