@@ -5,10 +5,10 @@ test-only values are supplied here unless the environment sets them. Tasks that 
 without the `tasks` fixture go to an in-memory broker: never into a developer's var/ queue or Redis,
 where a running worker would pick them up against its own database.
 
-Under pytest-xdist (`make test` runs two workers) each worker gets what pytest-django gives it for
-the database, its own copy of everything else the suite shares through names: its own var/ (the
-embedded default's file locks: one worker's reconciler pass must not make the other's skip) and its
-own Redis database (channel-layer groups, the cache's throttle counters).
+Under pytest-xdist (`make test` runs two workers) pytest-django gives each worker its own test
+database; here each also gets its own var/ (the embedded default's file locks: one worker's
+reconciler pass must not make the other's skip) and its own Redis database (channel-layer groups,
+the cache's throttle counters).
 """
 
 import os
@@ -22,7 +22,8 @@ os.environ.setdefault("CELERY_BROKER_URL", "memory://")
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
 if _worker.startswith("gw"):
     _n = int(_worker[2:])
-    os.environ.setdefault("VAR_DIR", str(Path(__file__).resolve().parent.parent / "var" / f"test-{_worker}"))
+    _var = os.environ.get("VAR_DIR") or str(Path(__file__).resolve().parent.parent / "var")
+    os.environ["VAR_DIR"] = str(Path(_var) / f"test-{_worker}")
     if os.environ.get("REDIS_URL"):
         # Databases 8-15, one a worker: 0-7 stay for a developer's console and the crash test's own (7).
         os.environ["REDIS_URL"] = urlsplit(os.environ["REDIS_URL"])._replace(path=f"/{8 + _n % 8}").geturl()
