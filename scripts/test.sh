@@ -7,7 +7,7 @@ PG_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 REDIS=${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
 B=.venv/bin
 # Two pytest-xdist workers: the suite waits on sockets, browsers and subprocesses as much as it computes,
-# so two processes on a 2-core machine finish in about two thirds of the time. TEST_WORKERS=0: one process.
+# so two processes on a 2-core machine finish in half to two thirds of the time. TEST_WORKERS=0: one process.
 N=(-n "${TEST_WORKERS:-2}")
 
 echo "== ruff"; $B/ruff check .
