@@ -107,14 +107,13 @@ def iso(value, zone=None) -> str | None:
 # The statements every lease request runs, written out: building them with the ORM cost more than
 # running them (bench/api.py). tests/api/test_lease_documents.py checks they read what `.values()` does.
 _COLUMNS = ", ".join(column for _, column, _ in _ROW)
-_FROM = (
-    f" FROM {Lease._meta.db_table} l"
+_JOINS = (
     f" JOIN {Tenant._meta.db_table} t ON t.id = l.tenant_id"
     f" LEFT JOIN {Allocation._meta.db_table} a ON a.id = l.allocation_id"
     f" LEFT JOIN {Server._meta.db_table} s ON s.id = a.server_id"
     f" LEFT JOIN {Partition._meta.db_table} p ON p.id = a.partition_id"
 )
-_SELECT_ROWS = f"SELECT {_COLUMNS}{_FROM}"
+_FROM = f" FROM {Lease._meta.db_table} l{_JOINS}"
 # One lease with its GPUs in the same statement (a row per GPU): every create, get and delete
 # answers with one lease, and its GPUs in a second statement cost each of them a round trip more.
 _ONE_LEASE = (
@@ -192,9 +191,20 @@ class LeaseRowsStatement:
         return LeaseRowsStatement(self._where, self._params, fields[0])
 
     def sql(self, start: int, stop: int) -> tuple[str, list]:
-        """The statement reading rows [start, stop), and its parameters."""
-        sql = _SELECT_ROWS + (f" WHERE {' AND '.join(self._where)}" if self._where else "")
-        sql += f" ORDER BY l.id {'DESC' if self._order == '-id' else 'ASC'} LIMIT %s OFFSET %s"
+        """The statement reading rows [start, stop), and its parameters.
+
+        The page's leases are picked first, in a subquery of their own (a LIMIT inside is never
+        flattened into the joins), and only they are joined: planned from stale statistics (a
+        tenant's leases counted as one row) PostgreSQL joined all of a tenant's leases to their
+        allocations, servers and partitions and then kept 21 of them, 3.3 ms for 130 leases and
+        growing with the tenant's history."""
+        order = f"l.id {'DESC' if self._order == '-id' else 'ASC'}"
+        tenant_join = f" JOIN {Tenant._meta.db_table} t ON t.id = l.tenant_id" \
+            if any("t." in clause for clause in self._where) else ""
+        page = (f"SELECT l.* FROM {Lease._meta.db_table} l{tenant_join}"
+                + (f" WHERE {' AND '.join(self._where)}" if self._where else "")
+                + f" ORDER BY {order} LIMIT %s OFFSET %s")
+        sql = f"SELECT {_COLUMNS} FROM ({page}) l{_JOINS} ORDER BY {order}"
         return sql, [*self._params, max(0, stop - start), start]
 
     def __getitem__(self, window: slice) -> list[dict]:
