@@ -8,7 +8,6 @@ cluster call on the request path); the lease then advances in workers. Leases ar
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 
@@ -20,6 +19,7 @@ from rest_framework.exceptions import NotFound, PermissionDenied, ValidationErro
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from console import api_json
 from console.audit import Actor
 from console.models import Source
 from console.pagination import CursorPagination
@@ -67,7 +67,7 @@ class LeaseCursorPagination(CursorPagination):
 
 
 def _etag(data) -> str:
-    return '"' + hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:32] + '"'
+    return '"' + hashlib.sha256(api_json.dumps(data, sort_keys=True)).hexdigest()[:32] + '"'
 
 
 def _matches(if_none_match: str, etag: str) -> bool:
