@@ -47,6 +47,12 @@ Prints readable figures, then as the last line one JSON object:
 * `api_mean_ms`: the mix's mean latency (32 clients: about 32 / `api_req_per_s_c32`);
 * `<kind>_p50_ms`, `<kind>_p99_ms`: each kind's latency in the mix (create, get, list, delete): what the
   tail is made of;
+* `web_cpu_ms_per_req`, `db_cpu_ms_per_req` (`cpu_ms_per_req` their sum): CPU milliseconds the web
+  server's processes and PostgreSQL's spent per request of the mix inside its measured windows
+  (Linux, PostgreSQL on this host); `baseline_web_cpu_ms_per_req`, `baseline_db_cpu_ms_per_req` the
+  same for the baseline, and `cpu_to_baseline` the ratio of the two totals. On a 2-core machine
+  whose cores other tenants share, a request's CPU drifts less than the rate answered: it says
+  whether a change made requests cheaper where the throughput is lost in the noise;
 * `clients_per_worker`: the clients' connections each web worker held (Linux);
 * `open_p50_ms`, `open_p99_ms`: the mix's latency when it arrives at `open_rate_req_per_s`, counted
   from when each request was due (`open_answered_req_per_s`: the rate answered).
@@ -229,9 +235,10 @@ class Client:
         self.call("health", "GET", "/healthz")
 
 
-def _round(clients: list[Client], work: str, seconds: float, warmup: float) -> tuple[float, float]:
-    """The clients run `work` in a loop; returns the measured window (start, end) after `warmup`.
-    Only requests that finish inside it count (not those in flight when it closes)."""
+def _round(clients: list[Client], work: str, seconds: float, warmup: float) -> tuple[float, float, dict]:
+    """The clients run `work` in a loop; returns the measured window (start, end) after `warmup`, and
+    the CPU seconds the server and the database spent in it (`cpu_seconds`). Only requests that finish
+    inside it count (not those in flight when it closes)."""
     stop = threading.Event()
 
     def run(client: Client) -> None:
@@ -242,13 +249,45 @@ def _round(clients: list[Client], work: str, seconds: float, warmup: float) -> t
     for t in threads:
         t.start()
     time.sleep(warmup)
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     time.sleep(seconds)
     ended = time.perf_counter()
+    cpu_after = cpu_seconds()
     stop.set()
     for t in threads:
         t.join()
-    return started, ended
+    return started, ended, {k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after}
+
+
+SERVER_PID: int | None = None  # the web server's process (main sets it), for cpu_seconds
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system, Linux /proc) used so far by the web server's processes (`web`) and
+    by PostgreSQL's (`db`: its backends, WAL writer, autovacuum; where it runs on this host). What a
+    request costs in CPU drifts less than how many are answered a second on a machine whose other
+    tenants take a varying share of its cores. Empty elsewhere."""
+    if not sys.platform.startswith("linux") or SERVER_PID is None:
+        return {}
+    from console.webserver import worker_pids
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"web": 0.0, "db": 0.0}
+    web = {SERVER_PID, *worker_pids(SERVER_PID)}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                name, _, rest = stat.read().rpartition(")")
+        except OSError:
+            continue  # gone meanwhile
+        kind = "web" if int(entry.name) in web else "db" if name.endswith("(postgres") else None
+        if kind:
+            fields = rest.split()
+            out[kind] += (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 class Measured:
@@ -257,10 +296,13 @@ class Measured:
     def __init__(self):
         self.seconds = 0.0
         self.samples: list[tuple[str, float, float]] = []
+        self.cpu: dict[str, float] = {}
 
-    def add(self, clients: list[Client], window: tuple[float, float]) -> None:
-        started, ended = window
+    def add(self, clients: list[Client], window: tuple[float, float, dict]) -> None:
+        started, ended, cpu = window
         self.seconds += ended - started
+        for kind, used in cpu.items():
+            self.cpu[kind] = self.cpu.get(kind, 0.0) + used
         self.samples += [x for c in clients for x in c.samples if started <= x[1] <= ended]
         for c in clients:
             c.samples.clear()
@@ -268,6 +310,9 @@ class Measured:
     @property
     def rate(self) -> float:
         return len(self.samples) / self.seconds if self.seconds else 0.0
+
+    def cpu_ms_per_request(self, kind: str) -> float:
+        return self.cpu.get(kind, 0.0) / len(self.samples) * 1000 if self.samples else 0.0
 
     @property
     def latencies(self) -> list[float]:
@@ -362,6 +407,21 @@ def _by_kind(mix: Measured) -> dict[str, float]:
     return out
 
 
+def _cpu_figures(mix: Measured, base: Measured) -> dict[str, float]:
+    """What a request of the mix and one of the baseline cost the server and the database in CPU, and
+    the ratio of the two totals (the mix's cost in baseline requests: comparable across machines)."""
+    if not mix.cpu:
+        return {}
+    out = {}
+    for prefix, measured in (("", mix), ("baseline_", base)):
+        for kind in ("web", "db"):
+            out[f"{prefix}{kind}_cpu_ms_per_req"] = round(measured.cpu_ms_per_request(kind), 2)
+    out["cpu_ms_per_req"] = round(out["web_cpu_ms_per_req"] + out["db_cpu_ms_per_req"], 2)
+    base_total = out["baseline_web_cpu_ms_per_req"] + out["baseline_db_cpu_ms_per_req"]
+    out["cpu_to_baseline"] = round(out["cpu_ms_per_req"] / base_total, 2) if base_total else 0.0
+    return out
+
+
 def _placed() -> tuple[int, int]:
     """The run's leases that were placed, and those that never were (the fleet was full)."""
     from tenants.models import Lease
@@ -388,6 +448,8 @@ def main() -> None:
         connections.close_all()
         port = _free_port()
         proc = _start_server(url, port, board)
+        global SERVER_PID
+        SERVER_PID = proc.pid
         clients = [Client(port, tenant, token, i) for i, (tenant, token) in enumerate(tokens)]
         works = ("life", "me", *(("health",) if os.environ.get("BENCH_FLOOR") else ()))
         mix, base, *floors = _interleaved(clients, works, SECONDS, SLICES)
@@ -418,6 +480,7 @@ def main() -> None:
             "open_p50_ms": round(statistics.median(open_latencies) * 1000, 2) if open_latencies else 0.0,
             "open_p99_ms": round(_pct(open_latencies, 0.99), 2),
             **kinds,
+            **_cpu_figures(mix, base),
             "clients_per_worker": spread,
             **({"floor_healthz_req_per_s_c32": round(floor, 1)} if floor is not None else {}),
             "servers": SERVERS, "clients": CLIENTS, "seconds": SECONDS,
@@ -433,6 +496,10 @@ def main() -> None:
                   f"p99 {figures['open_p99_ms']} ms ({figures['open_answered_req_per_s']} req/s answered)")
         print(f"clients per web worker: {spread}")
         print(f"baseline GET /api/v1/me: {baseline:.1f} req/s; token authentication {auth_us:.1f} µs")
+        if "cpu_ms_per_req" in figures:
+            print(f"CPU per request (web + database): mix {figures['web_cpu_ms_per_req']} + "
+                  f"{figures['db_cpu_ms_per_req']} ms, baseline {figures['baseline_web_cpu_ms_per_req']} + "
+                  f"{figures['baseline_db_cpu_ms_per_req']} ms; mix / baseline {figures['cpu_to_baseline']}")
         print(f"double allocations: {doubles}; creates placed: {placed}, never placed (fleet full): {never_placed}")
         print(json.dumps(figures))
     finally:
