@@ -100,7 +100,7 @@ class Processes:
                 proc.wait(5)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-6000:]}" for p in sorted(self.tmp.glob("worker*.log")))
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-6000:]}" for p in sorted(self.tmp.glob("*.log")))
 
 
 def _wait(predicate, what: str, processes: Processes, timeout: float = SETTLE_S) -> None:
