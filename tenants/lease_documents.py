@@ -200,7 +200,7 @@ class LeaseRowsStatement:
         growing with the tenant's history."""
         order = f"l.id {'DESC' if self._order == '-id' else 'ASC'}"
         tenant_join = f" JOIN {Tenant._meta.db_table} t ON t.id = l.tenant_id" \
-            if any("t." in clause for clause in self._where) else ""
+            if any(clause.startswith("t.") for clause in self._where) else ""
         page = (f"SELECT l.* FROM {Lease._meta.db_table} l{tenant_join}"
                 + (f" WHERE {' AND '.join(self._where)}" if self._where else "")
                 + f" ORDER BY {order} LIMIT %s OFFSET %s")

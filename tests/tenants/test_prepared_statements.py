@@ -54,11 +54,16 @@ def test_the_locked_reads_keep_working_after_a_migration_adds_a_column(migrate_m
         with transaction.atomic():
             services._lease_locked(lease.pk, lease.tenant)
             services._tenant_for_request(lease.tenant.name)
+    page = lease_page_rows(tenant=lease.tenant).order_by("-id")  # its subquery reads `l.*`
+    for _ in range(6):
+        assert [row["id"] for row in page[0:21]] == [lease.pk]
+    assert _prepared(f"(SELECT l.* FROM {Lease._meta.db_table} l WHERE")
     migrate_meanwhile(Lease._meta.db_table)
     migrate_meanwhile(Tenant._meta.db_table)
     with transaction.atomic():
         assert services._lease_locked(lease.pk, lease.tenant).pk == lease.pk
         assert services._tenant_for_request(lease.tenant.name).pk == lease.tenant.pk
+    assert [row["id"] for row in page[0:21]] == [lease.pk]  # the page's columns are named: same result type
 
 
 @pytest.mark.django_db(transaction=True)
