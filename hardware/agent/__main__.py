@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from hardware import cdi
@@ -23,6 +21,7 @@ from hardware.agent.server import AgentServer, serve
 from hardware.deviceplugin.server import DEFAULT_PLUGIN_DIR, KUBELET_POLL_S
 from hardware.deviceplugin.servicer import AllocateMode
 from hardware.linux.holders import EVICT_GRACE_S
+from hardware.shutdown import stop_on_signals, wait_for
 from hardware.tls import TlsIdentity
 
 SIM_BACKEND = "simulator.agent"
@@ -115,13 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         if plugin is None:
             server.stop()
             return 1
+    stop = stop_on_signals()
     print(f"agent {args.hostname} ({args.backend}) listening on {server.address}", flush=True)
     if args.port_file:
         args.port_file.write_text(f"{server.port}\n")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    wait_for(stop)
     if plugin is not None:
         plugin.stop()
     server.stop()

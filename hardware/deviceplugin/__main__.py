@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from hardware.deviceplugin.node import NodeDevicePlugin
 from hardware.deviceplugin.server import DEFAULT_ENDPOINT, DEFAULT_PLUGIN_DIR, KUBELET_POLL_S
 from hardware.deviceplugin.servicer import AllocateMode
 from hardware.exceptions import HardwareError
+from hardware.shutdown import stop_on_signals, wait_for
 from hardware.tls import TlsIdentity
 from hardware.types import HealthEvent, Inventory
 
@@ -94,11 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"device plugin: {exc}", file=sys.stderr)
         client.close()
         return 1
+    stop = stop_on_signals()
     print(f"device plugin on {plugin.server.socket_path}, CDI spec {plugin.cdi_path}", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    wait_for(stop)
     plugin.stop()
     client.close()
     return 0
