@@ -267,7 +267,9 @@ def cpu_seconds() -> dict[str, float]:
     """CPU seconds (user + system, Linux /proc) used so far by the web server's processes (`web`) and
     by PostgreSQL's (`db`: its backends, WAL writer, autovacuum; where it runs on this host). What a
     request costs in CPU drifts less than how many are answered a second on a machine whose other
-    tenants take a varying share of its cores. Empty elsewhere."""
+    tenants take a varying share of its cores. A process that ends inside a window is not counted:
+    with a connection per request (DATABASE_POOL=false) most of the database's CPU goes uncounted.
+    Empty elsewhere."""
     if not sys.platform.startswith("linux") or SERVER_PID is None:
         return {}
     from console.webserver import worker_pids

@@ -97,3 +97,15 @@ def test_linux_agent_process_reads_a_simulated_sysfs_and_proc_root(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_sigterm_as_soon_as_the_agent_is_ready_stops_it_cleanly(tmp_path):
+    """A supervisor may stop the agent the moment it says it listens (its port file): the agent's own
+    handler runs (exit status 0), not SIGTERM's default action (-15)."""
+    proc, _ = _start(["--backend", "sim", "--insecure", "--hostname", "stop-node", "--platform", "dgx-h100"],
+                     tmp_path / "port")
+    try:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0, proc.stdout.read().decode()
+    finally:
+        proc.kill()
