@@ -53,7 +53,9 @@ Prints readable figures, then as the last line one JSON object:
   same for the baseline, and `cpu_to_baseline` the ratio of the two totals. On a 2-core machine
   whose cores other tenants share, a request's CPU drifts less than the rate answered: it says
   whether a change made requests cheaper where the throughput is lost in the noise;
-* `clients_per_worker`: the clients' connections each web worker held (Linux);
+* `clients_per_worker`: the clients' connections each web worker held (Linux), and
+  `connections_out_of_turn` how many a worker took while another held fewer (that one did not come
+  within the server's patience: a busy machine);
 * `open_p50_ms`, `open_p99_ms`: the mix's latency when it arrives at `open_rate_req_per_s`, counted
   from when each request was due (`open_answered_req_per_s`: the rate answered).
 """
@@ -447,6 +449,8 @@ def main() -> None:
         auth_us = _auth_us(tokens[0][1])
         from django.db import connections
 
+        from console.webserver import out_of_turn_on_board
+
         connections.close_all()
         port = _free_port()
         proc = _start_server(url, port, board)
@@ -459,6 +463,7 @@ def main() -> None:
         baseline, base_latencies = base.rate, base.latencies
         kinds = _by_kind(mix)
         spread = _clients_per_worker(proc.pid, port)
+        out_of_turn = out_of_turn_on_board(board)
         open_latencies, open_answered = _open_round(clients, OPEN_RATE, SECONDS) if OPEN_RATE > 0 else ([], 0.0)
         floor = floors[0].rate if floors else None
         errors = sum(c.unexpected for c in clients)
@@ -484,6 +489,7 @@ def main() -> None:
             **kinds,
             **_cpu_figures(mix, base),
             "clients_per_worker": spread,
+            "connections_out_of_turn": out_of_turn,
             **({"floor_healthz_req_per_s_c32": round(floor, 1)} if floor is not None else {}),
             "servers": SERVERS, "clients": CLIENTS, "seconds": SECONDS,
         }

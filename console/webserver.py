@@ -45,39 +45,46 @@ logger = logging.getLogger("uvicorn.error")
 
 
 class ConnectionBoard:
-    """Each worker's open connections: a file per worker, named by its process id, in `directory`."""
+    """Each worker's open connections, and how many it took out of turn (patience run out while another
+    held fewer): a file per worker, named by its process id, in `directory`."""
 
     def __init__(self, directory: str | Path, name: str | None = None):
         self.directory = Path(directory)
         self.name = name or str(os.getpid())
         self._fd = os.open(self.directory / self.name, os.O_RDWR | os.O_CREAT, 0o600)  # named by a process id
 
-    def publish(self, held: int) -> None:
-        os.pwrite(self._fd, b"%12d" % held, 0)
+    def publish(self, held: int, out_of_turn: int = 0) -> None:
+        os.pwrite(self._fd, b"%12d %12d" % (held, out_of_turn), 0)
 
     def others(self) -> dict[str, int]:
-        """The other live workers' counts (a file whose process is gone is removed)."""
-        out = {}
-        for entry in os.scandir(self.directory):
-            if entry.name == self.name:
-                continue
-            if not _alive(entry.name):
-                Path(entry.path).unlink(missing_ok=True)
-                continue
-            try:
-                out[entry.name] = int(Path(entry.path).read_bytes() or b"0")
-            except (OSError, ValueError):
-                continue  # being written or just removed: not counted this time
-        return out
+        """The other live workers' connection counts (a file whose process is gone is removed)."""
+        return {name: held for name, (held, _) in _entries(self.directory, but=self.name).items()}
 
-    def least_loaded(self, held: int) -> bool:
+    def least_loaded(self, held: int, out_of_turn: int = 0) -> bool:
         """Whether no other worker holds fewer connections than `held` (ties: both may take it)."""
-        self.publish(held)
+        self.publish(held, out_of_turn)
         return all(held <= theirs for theirs in self.others().values())
 
     def close(self) -> None:
         os.close(self._fd)
         (self.directory / self.name).unlink(missing_ok=True)
+
+
+def _entries(directory: str | Path, but: str | None = None) -> dict[str, tuple[int, int]]:
+    """Each live worker's (connections held, taken out of turn) on the board in `directory`."""
+    out = {}
+    for entry in os.scandir(directory):
+        if entry.name == but:
+            continue
+        if not _alive(entry.name):
+            Path(entry.path).unlink(missing_ok=True)
+            continue
+        try:
+            held, out_of_turn = (Path(entry.path).read_bytes() or b"0 0").split()
+            out[entry.name] = int(held), int(out_of_turn)
+        except (OSError, ValueError):
+            continue  # being written or just removed: not counted this time
+    return out
 
 
 def _alive(name: str) -> bool:
@@ -101,6 +108,7 @@ class Acceptor:
         self.loop, self.sock, self.protocol_factory, self.board = loop, sock, protocol_factory, board
         self._held = held  # connections uvicorn holds in this worker
         self.setting_up = 0  # accepted, not yet handed to a protocol
+        self.out_of_turn = 0  # accepted after PATIENCE_S although another worker held fewer
         self.closed = False
         self._setups: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
         self._waiting_since = self._last_deferral = 0.0
@@ -115,7 +123,8 @@ class Acceptor:
         now = time.monotonic()
         if now - self._last_deferral > 4 * DEFER_S:  # a new connection, not the one deferred just now
             self._waiting_since = now
-        if now - self._waiting_since < PATIENCE_S and not self.board.least_loaded(self.held()):
+        in_turn = self.board.least_loaded(self.held(), self.out_of_turn)
+        if not in_turn and now - self._waiting_since < PATIENCE_S:
             self._last_deferral = now
             self.loop.remove_reader(self.sock.fileno())
             self.loop.call_later(DEFER_S, self._resume)
@@ -129,7 +138,8 @@ class Acceptor:
             return
         conn.setblocking(False)
         self.setting_up += 1
-        self.board.publish(self.held())
+        self.out_of_turn += not in_turn
+        self.board.publish(self.held(), self.out_of_turn)
         task = self.loop.create_task(self._serve(conn))
         self._setups.add(task)
         task.add_done_callback(self._setups.discard)
@@ -149,7 +159,7 @@ class Acceptor:
 
     def _publish(self) -> None:
         if not self.closed:
-            self.board.publish(self.held())
+            self.board.publish(self.held(), self.out_of_turn)
             self.loop.call_later(PUBLISH_S, self._publish)
 
     def close(self) -> None:
@@ -220,6 +230,12 @@ def worker_pids(server_pid: int) -> list[int]:
 def workers_on_board(board: str | Path) -> int:
     """How many workers have started accepting (their file is on the board)."""
     return sum(1 for entry in os.scandir(board) if _alive(entry.name))
+
+
+def out_of_turn_on_board(board: str | Path) -> int:
+    """How many connections the live workers took out of turn (a worker with fewer did not come within
+    PATIENCE_S: stuck, or not scheduled on a busy machine)."""
+    return sum(out_of_turn for _, out_of_turn in _entries(board).values())
 
 
 def sockets_by_process(pids: list[int], port: int, state: str) -> dict[int, int]:
