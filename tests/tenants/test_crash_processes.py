@@ -149,7 +149,7 @@ def processes(transactional_db, tmp_path):
 
 def test_worker_killed_while_leases_boot_and_again_while_they_clean(processes):
     processes.fleet()
-    _wait(lambda: Server.objects.count() == 2, "the fleet to register", processes, 60)
+    _wait(lambda: Server.objects.count() == 2, "the fleet to register", processes)
     processes.worker()
     processes.beat()
     processes.nodewatch()
