@@ -197,7 +197,12 @@ class Relay:
     def _send(self, by_group: dict[str, list[dict]], count: int) -> None:
         if not by_group:
             return
-        future = asyncio.run_coroutine_threadsafe(realtime.relay_send(self.layer, by_group), self.loop)
+        sending = realtime.relay_send(self.layer, by_group)
+        try:
+            future = asyncio.run_coroutine_threadsafe(sending, self.loop)
+        except RuntimeError:  # the loop closed since `pump` looked (its server stopping): no page left
+            sending.close()
+            raise
         try:
             future.result(timeout=10)
         except Exception:

@@ -256,3 +256,21 @@ async def test_an_idle_socket_on_redis_stays_up(settings, session_cookie):
     finally:
         relay.stop_all()
         channel_layers.backends.clear()
+
+
+def test_a_relay_whose_loop_closed_sends_nothing_and_leaves_no_coroutine_behind():
+    """The ASGI server's loop can close while its relay thread is between looking and sending (a
+    server stopping; each async test's own loop): the send fails with the loop's error and the
+    coroutine made for it is closed, not left for the garbage collector to warn about."""
+    import gc
+    import warnings
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    stopped = relay.Relay(loop, layer=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match="closed"):
+            stopped._send({"fleet.servers": [{"type": "fleet.server"}]}, 1)
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
