@@ -31,11 +31,15 @@ def call(context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
 def stream(context: grpc.ServicerContext, start: Callable[[], Iterator], to_pb: Callable) -> Iterator:
     """Serve an iterator from the backend; close it when the client goes away."""
     source = call(context, start)
+    close = getattr(source, "close", None)
+    # The callback is registered before the client hears that the stream is set up: a client that
+    # cancels at once could otherwise end the call first, and add_callback then refuses (returns
+    # False, never calls it) while the loop below waits for an event that may never come.
+    if close is not None and not context.add_callback(lambda: _quietly(close)):
+        _quietly(close)
+        return
     # Tell the client the stream is set up (it waits for this before returning a health watch).
     context.send_initial_metadata(((STREAM_READY_KEY, "1"),))
-    close = getattr(source, "close", None)
-    if close is not None:
-        context.add_callback(lambda: _quietly(close))
     try:
         for item in source:
             if not context.is_active():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -110,6 +111,36 @@ async def test_cancelling_the_task_closes_the_stream_on_the_agent(fleet, streams
     await other.ready()
     other.cancel()
     assert [e async for e in other] == []
+    await _until(lambda: len(hub._subscriptions) == before)
+
+
+async def test_a_stream_cancelled_as_soon_as_it_is_ready_leaves_no_subscription_on_the_agent(
+    fleet, streams, monkeypatch
+):
+    """The agent hears the cancel while it is still between telling the client the stream is ready
+    and looking for events (a loaded machine stretches that moment; here a pause does): it must
+    still close its subscription, not wait for an event on a host that may never send one."""
+    from hardware.agent import servicer
+
+    class SlowAfterReady:
+        def __init__(self, context):
+            self._context = context
+
+        def __getattr__(self, name):
+            return getattr(self._context, name)
+
+        def send_initial_metadata(self, metadata):
+            self._context.send_initial_metadata(metadata)
+            time.sleep(0.3)  # the client reads "ready" and cancels meanwhile
+
+    real_stream = servicer.stream
+    monkeypatch.setattr(servicer, "stream", lambda context, *rest: real_stream(SlowAfterReady(context), *rest))
+    name = list(fleet.hosts)[2]
+    hub = fleet.hub
+    before = len(hub._subscriptions)
+    stream = streams.watch_health(fleet.endpoints[name].address, name)
+    await stream.ready()
+    stream.cancel()
     await _until(lambda: len(hub._subscriptions) == before)
 
 
