@@ -1,6 +1,8 @@
 """Suite-wide test set-up: settings from the environment, database-pass selection, markers."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -47,6 +49,26 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """SQLite tests run on a file, in WAL mode, as the embedded default does (settings), not on
+    pytest-django's in-memory database: there, with the shared cache every thread needs, a writer
+    that meets another thread's write fails at once ("database table is locked", SQLITE_LOCKED,
+    which no busy timeout waits out) where a file makes it wait. Threads write beside the test (the
+    node watcher, the browser tests' server): a loaded run failed that way. On tmpfs where there is
+    one, so commits cost no disk flush."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] != "django.db.backends.sqlite3":
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="gpuconsole-tests-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    database.setdefault("TEST", {})["NAME"] = os.path.join(folder, "test.sqlite3")
+    yield
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
     """pytest-django's, and at its end no session left on a PostgreSQL test database: a thread or
     subprocess of some test that still holds a connection there made dropping it fail ("is being
@@ -62,25 +84,6 @@ def django_db_setup(django_db_setup, django_db_blocker):
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
     connection.close()
-
-
-def _no_read_locks(sender, connection, **kwargs):
-    """SQLite's test database is in memory with a shared cache, where a reader's table lock makes a
-    writer on another thread fail at once (SQLITE_LOCKED: no busy wait, unlike a file). Threads that
-    read while the test writes (the node watcher, the live relay, the browser tests' server) read
-    uncommitted instead. Files (WAL) and PostgreSQL, what runs in production, need nothing."""
-    if connection.vendor == "sqlite" and "mode=memory" in str(connection.settings_dict["NAME"]):
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA read_uncommitted = true")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _sqlite_readers_take_no_locks():
-    from django.db.backends.signals import connection_created
-
-    connection_created.connect(_no_read_locks, dispatch_uid="tests-no-read-locks")
-    yield
-    connection_created.disconnect(dispatch_uid="tests-no-read-locks")
 
 
 @pytest.fixture(autouse=True)

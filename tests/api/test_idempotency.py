@@ -82,7 +82,6 @@ def test_keys_are_kept_at_least_a_day(landon, tasks):
     assert idempotency_keys_purge() == 1
 
 
-@pytest.mark.postgres  # SQLite's shared in-memory test database locks whole tables
 @pytest.mark.django_db(transaction=True)
 def test_32_concurrent_identical_posts_make_exactly_one_lease(callers, tasks):
     landon = callers["tenant_a"]
