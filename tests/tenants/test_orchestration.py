@@ -351,13 +351,14 @@ def test_an_operator_scrub_tears_down_a_stray_vm_instead_of_scrubbing_around_it(
     # The stray VM's GPU is in no active partition, so it fails once booted (CUDA 802) and from then
     # holds nothing. At the fixture's 2000× its boot lasts 58 ms, less than a loaded machine can take
     # to reach the scrub's look at the holders (a run failed so); at 10× it lasts 11 s.
+    fixture_acceleration = sim.clock.acceleration
     sim.clock.set_acceleration(10.0)
     try:
         agent_for(server).sim_admin().start_vm("stray.vm", pod_name="stray", gpu_module_ids=[5], guest_ram_gib=8)
         op = gpu_scrub(gpu=gpu, actor=ACTOR)
         tasks.run()
     finally:
-        sim.clock.set_acceleration(2000.0)
+        sim.clock.set_acceleration(fixture_acceleration)
     gpu.refresh_from_db()
     op.refresh_from_db()
     assert gpu.state == GpuState.FREE and op.status == "succeeded"
